@@ -1,0 +1,131 @@
+"""The ``defpert`` command.
+
+    defpert data fetch mnist
+    defpert train --dataset mnist --model cnn --epochs 3 --out runs/cnn
+    defpert dp -p linf -k 20 -e 0.2 -a 0.01
+
+Errors in the user's input print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from defpert.errors import DefpertError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _progress_default() -> bool:
+    return sys.stderr.isatty()
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="dataset directory (default: $DEFPERT_DATA or the user cache)")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show progress bars (default: when stderr is a terminal)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="defpert", description="Defensive perturbations for image classifiers.")
+    from defpert import __version__
+
+    parser.add_argument("--version", action="version", version=f"defpert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = sub.add_parser("data", help="manage datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    fetch = data_sub.add_parser("fetch", help="fetch and verify a dataset's IDX files")
+    fetch.add_argument("dataset", help="mnist or fashion-mnist (digits needs no fetch)")
+    fetch.add_argument("--from", dest="source", metavar="DIR", help="a directory holding the IDX files")
+    _add_common(fetch)
+
+    tr = sub.add_parser("train", help="train a classifier and report its test accuracy")
+    tr.add_argument("--dataset", default="mnist")
+    tr.add_argument("--model", default="cnn", help="cnn, lenet or mlp")
+    tr.add_argument("--epochs", type=int, default=3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--limit", type=int, help="train on the first N training images only")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    tr.add_argument("--out", default="runs/train", help="run directory (created as needed)")
+    _add_common(tr)
+
+    from defpert.cli_dp import add_dp_parser
+
+    add_dp_parser(sub)
+    return parser
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from defpert.data import fetch
+
+    fetch(args.dataset, args.data_dir and _dataset_path(args.data_dir, args.dataset),
+          source=args.source, progress=args.progress, report=_say)  # fmt: skip
+    return 0
+
+
+def _dataset_path(data_dir: str, dataset: str) -> str:
+    """``--data-dir`` names the root; each dataset lives in its own sub-directory."""
+    from defpert.data import get_spec
+
+    return f"{data_dir}/{get_spec(dataset).name}"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from defpert.train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset, model=args.model, epochs=args.epochs, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, limit=args.limit,
+    )  # fmt: skip
+    from defpert.data import get_spec
+    from defpert.models import build_model
+
+    get_spec(config.dataset)  # unknown names fail before any work
+    build_model(config.model)
+    config.validate()
+    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    result = train(config, out=args.out, data_dir=data_dir, device=args.device, progress=args.progress)
+    m = result.metrics
+    print(
+        f"{config.dataset} {config.model}: test accuracy {m['test_accuracy']:.4f} "
+        f"(val {m['val_accuracy']:.4f}, {config.epochs} epochs, "
+        f"{m['train_images_per_second']:.0f} images/s on {m['device']}); saved to {args.out}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "progress", None) is None:
+        args.progress = _progress_default()
+    handlers = {"data": _cmd_fetch, "train": _cmd_train}
+    try:
+        if args.command in handlers:
+            return handlers[args.command](args)
+        from defpert.cli_dp import run_dp_command
+
+        return run_dp_command(args)
+    except DefpertError as exc:
+        print(f"defpert: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("defpert: interrupted", file=sys.stderr)
+        return 130

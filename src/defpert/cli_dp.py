@@ -1,0 +1,107 @@
+"""``defpert dp``: the RQ1 command (attack, defensive perturbation, attack again).
+
+    defpert dp -p linf -k 20 -e 0.2 -a 0.01
+    defpert dp -p l2 -k 40 -e 2.5 -a 0.075 --defense ce,margin,minmax,anti-adversary,hedge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from defpert.errors import DefpertError
+
+
+def add_dp_parser(sub: Any) -> None:
+    from defpert.cli import _add_common
+    from defpert.defenses import DEFENSES
+
+    p = sub.add_parser("dp", help="attack, defensive perturbation, attack again (RQ1)")
+    p.add_argument("-p", "--norm", default="linf", help="threat model: linf or l2")
+    p.add_argument("-k", "--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("-e", "--eps", type=float, default=0.2, help="radius of the threat model")
+    p.add_argument("-a", "--step-size", type=float, default=0.01, help="PGD step size")
+    p.add_argument("--defense", default="ce",
+                   help=f"comma-separated, or 'all': {', '.join(DEFENSES)}")  # fmt: skip
+    p.add_argument("--defense-eps", type=float, help="defense budget (default: the attack's eps)")
+    p.add_argument("--defense-steps", type=int, help="defense steps (default: the attack's)")
+    p.add_argument("--defense-step-size", type=float, help="defense step size (default: the attack's)")
+    p.add_argument("--checkpoint", help="run directory of a trained model (default: the default cnn)")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--split", default="test", help="train, val or test")
+    p.add_argument("--limit", type=int, help="use the first N examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=False,
+                   help="start the weak PGD at a random point of the ball")  # fmt: skip
+    p.add_argument("--strong", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the strong worst-case attack suite")  # fmt: skip
+    p.add_argument("--strong-limit", type=int, default=1000, help="examples for the strong attack")
+    p.add_argument("--strong-steps", type=int, default=100)
+    p.add_argument("--strong-restarts", type=int, default=2)
+    p.add_argument("--art", action=argparse.BooleanOptionalAction, default=True,
+                   help="include ART's APGD-CE, APGD-DLR and Square in the strong suite")  # fmt: skip
+    p.add_argument("--adaptive-limit", type=int, default=200,
+                   help="examples for the adaptive attack on reactive defenses")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--save-splits", action="store_true",
+                   help="also save the versions of the training and validation splits")  # fmt: skip
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/dp", help="run directory (created as needed)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_common(p)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_dp_command(args: argparse.Namespace) -> int:
+    from defpert.cli import _dataset_path
+    from defpert.data import get_spec, load_split
+    from defpert.defenses import DEFENSES
+    from defpert.devices import pick_device
+    from defpert.models import load_checkpoint
+    from defpert.rq1 import DPConfig, format_table, run_dp
+    from defpert.runs import ensure_dir, write_json
+    from defpert.train import default_checkpoint
+
+    defenses = DEFENSES if args.defense == "all" else tuple(d.strip() for d in args.defense.split(","))
+    config = DPConfig(
+        norm=args.norm, eps=args.eps, step_size=args.step_size, steps=args.steps,
+        defenses=defenses, random_start=args.random_start, strong=args.strong,
+        strong_limit=args.strong_limit, strong_steps=args.strong_steps,
+        strong_restarts=args.strong_restarts, use_art=args.art, adaptive_limit=args.adaptive_limit,
+        defense_eps=args.defense_eps, defense_steps=args.defense_steps,
+        defense_step_size=args.defense_step_size, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    config.validate()
+    spec = get_spec(args.dataset)
+    if args.limit is not None and args.limit < 1:
+        raise DefpertError(f"--limit must be at least 1, got {args.limit}")
+    out = ensure_dir(args.out)
+    device = pick_device(args.device)
+    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    checkpoint = args.checkpoint or default_checkpoint(
+        spec.name, data_dir=data_dir, device=device, progress=args.progress, report=_say
+    )
+    model, card = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
+    write_json(out / "config.json", {"command": "dp", "checkpoint": str(checkpoint),
+                                     "dataset": spec.name, "split": args.split,
+                                     "limit": args.limit, "dp": vars(config)})  # fmt: skip
+    splits = [args.split] + ([s for s in ("train", "val") if s != args.split] if args.save_splits else [])
+    for i, split_name in enumerate(splits):
+        data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=_say)
+        data = data.head(args.limit)
+        cfg = config if i == 0 else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
+        results = run_dp(model, data, cfg, out=out, split_name=split_name,
+                         progress=args.progress, report=_say)  # fmt: skip
+        if i == 0:
+            if args.json:
+                payload: Any = results[0] if len(results) == 1 else results
+                print(json.dumps(payload, indent=2))
+            else:
+                print(format_table(results))
+                print(f"\nsaved data versions, metrics.json and config.json under {out}")
+    return 0

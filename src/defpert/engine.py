@@ -1,0 +1,136 @@
+"""The projected-gradient optimiser shared by every attack and every defense.
+
+    attack:   x_adv = argmax_{||d|| <= eps} objective(model(x + d), y)   (ascend=True)
+    defense:  x_def = argmin_{||d|| <= eps} objective(model(x + d), y)   (ascend=False)
+
+Each step: gradient of the *summed* per-example objective with respect to the
+perturbation, a steepest step in the threat model's norm, projection onto the ball, then
+onto the [0, 1] box. The model's parameters, gradients and train/eval mode are left
+exactly as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from defpert.objectives import Objective
+from defpert.threat import ThreatModel, clip_to_box, validate_schedule
+
+# Maps (model, point, labels) to the point where the objective is evaluated. The min-max
+# defense uses it to evaluate the loss at an inner attack's point (Danskin's theorem: the
+# gradient there is the gradient of the max).
+InnerPoint = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How to optimise: number of steps, step length, direction, random start."""
+
+    steps: int
+    step_size: float
+    ascend: bool = True
+    random_start: bool = False
+
+    def __post_init__(self) -> None:
+        validate_schedule(self.steps, self.step_size)
+
+
+def perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    threat: ThreatModel,
+    objective: Objective,
+    schedule: Schedule,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    inner: InnerPoint | None = None,
+    progress: bool = False,
+    desc: str = "pgd",
+) -> torch.Tensor:
+    """Run projected gradient ascent or descent; return the perturbed inputs (CPU, detached).
+
+    ``x`` (B, C, H, W) in [0, 1] and ``labels`` (B,) may live anywhere; the work happens on
+    the model's device in chunks of ``batch_size``. A random start is drawn for all of
+    ``x`` at once from ``generator``, so the result does not depend on ``batch_size``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = _device_of(model)
+    x = x.detach().cpu()
+    labels = labels.detach().cpu()
+    start = threat.random_init(x.shape, generator) if schedule.random_start else None
+    out = torch.empty_like(x)
+    with tqdm(total=len(x) * schedule.steps, desc=desc, unit="img-step", unit_scale=True,
+              disable=not progress, leave=False) as bar:  # fmt: skip
+        for lo in range(0, len(x), batch_size):
+            hi = min(lo + batch_size, len(x))
+            delta0 = start[lo:hi].to(device) if start is not None else None
+            out[lo:hi] = perturb_batch(
+                model, x[lo:hi].to(device), labels[lo:hi].to(device),
+                threat=threat, objective=objective, schedule=schedule,
+                delta0=delta0, inner=inner,
+            ).cpu()  # fmt: skip
+            bar.update((hi - lo) * schedule.steps)
+    return out
+
+
+def perturb_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    threat: ThreatModel,
+    objective: Objective,
+    schedule: Schedule,
+    delta0: torch.Tensor | None = None,
+    inner: InnerPoint | None = None,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """One batch, on whatever device ``x`` is on; returns ``x + delta``.
+
+    With ``create_graph`` the result stays differentiable with respect to ``x`` (the
+    unrolled defense that an adaptive attack differentiates through).
+    """
+    with torch.enable_grad():
+        return _run_steps(model, x, labels, threat, objective, schedule, delta0, inner, create_graph)
+
+
+def _run_steps(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    threat: ThreatModel,
+    objective: Objective,
+    schedule: Schedule,
+    delta0: torch.Tensor | None,
+    inner: InnerPoint | None,
+    create_graph: bool,
+) -> torch.Tensor:
+    sign = 1.0 if schedule.ascend else -1.0
+    delta = torch.zeros_like(x) if delta0 is None else clip_to_box(x, threat.project(delta0))
+    for _ in range(schedule.steps):
+        if not create_graph:
+            delta = delta.detach().requires_grad_(True)
+        elif not delta.requires_grad:
+            delta = delta.requires_grad_(True)
+        point = x + delta
+        if inner is not None:
+            point = point + (inner(model, point.detach(), labels) - point).detach()
+        loss = objective(model(point), labels).sum()
+        (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
+        delta = threat.project(delta + threat.step(sign * grad, schedule.step_size))
+        delta = clip_to_box(x, delta)
+    return (x + delta) if create_graph else (x + delta).detach()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

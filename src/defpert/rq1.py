@@ -1,0 +1,271 @@
+"""RQ1: how much does a defensive perturbation improve accuracy under PGD?
+
+The study behind ``defpert dp``. For one threat model and one or more defenses it
+measures, on the same examples:
+
+1. accuracy on the original data, clean and under the weak attack (the original's PGD);
+2. accuracy on the defensive data, clean and under the same attack;
+3. both attacked accuracies again under the strong worst-case suite;
+4. for reactive defenses: the defense applied to adversarial inputs, and an adaptive
+   attack through the defense (unrolled and BPDA, worst case of the two).
+
+Every data version is saved as ``.npz`` (images, labels) under the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from defpert.attacks import StrongConfig, pgd, strong_attack
+from defpert.data import Split
+from defpert.defenses import DEFENSES, Defense, DefendedModel, defend
+from defpert.engine import Schedule
+from defpert.errors import DefpertError
+from defpert.evaluate import accuracy, correct
+from defpert.runs import write_atomic, write_json
+from defpert.threat import ThreatModel, make_threat
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class DPConfig:
+    """Everything that determines a ``defpert dp`` result."""
+
+    norm: str = "linf"
+    eps: float = 0.2
+    step_size: float = 0.01
+    steps: int = 20
+    defenses: tuple[str, ...] = ("ce",)
+    random_start: bool = False
+    strong: bool = True
+    strong_limit: int = 1000
+    strong_steps: int = 100
+    strong_restarts: int = 2
+    use_art: bool = True
+    adaptive_limit: int = 200
+    defense_eps: float | None = None  # default: the attack's eps
+    defense_steps: int | None = None
+    defense_step_size: float | None = None
+    seed: int = 0
+    batch_size: int = 256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def threat(self) -> ThreatModel:
+        return make_threat(self.norm, self.eps)
+
+    def defense(self, method: str) -> Defense:
+        return Defense(
+            method=method,
+            threat=make_threat(self.norm, self.defense_eps or self.eps),
+            steps=self.defense_steps or self.steps,
+            step_size=self.defense_step_size or self.step_size,
+        )
+
+    def validate(self) -> None:
+        self.threat()
+        Schedule(self.steps, self.step_size)
+        for method in self.defenses:
+            self.defense(method)
+        if not self.defenses:
+            raise DefpertError(f"name at least one defense: {', '.join(DEFENSES)}")
+        for name in ("strong_limit", "strong_steps", "strong_restarts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DefpertError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.adaptive_limit < 0:
+            raise DefpertError("--adaptive-limit must be 0 or more")
+
+
+def save_version(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Save one data version as ``.npz`` with ``images`` (N, C, H, W) float32 and ``labels``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=images.numpy().astype(np.float32), labels=labels.numpy())
+
+    write_atomic(path, write)
+
+
+def run_dp(
+    model: nn.Module,
+    data: Split,
+    config: DPConfig,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    split_name: str = "test",
+    progress: bool = False,
+    report: Report | None = None,
+) -> list[dict[str, Any]]:
+    """Run the RQ1 study on ``data``; return one result dict per defense (the ``--json`` form)."""
+    config.validate()
+    say: Report = report or (lambda _m: None)
+    threat = config.threat()
+    x, y = data.images, data.labels
+    run = Path(out) if out is not None else None
+    versions = run / "versions" / split_name if run is not None else None
+    started = time.perf_counter()
+    bs = config.batch_size
+
+    def attack(images: torch.Tensor) -> torch.Tensor:
+        return pgd(model, images, y, threat=threat, steps=config.steps, step_size=config.step_size,
+                   random_start=config.random_start,
+                   generator=torch.Generator().manual_seed(config.seed), batch_size=bs,
+                   progress=progress)  # fmt: skip
+
+    say(f"attacking the original data: PGD-{config.steps} {threat.norm} eps={threat.eps}")
+    x_adv = attack(x)
+    acc_original = accuracy(model, x, y)
+    acc_original_attacked = accuracy(model, x_adv, y)
+    if versions is not None:
+        save_version(versions / "original.npz", x, y)
+        save_version(versions / "adversarial.npz", x_adv, y)
+
+    n_strong = min(config.strong_limit, len(x))
+    strong_cfg = StrongConfig(steps=config.strong_steps, restarts=config.strong_restarts,
+                              use_art=config.use_art, batch_size=bs)  # fmt: skip
+    original_strong = None
+    if config.strong:
+        say(f"strong attack on the original data ({n_strong} examples)")
+        original_strong = strong_attack(
+            model, x[:n_strong], y[:n_strong], threat=threat, config=strong_cfg, seed=config.seed,
+            known_adversarial=[x_adv[:n_strong]], progress=progress,
+        )  # fmt: skip
+
+    results = []
+    for method in config.defenses:
+        defense = config.defense(method)
+        say(f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})")
+        x_def = defend(model, x, y, defense, batch_size=bs, progress=progress)
+        x_def_adv = attack(x_def)
+        acc: dict[str, float] = {
+            "original": acc_original,
+            "original_attacked": acc_original_attacked,
+            "defensive": accuracy(model, x_def, y),
+            "defensive_attacked": accuracy(model, x_def_adv, y),
+        }
+        strong_info: dict[str, Any] = {}
+        if original_strong is not None:
+            say(f"strong attack on the defensive data ({n_strong} examples)")
+            defensive_strong = strong_attack(
+                model, x_def[:n_strong], y[:n_strong], threat=threat, config=strong_cfg,
+                seed=config.seed, known_adversarial=[x_def_adv[:n_strong]], progress=progress,
+            )  # fmt: skip
+            acc["original_attacked_strong"] = original_strong.accuracy
+            acc["defensive_attacked_strong"] = defensive_strong.accuracy
+            strong_info = {
+                "n": n_strong,
+                "weak_on_same_examples": {
+                    "original_attacked": float(correct(model, x_adv[:n_strong], y[:n_strong]).float().mean()),
+                    "defensive_attacked": float(correct(model, x_def_adv[:n_strong], y[:n_strong]).float().mean()),
+                },
+                "broken_by": {"original": original_strong.broken_by, "defensive": defensive_strong.broken_by},
+                "max_perturbation": {"original": original_strong.max_perturbation,
+                                     "defensive": defensive_strong.max_perturbation},
+                "suite": asdict(strong_cfg),
+            }  # fmt: skip
+        adaptive_info: dict[str, Any] = {}
+        if defense.reactive:
+            defended = DefendedModel(model, defense, mode="bpda")
+            x_adv_def = defend(model, x_adv, None, defense, batch_size=bs, progress=progress)
+            acc["defended_adversarial"] = accuracy(model, x_adv_def, y)
+            n_adaptive = min(config.adaptive_limit, len(x))
+            if n_adaptive:
+                say(f"adaptive attack through the {method} defense ({n_adaptive} examples)")
+                acc["adaptive"], adaptive_info = _adaptive(model, defended, defense, x[:n_adaptive],
+                                                           y[:n_adaptive], x_adv[:n_adaptive], config)  # fmt: skip
+            if versions is not None:
+                save_version(versions / method / "defended-adversarial.npz", x_adv_def, y)
+        if versions is not None:
+            save_version(versions / method / "defensive.npz", x_def, y)
+            save_version(versions / method / "defensive-attacked.npz", x_def_adv, y)
+        results.append({
+            "threat": {"norm": threat.norm, "eps": threat.eps, "step_size": config.step_size,
+                       "steps": config.steps, "random_start": config.random_start},
+            "defense": method,
+            "defense_kind": "reactive" if defense.reactive else "proactive",
+            "defense_budget": {"eps": defense.threat.eps, "steps": defense.steps,
+                               "step_size": defense.step_size},
+            "dataset": data.spec.name,
+            "split": split_name,
+            "n": len(x),
+            "accuracy": acc,
+            "strong": strong_info,
+            "adaptive": adaptive_info,
+        })  # fmt: skip
+    elapsed = time.perf_counter() - started
+    for r in results:
+        r["seconds_total"] = elapsed
+    if run is not None:
+        write_json(run / f"metrics-{split_name}.json" if split_name != "test" else run / "metrics.json",
+                   {"results": results, "config": asdict(config)})  # fmt: skip
+    return results
+
+
+def _adaptive(
+    model: nn.Module,
+    defended_bpda: DefendedModel,
+    defense: Defense,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv_plain: torch.Tensor,
+    config: DPConfig,
+) -> tuple[float, dict[str, Any]]:
+    """Worst case over: the plain attack's points, BPDA through the defense, unrolled defense."""
+    threat = config.threat()
+    robust = correct(defended_bpda, x_adv_plain, y, batch_size=64)
+    broken: dict[str, int] = {"plain": int((~robust).sum())}
+    for mode, bs in (("bpda", 64), ("unrolled", 16)):
+        idx = robust.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        through = DefendedModel(model, defense, mode=mode)
+        cand = pgd(through, x[idx], y[idx], threat=threat, steps=config.steps,
+                   step_size=config.step_size, batch_size=bs)  # fmt: skip
+        still = correct(defended_bpda, cand, y[idx], batch_size=64)
+        robust[idx[~still]] = False
+        broken[mode] = int((~still).sum())
+    return float(robust.float().mean()), {"n": len(x), "broken_by": broken}
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """The human-readable table ``defpert dp`` prints."""
+    if not results:
+        return ""
+    first = results[0]
+    t = first["threat"]
+    lines = [
+        f"{first['dataset']} {first['split']}, n={first['n']}: PGD {t['norm']} eps={t['eps']} "
+        f"step={t['step_size']} steps={t['steps']}",
+    ]
+    for r in results:
+        a = r["accuracy"]
+        strong_n = r["strong"].get("n")
+        lines.append("")
+        lines.append(f"defense: {r['defense']} ({r['defense_kind']}; budget eps={r['defense_budget']['eps']}, "
+                     f"steps={r['defense_budget']['steps']}, step={r['defense_budget']['step_size']})")  # fmt: skip
+        lines.append(f"  {'':44s} {'original':>9s} {'defensive':>10s}")
+        lines.append(f"  {'1-2. clean':44s} {a['original']:9.4f} {a['defensive']:10.4f}")
+        weak_label = f"1-2. weak attack (PGD-{t['steps']}, the original study)"
+        lines.append(f"  {weak_label:44s} "
+                     f"{a['original_attacked']:9.4f} {a['defensive_attacked']:10.4f}")  # fmt: skip
+        if "original_attacked_strong" in a:
+            w = r["strong"]["weak_on_same_examples"]
+            lines.append(f"  {f'   weak attack on the strong subset (n={strong_n})':44s} "
+                         f"{w['original_attacked']:9.4f} {w['defensive_attacked']:10.4f}")  # fmt: skip
+            lines.append(f"  {f'3. strong attack, worst case (n={strong_n})':44s} "
+                         f"{a['original_attacked_strong']:9.4f} {a['defensive_attacked_strong']:10.4f}")  # fmt: skip
+        if "defended_adversarial" in a:
+            lines.append(f"  {'4. defense applied to adversarial inputs':44s} {a['defended_adversarial']:9.4f}")
+        if "adaptive" in a:
+            n_ad = r["adaptive"]["n"]
+            lines.append(f"  {f'4. adaptive attack through defense (n={n_ad})':44s} {a['adaptive']:9.4f}")
+    return "\n".join(lines)

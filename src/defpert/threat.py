@@ -1,0 +1,133 @@
+"""Threat models: the set of allowed perturbations around an input.
+
+Each norm ball is one small class that knows three things, so the optimiser never asks
+which norm it is working with:
+
+* ``random_init``: a random point of the ball (uniform over the ball, for L2 too);
+* ``step``: the steepest-ascent step of a given length for a gradient;
+* ``project``: the closest point of the ball.
+
+Images live in [0, 1]; :func:`clip_to_box` keeps ``x + delta`` there. For L-inf the two
+projections commute, for L2 clipping after projecting never leaves the ball (clipping
+only shrinks each coordinate of ``delta``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from defpert.errors import DefpertError
+
+NORMS = ("linf", "l2")
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-example L2 norm, shaped to broadcast against ``t``: (B, 1, 1, 1)."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class ThreatModel(ABC):
+    """A norm ball of radius ``eps`` around each input."""
+
+    eps: float
+
+    norm: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+            raise DefpertError(f"eps must be a positive number, got {self.eps}")
+
+    @abstractmethod
+    def random_init(self, shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
+        """A random perturbation inside the ball (drawn on the CPU for reproducibility)."""
+
+    @abstractmethod
+    def step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        """The steepest-ascent step of length ``step_size`` (in this norm) along ``grad``."""
+
+    @abstractmethod
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        """The closest point of the ball to ``delta``."""
+
+    @abstractmethod
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        """Per-example norm of ``delta`` (B,)."""
+
+
+@dataclass(frozen=True)
+class LinfBall(ThreatModel):
+    """``||delta||_inf <= eps``: every pixel moves by at most ``eps``."""
+
+    norm: str = "linf"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eps >= 1:
+            raise DefpertError(
+                f"an L-inf eps of {self.eps} covers the whole [0, 1] pixel range; "
+                "did you mean an L2 radius (-p l2)?"
+            )
+
+    def random_init(self, shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
+        return (torch.rand(shape, generator=generator) * 2 - 1) * self.eps
+
+    def step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        return step_size * grad.sign()
+
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.clamp(-self.eps, self.eps)
+
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.flatten(1).abs().amax(dim=1)
+
+
+@dataclass(frozen=True)
+class L2Ball(ThreatModel):
+    """``||delta||_2 <= eps`` over all pixels of an image."""
+
+    norm: str = "l2"
+
+    def random_init(self, shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
+        direction = torch.randn(shape, generator=generator)
+        direction = direction / _flat_norm(direction).clamp_min(1e-12)
+        dim = math.prod(shape[1:])
+        # radius ~ eps * U^(1/d): uniform over the ball's volume, not crowded at the centre
+        radius = self.eps * torch.rand(shape[0], generator=generator) ** (1.0 / dim)
+        return direction * radius.view(-1, *([1] * (len(shape) - 1)))
+
+    def step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        return step_size * grad / _flat_norm(grad).clamp_min(1e-12)
+
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        norm = _flat_norm(delta)
+        return delta * (self.eps / norm.clamp_min(1e-12)).clamp(max=1.0)
+
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.flatten(1).norm(dim=1)
+
+
+def make_threat(norm: str, eps: float) -> ThreatModel:
+    """Build the threat model for a norm name (``linf`` or ``l2``), validating ``eps``."""
+    if norm == "linf":
+        return LinfBall(eps)
+    if norm == "l2":
+        return L2Ball(eps)
+    raise DefpertError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+
+
+def clip_to_box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The part of ``delta`` that keeps ``x + delta`` inside [0, 1]."""
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def validate_schedule(steps: int, step_size: float) -> None:
+    """Refuse a number of steps below 1 or a non-positive step size."""
+    if not isinstance(steps, int) or steps < 1:
+        raise DefpertError(f"steps must be at least 1, got {steps}")
+    if not (math.isfinite(step_size) and step_size > 0):
+        raise DefpertError(f"step size must be positive, got {step_size}")

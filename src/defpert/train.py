@@ -1,0 +1,195 @@
+"""Standard training of a classifier, from a notebook or from ``defpert train``.
+
+    defpert train --dataset mnist --model cnn --epochs 3 --seed 0 --out runs/cnn
+
+The validation split (the end of the official training set) is kept apart and used only
+to report accuracy after each epoch; the test split is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from defpert.data import Split, load_split
+from defpert.devices import pick_device
+from defpert.errors import DefpertError
+from defpert.evaluate import accuracy
+from defpert.models import build_model, save_checkpoint
+from defpert.runs import ensure_dir, write_json
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained model."""
+
+    dataset: str = "mnist"
+    model: str = "cnn"
+    epochs: int = 3
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 1e-3
+    limit: int | None = None  # train on the first N training images only
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise DefpertError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise DefpertError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise DefpertError(f"--lr must be positive, got {self.lr}")
+        if self.limit is not None and self.limit < 1:
+            raise DefpertError(f"--limit must be at least 1, got {self.limit}")
+
+
+@dataclass
+class TrainResult:
+    """The trained model (in eval mode) and what was measured."""
+
+    model: nn.Module
+    metrics: dict[str, Any] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a model, evaluate it on the test split, and (if ``out``) save a checkpoint.
+
+    The global random state is left untouched: the seed drives a private RNG scope.
+    """
+    config.validate()
+    run = ensure_dir(out) if out is not None else None  # fail early if unwritable
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    train_split = load_split(config.dataset, "train", data_dir, progress=progress).head(config.limit)
+    val_split = load_split(config.dataset, "val", data_dir, progress=progress)
+    test_split = load_split(config.dataset, "test", data_dir, progress=progress)
+    spec = train_split.spec
+    mean, std = float(train_split.images.mean()), float(train_split.images.std())
+
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, spec.input_shape, spec.num_classes, mean=mean, std=std)
+        model.to(dev)
+        history, seconds = _fit(model, train_split, val_split, config, dev, progress)
+    model.eval()
+    test_acc = accuracy(model, test_split.images, test_split.labels)
+    metrics: dict[str, Any] = {
+        "test_accuracy": test_acc,
+        "val_accuracy": history[-1]["val_accuracy"],
+        "epochs": history,
+        "train_seconds": seconds,
+        "train_images_per_second": len(train_split) * config.epochs / seconds,
+        "n_train": len(train_split),
+        "n_val": len(val_split),
+        "n_test": len(test_split),
+        "device": str(dev),
+    }
+    card = {
+        "dataset": config.dataset,
+        "architecture": config.model,
+        "input_shape": list(spec.input_shape),
+        "num_classes": spec.num_classes,
+        "classes": list(spec.classes),
+        "normalization": {"mean": mean, "std": std},
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "training": {"kind": "standard", **vars(config)},
+        "accuracy": {"test": test_acc, "val": metrics["val_accuracy"]},
+    }
+    if run is not None:
+        save_checkpoint(model, run, card)
+        write_json(Path(run) / "metrics.json", metrics)
+    return TrainResult(model=model, metrics=metrics, card=card)
+
+
+def _fit(
+    model: nn.Module,
+    train_split: Split,
+    val_split: Split,
+    config: TrainConfig,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[dict[str, float]], float]:
+    """Adam with a cosine learning-rate decay; returns per-epoch history and seconds spent."""
+    n = len(train_split)
+    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps_per_epoch * config.epochs)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    seconds = 0.0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=shuffle)
+        seen, right, loss_sum = 0, 0, 0.0
+        start = time.perf_counter()
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+            disable=not progress, leave=True,
+        )  # fmt: skip
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x = train_split.images[idx].to(device, non_blocking=True)
+            y = train_split.labels[idx].to(device, non_blocking=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(y)
+            right += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+            if step % 20 == 0 or step == steps_per_epoch - 1:
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{right / seen:.4f}", img_s=f"{rate:.0f}")
+        seconds += time.perf_counter() - start
+        model.eval()
+        val_acc = accuracy(model, val_split.images, val_split.labels)
+        history.append(
+            {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": right / seen, "val_accuracy": val_acc}
+        )
+        if progress:
+            tqdm.write(f"epoch {epoch}: train loss {loss_sum / seen:.4f}, val accuracy {val_acc:.4f}")
+    return history, seconds
+
+
+DEFAULT_EPOCHS = {"mnist": 3, "fashion-mnist": 3, "digits": 40}
+
+
+def default_checkpoint(
+    dataset: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    report: Any = None,
+) -> Path:
+    """The default ``cnn`` for a dataset, trained on first use and reused afterwards."""
+    from defpert.data import get_spec
+    from defpert.runs import default_cache_dir
+
+    spec = get_spec(dataset)
+    epochs = DEFAULT_EPOCHS.get(spec.name, 3)
+    run = default_cache_dir() / "models" / f"{spec.name}-cnn-e{epochs}-s0"
+    if (run / "model.safetensors").is_file() and (run / "model.json").is_file():
+        return run
+    if report:
+        report(f"no checkpoint given: training the default cnn on {spec.name} ({epochs} epochs) into {run}")
+    config = TrainConfig(dataset=spec.name, epochs=epochs, batch_size=64, lr=2e-3)
+    train(config, out=run, data_dir=data_dir, device=device, progress=progress)
+    return run
