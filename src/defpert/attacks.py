@@ -37,7 +37,7 @@ def pgd(
     loss: str = "ce",
     random_start: bool = False,
     generator: torch.Generator | None = None,
-    batch_size: int = 256,
+    batch_size: int = 128,
     progress: bool = False,
 ) -> torch.Tensor:
     """Untargeted PGD (Madry et al., 2018): ascend ``loss`` inside the threat model's ball.
@@ -76,7 +76,7 @@ class StrongConfig:
     restarts: int = 2
     use_art: bool = True
     square_queries: int = 1000
-    batch_size: int = 256
+    batch_size: int = 128
 
 
 def strong_attack(

@@ -46,7 +46,7 @@ class Defense:
     threat: ThreatModel
     steps: int
     step_size: float
-    inner_steps: int = 10  # minmax only: steps of the inner attack
+    inner_steps: int = 5  # minmax only: steps of the inner attack
 
     def __post_init__(self) -> None:
         if self.method not in DEFENSES:
@@ -88,7 +88,7 @@ def defend(
     y: torch.Tensor | None,
     defense: Defense,
     *,
-    batch_size: int = 256,
+    batch_size: int = 128,
     progress: bool = False,
 ) -> torch.Tensor:
     """Apply a defensive perturbation to ``x`` (N, C, H, W); returns the defensive inputs.

@@ -49,7 +49,7 @@ def perturb(
     objective: Objective,
     schedule: Schedule,
     generator: torch.Generator | None = None,
-    batch_size: int = 256,
+    batch_size: int = 128,
     inner: InnerPoint | None = None,
     progress: bool = False,
     desc: str = "pgd",

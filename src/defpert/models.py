@@ -167,6 +167,8 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     run = Path(run_dir)
+    if not run.exists():
+        raise DefpertError(f"checkpoint {run} does not exist")
     run = run if run.is_dir() else run.parent
     card = read_card(run)
     shape = tuple(int(s) for s in card["input_shape"])

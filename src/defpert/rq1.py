@@ -57,7 +57,7 @@ class DPConfig:
     defense_steps: int | None = None
     defense_step_size: float | None = None
     seed: int = 0
-    batch_size: int = 256
+    batch_size: int = 128
     extra: dict[str, Any] = field(default_factory=dict)
 
     def threat(self) -> ThreatModel:
@@ -193,7 +193,8 @@ def run_dp(
             "defense": method,
             "defense_kind": "reactive" if defense.reactive else "proactive",
             "defense_budget": {"eps": defense.threat.eps, "steps": defense.steps,
-                               "step_size": defense.step_size},
+                               "step_size": defense.step_size,
+                               **({"inner_steps": defense.inner_steps} if method == "minmax" else {})},
             "dataset": data.spec.name,
             "split": split_name,
             "n": len(x),

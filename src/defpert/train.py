@@ -35,8 +35,8 @@ class TrainConfig:
     model: str = "cnn"
     epochs: int = 3
     seed: int = 0
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 2e-3
     limit: int | None = None  # train on the first N training images only
 
     def validate(self) -> None:

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny model trained on scikit-learn's digits (seconds), real MNIST."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from defpert.data import Split, fetch, load_split
+from defpert.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default models and caches go to a temporary directory, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+    if "DEFPERT_DATA" not in os.environ:
+        monkeypatch.setenv("DEFPERT_DATA", str(Path.home() / ".cache" / "defpert" / "data"))
+
+
+@pytest.fixture(scope="session")
+def digits_test() -> Split:
+    return load_split("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def digits_model() -> torch.nn.Module:
+    """A small MLP on the 8x8 digits, ~97 % test accuracy, trained in about a second."""
+    train = load_split("digits", "train")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model("mlp", (1, 8, 8), 10, mean=0.3, std=0.4)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(30):
+            order = torch.randperm(len(train), generator=g)
+            for i in range(0, len(train), 64):
+                idx = order[i : i + 64]
+                loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """Real MNIST, fetched by the project's own fetcher (cached across runs)."""
+    return fetch("mnist", progress=False)
