@@ -13,7 +13,7 @@ def test_digits_needs_no_fetch():
     train, val, test = (data.load_split("digits", s) for s in ("train", "val", "test"))
     assert train.images.shape[1:] == (1, 8, 8)
     assert len(train) + len(val) + len(test) == 1797
-    assert 0.0 <= float(train.images.min()) and float(train.images.max()) <= 1.0
+    assert float(train.images.min()) >= 0.0 and float(train.images.max()) <= 1.0
     assert train.images.dtype == torch.float32 and train.labels.dtype == torch.int64
     assert set(train.labels.tolist()) == set(range(10))
 
@@ -68,7 +68,10 @@ def test_fetch_rejects_wrong_files_and_leaves_nothing(tmp_path, monkeypatch):
     source = tmp_path / "src"
     source.mkdir()
     for name in data.DATASETS["mnist"].sha256:
-        (source / name).write_bytes(encode_idx(np.zeros((2, 28, 28) if "images" in name else 2, dtype=np.uint8)))
+        (source / name).write_bytes(
+            encode_idx(np.zeros((2, 28, 28) if "images" in name else 2, dtype=np.uint8))
+        )
+
     def offline(*_a, **_k):
         raise data._SourceFailed("offline")
 

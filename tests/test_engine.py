@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from defpert.attacks import StrongConfig, pgd, strong_attack
-from defpert.defenses import DEFENSES, Defense, DefendedModel, defend
+from defpert.defenses import DEFENSES, DefendedModel, Defense, defend
 from defpert.engine import Schedule, perturb
 from defpert.evaluate import accuracy, correct
 from defpert.objectives import cross_entropy, hedge, margin
@@ -25,8 +25,15 @@ def xy(digits_test):
 def test_perturbation_stays_in_ball_and_box(digits_model, xy, threat, ascend):
     x, y = xy
     schedule = Schedule(15, threat.eps / 5, ascend=ascend, random_start=True)
-    out = perturb(digits_model, x, y, threat=threat, objective=cross_entropy, schedule=schedule,
-                  generator=torch.Generator().manual_seed(0))
+    out = perturb(
+        digits_model,
+        x,
+        y,
+        threat=threat,
+        objective=cross_entropy,
+        schedule=schedule,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert (threat.size(out - x) <= threat.eps + 1e-6).all()
     assert out.min() >= 0 and out.max() <= 1
 
@@ -40,8 +47,19 @@ def test_tiny_eps_changes_nothing_measurable(digits_model, xy):
 
 def test_fixed_seed_repeats_exactly(digits_model, xy):
     x, y = xy
-    runs = [pgd(digits_model, x, y, threat=L2Ball(1.0), steps=10, step_size=0.2, random_start=True,
-                generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    runs = [
+        pgd(
+            digits_model,
+            x,
+            y,
+            threat=L2Ball(1.0),
+            steps=10,
+            step_size=0.2,
+            random_start=True,
+            generator=torch.Generator().manual_seed(3),
+        )
+        for _ in range(2)
+    ]
     assert torch.equal(runs[0], runs[1])
 
 
@@ -49,8 +67,9 @@ def test_fixed_seed_repeats_exactly(digits_model, xy):
 def test_attack_lowers_accuracy(digits_model, xy, threat):
     x, y = xy
     clean = accuracy(digits_model, x, y)
-    attacked = accuracy(digits_model, pgd(digits_model, x, y, threat=threat, steps=20,
-                                          step_size=threat.eps / 8), y)
+    attacked = accuracy(
+        digits_model, pgd(digits_model, x, y, threat=threat, steps=20, step_size=threat.eps / 8), y
+    )
     assert clean > 0.9
     assert attacked < clean - 0.3
 
@@ -67,9 +86,12 @@ def test_proactive_defense_raises_true_class_margin(digits_model, xy, method):
     assert after.mean() > before.mean() + 1.0
     # and it makes the weak attack less successful
     threat = LinfBall(0.15)
-    attacked = accuracy(digits_model, pgd(digits_model, x, y, threat=threat, steps=10, step_size=0.03), y)
-    attacked_def = accuracy(digits_model, pgd(digits_model, x_def, y, threat=threat, steps=10,
-                                              step_size=0.03), y)
+    attacked = accuracy(
+        digits_model, pgd(digits_model, x, y, threat=threat, steps=10, step_size=0.03), y
+    )
+    attacked_def = accuracy(
+        digits_model, pgd(digits_model, x_def, y, threat=threat, steps=10, step_size=0.03), y
+    )
     assert attacked_def > attacked
 
 
@@ -119,8 +141,13 @@ def test_model_parameters_and_mode_untouched(digits_model, xy):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     model.eval()
-    strong_attack(model, x[:20], y[:20], threat=LinfBall(0.1),
-                  config=StrongConfig(steps=5, restarts=1, square_queries=20))
+    strong_attack(
+        model,
+        x[:20],
+        y[:20],
+        threat=LinfBall(0.1),
+        config=StrongConfig(steps=5, restarts=1, square_queries=20),
+    )
     assert not any(m.training for m in model.modules())
 
 
@@ -133,10 +160,19 @@ def test_agrees_with_art_pgd(digits_model, xy, threat):
 
     x, y = xy
     step = threat.eps / 8
-    ours = accuracy(digits_model, pgd(digits_model, x, y, threat=threat, steps=20, step_size=step), y)
+    ours = accuracy(
+        digits_model, pgd(digits_model, x, y, threat=threat, steps=20, step_size=step), y
+    )
     art_pgd = ProjectedGradientDescent(
-        art_classifier(digits_model, x, 10), norm=np.inf if threat.norm == "linf" else 2,
-        eps=threat.eps, eps_step=step, max_iter=20, num_random_init=0, batch_size=128, verbose=False)
+        art_classifier(digits_model, x, 10),
+        norm=np.inf if threat.norm == "linf" else 2,
+        eps=threat.eps,
+        eps_step=step,
+        max_iter=20,
+        num_random_init=0,
+        batch_size=128,
+        verbose=False,
+    )
     theirs = accuracy(digits_model, torch.from_numpy(art_pgd.generate(x.numpy(), y.numpy())), y)
     assert abs(ours - theirs) <= 0.01 + 1e-9
 
@@ -145,8 +181,14 @@ def test_agrees_with_art_pgd(digits_model, xy, threat):
 def test_strong_attack_never_above_weak(digits_model, xy, threat):
     x, y = xy[0][:60], xy[1][:60]
     weak = pgd(digits_model, x, y, threat=threat, steps=5, step_size=threat.eps / 4)
-    res = strong_attack(digits_model, x, y, threat=threat, known_adversarial=[weak],
-                        config=StrongConfig(steps=20, restarts=1, square_queries=50))
+    res = strong_attack(
+        digits_model,
+        x,
+        y,
+        threat=threat,
+        known_adversarial=[weak],
+        config=StrongConfig(steps=20, restarts=1, square_queries=50),
+    )
     assert res.accuracy <= accuracy(digits_model, weak, y)
     assert res.max_perturbation <= threat.eps + 1e-5
     assert torch.equal(res.robust, correct(digits_model, res.adversarial, y))
@@ -159,13 +201,21 @@ def test_adaptive_attack_through_reactive_defense(digits_model, xy):
     threat = LinfBall(0.15)
     clean = accuracy(defended, x, y)
     for mode in ("bpda", "unrolled"):
-        adv = pgd(DefendedModel(digits_model, d, mode=mode), x, y, threat=threat, steps=10,
-                  step_size=0.03, batch_size=16)
+        adv = pgd(
+            DefendedModel(digits_model, d, mode=mode),
+            x,
+            y,
+            threat=threat,
+            steps=10,
+            step_size=0.03,
+            batch_size=16,
+        )
         assert (threat.size(adv - x) <= 0.15 + 1e-6).all()
         assert accuracy(defended, adv, y) < clean - 0.2
 
 
 def test_hedge_objective_ignores_labels():
     logits = torch.randn(5, 10)
-    assert torch.equal(hedge(logits, torch.zeros(5, dtype=torch.long)),
-                       hedge(logits, torch.arange(5)))
+    assert torch.equal(
+        hedge(logits, torch.zeros(5, dtype=torch.long)), hedge(logits, torch.arange(5))
+    )

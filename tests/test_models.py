@@ -30,8 +30,13 @@ def test_unknown_model():
 
 
 def _card(shape=(1, 8, 8)):
-    return {"dataset": "digits", "architecture": "cnn", "input_shape": list(shape), "num_classes": 10,
-            "normalization": {"mean": 0.3, "std": 0.4}}
+    return {
+        "dataset": "digits",
+        "architecture": "cnn",
+        "input_shape": list(shape),
+        "num_classes": 10,
+        "normalization": {"mean": 0.3, "std": 0.4},
+    }
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -15,6 +15,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +161,7 @@ def _preserve_mode(model: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-def art_classifier(model: nn.Module, x: torch.Tensor, num_classes: int):  # type: ignore[no-untyped-def]
+def art_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> Any:
     """Wrap a [0, 1]-pixel model as ART's PyTorchClassifier on the model's device."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

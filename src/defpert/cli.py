@@ -33,7 +33,9 @@ def _progress_default() -> bool:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="dataset directory (default: $DEFPERT_DATA or the user cache)")
+    p.add_argument(
+        "--data-dir", help="dataset directory (default: $DEFPERT_DATA or the user cache)"
+    )
     p.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="show progress bars (default: when stderr is a terminal)",
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     fetch = data_sub.add_parser("fetch", help="fetch and verify a dataset's IDX files")
     fetch.add_argument("dataset", help="mnist or fashion-mnist (digits needs no fetch)")
-    fetch.add_argument("--from", dest="source", metavar="DIR", help="a directory holding the IDX files")
+    fetch.add_argument(
+        "--from", dest="source", metavar="DIR", help="a directory holding the IDX files"
+    )
     _add_common(fetch)
 
     tr = sub.add_parser("train", help="train a classifier and report its test accuracy")
@@ -101,7 +105,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     build_model(config.model)
     config.validate()
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
-    result = train(config, out=args.out, data_dir=data_dir, device=args.device, progress=args.progress)
+    result = train(
+        config, out=args.out, data_dir=data_dir, device=args.device, progress=args.progress
+    )
     m = result.metrics
     print(
         f"{config.dataset} {config.model}: test accuracy {m['test_accuracy']:.4f} "
@@ -113,7 +119,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (status 2), --help and --version (status 0)
+        return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "progress", None) is None:
         args.progress = _progress_default()
     handlers = {"data": _cmd_fetch, "train": _cmd_train}

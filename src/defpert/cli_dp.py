@@ -1,7 +1,7 @@
 """``defpert dp``: the RQ1 command (attack, defensive perturbation, attack again).
 
-    defpert dp -p linf -k 20 -e 0.2 -a 0.01
-    defpert dp -p l2 -k 40 -e 2.5 -a 0.075 --defense ce,margin,minmax,anti-adversary,hedge
+defpert dp -p linf -k 20 -e 0.2 -a 0.01
+defpert dp -p l2 -k 40 -e 2.5 -a 0.075 --defense ce,margin,minmax,anti-adversary,hedge
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ def add_dp_parser(sub: Any) -> None:
                    help=f"comma-separated, or 'all': {', '.join(DEFENSES)}")  # fmt: skip
     p.add_argument("--defense-eps", type=float, help="defense budget (default: the attack's eps)")
     p.add_argument("--defense-steps", type=int, help="defense steps (default: the attack's)")
-    p.add_argument("--defense-step-size", type=float, help="defense step size (default: the attack's)")
-    p.add_argument("--checkpoint", help="run directory of a trained model (default: the default cnn)")
+    p.add_argument(
+        "--defense-step-size", type=float, help="defense step size (default: the attack's)"
+    )
+    p.add_argument(
+        "--checkpoint", help="run directory of a trained model (default: the default cnn)"
+    )
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--split", default="test", help="train, val or test")
     p.add_argument("--limit", type=int, help="use the first N examples")
@@ -67,7 +71,9 @@ def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.runs import ensure_dir, write_json
     from defpert.train import default_checkpoint
 
-    defenses = DEFENSES if args.defense == "all" else tuple(d.strip() for d in args.defense.split(","))
+    defenses = (
+        DEFENSES if args.defense == "all" else tuple(d.strip() for d in args.defense.split(","))
+    )
     config = DPConfig(
         norm=args.norm, eps=args.eps, step_size=args.step_size, steps=args.steps,
         defenses=defenses, random_start=args.random_start, strong=args.strong,
@@ -86,15 +92,21 @@ def run_dp_command(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or default_checkpoint(
         spec.name, data_dir=data_dir, device=device, progress=args.progress, report=_say
     )
-    model, card = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
+    model, card = load_checkpoint(
+        checkpoint, expect_input_shape=spec.input_shape, map_location=device
+    )
     write_json(out / "config.json", {"command": "dp", "checkpoint": str(checkpoint),
                                      "dataset": spec.name, "split": args.split,
                                      "limit": args.limit, "dp": vars(config)})  # fmt: skip
-    splits = [args.split] + ([s for s in ("train", "val") if s != args.split] if args.save_splits else [])
+    splits = [args.split] + (
+        [s for s in ("train", "val") if s != args.split] if args.save_splits else []
+    )
     for i, split_name in enumerate(splits):
         data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=_say)
         data = data.head(args.limit)
-        cfg = config if i == 0 else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
+        cfg = (
+            config if i == 0 else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
+        )
         results = run_dp(model, data, cfg, out=out, split_name=split_name,
                          progress=args.progress, report=_say)  # fmt: skip
         if i == 0:

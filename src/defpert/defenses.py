@@ -97,7 +97,11 @@ def defend(
     """
     method = defense.method
     if defense.reactive:
-        labels = predict(model, x) if method == "anti-adversary" else torch.zeros(len(x), dtype=torch.long)
+        labels = (
+            predict(model, x)
+            if method == "anti-adversary"
+            else torch.zeros(len(x), dtype=torch.long)
+        )
     else:
         if y is None:
             raise DefpertError(f"defense {method!r} is proactive and needs the true labels")
@@ -133,7 +137,11 @@ class DefendedModel(nn.Module):
         d = self.defense
         with torch.no_grad():
             logits = self.model(x)
-        labels = logits.argmax(1) if d.method == "anti-adversary" else torch.zeros_like(logits[:, 0], dtype=torch.long)
+        labels = (
+            logits.argmax(1)
+            if d.method == "anti-adversary"
+            else torch.zeros_like(logits[:, 0], dtype=torch.long)
+        )
         objective = cross_entropy if d.method == "anti-adversary" else hedge
         if self.mode == "bpda":
             x_def = perturb_batch(self.model, x.detach(), labels, threat=d.threat,

@@ -99,7 +99,9 @@ def perturb_batch(
     unrolled defense that an adaptive attack differentiates through).
     """
     with torch.enable_grad():
-        return _run_steps(model, x, labels, threat, objective, schedule, delta0, inner, create_graph)
+        return _run_steps(
+            model, x, labels, threat, objective, schedule, delta0, inner, create_graph
+        )
 
 
 def _run_steps(

@@ -17,7 +17,9 @@ def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1000) -
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kw: int) -> torch.Tensor:
+def correct(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kw: int
+) -> torch.Tensor:
     """Boolean mask (N,): is each image classified correctly?"""
     return predict(model, images, **kw) == labels.cpu()
 

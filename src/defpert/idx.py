@@ -43,8 +43,7 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DefpertError(f"{name} is not an IDX file: only {len(raw)} bytes long")
     if raw[0] != 0 or raw[1] != 0:
         raise DefpertError(
-            f"{name} is not an IDX file: bad magic number 0x{raw[:4].hex()} "
-            "(expected 0x000008NN)"
+            f"{name} is not an IDX file: bad magic number 0x{raw[:4].hex()} (expected 0x000008NN)"
         )
     if raw[2] != _UBYTE:
         raise DefpertError(

@@ -29,6 +29,9 @@ CARD_FORMAT = "defpert-checkpoint/1"
 class Normalize(nn.Module):
     """Standardise [0, 1] pixels inside the model: ``(x - mean) / std``."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: float, std: float) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(float(mean)))
@@ -118,7 +121,9 @@ def _defpert_version() -> str:
     return __version__
 
 
-def save_checkpoint(model: nn.Module, run_dir: str | os.PathLike[str], card: dict[str, Any]) -> Path:
+def save_checkpoint(
+    model: nn.Module, run_dir: str | os.PathLike[str], card: dict[str, Any]
+) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` atomically."""
     from safetensors.torch import save_file
 
@@ -193,6 +198,8 @@ def load_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise DefpertError(f"{weights} does not match architecture {card['architecture']!r}: {first}") from None
+        raise DefpertError(
+            f"{weights} does not match architecture {card['architecture']!r}: {first}"
+        ) from None
     model.eval()
     return model, card

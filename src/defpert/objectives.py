@@ -56,4 +56,6 @@ def get_objective(name: str) -> Objective:
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise DefpertError(f"unknown loss {name!r}; choose one of: {', '.join(OBJECTIVES)}") from None
+        raise DefpertError(
+            f"unknown loss {name!r}; choose one of: {', '.join(OBJECTIVES)}"
+        ) from None

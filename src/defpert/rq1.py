@@ -27,7 +27,7 @@ from torch import nn
 
 from defpert.attacks import StrongConfig, pgd, strong_attack
 from defpert.data import Split
-from defpert.defenses import DEFENSES, Defense, DefendedModel, defend
+from defpert.defenses import DEFENSES, DefendedModel, Defense, defend
 from defpert.engine import Schedule
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy, correct
@@ -265,8 +265,12 @@ def format_table(results: list[dict[str, Any]]) -> str:
             lines.append(f"  {f'3. strong attack, worst case (n={strong_n})':44s} "
                          f"{a['original_attacked_strong']:9.4f} {a['defensive_attacked_strong']:10.4f}")  # fmt: skip
         if "defended_adversarial" in a:
-            lines.append(f"  {'4. defense applied to adversarial inputs':44s} {a['defended_adversarial']:9.4f}")
+            lines.append(
+                f"  {'4. defense applied to adversarial inputs':44s} {a['defended_adversarial']:9.4f}"
+            )
         if "adaptive" in a:
             n_ad = r["adaptive"]["n"]
-            lines.append(f"  {f'4. adaptive attack through defense (n={n_ad})':44s} {a['adaptive']:9.4f}")
+            lines.append(
+                f"  {f'4. adaptive attack through defense (n={n_ad})':44s} {a['adaptive']:9.4f}"
+            )
     return "\n".join(lines)

@@ -59,7 +59,11 @@ def _umask() -> int:
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Atomically replace ``path`` with ``data``."""
-    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return write_atomic(path, write)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -74,7 +74,9 @@ def train(
     config.validate()
     run = ensure_dir(out) if out is not None else None  # fail early if unwritable
     dev = device if isinstance(device, torch.device) else pick_device(device)
-    train_split = load_split(config.dataset, "train", data_dir, progress=progress).head(config.limit)
+    train_split = load_split(config.dataset, "train", data_dir, progress=progress).head(
+        config.limit
+    )
     val_split = load_split(config.dataset, "val", data_dir, progress=progress)
     test_split = load_split(config.dataset, "test", data_dir, progress=progress)
     spec = train_split.spec
@@ -128,7 +130,9 @@ def _fit(
     n = len(train_split)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps_per_epoch * config.epochs)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, steps_per_epoch * config.epochs
+    )
     shuffle = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     seconds = 0.0
@@ -156,15 +160,24 @@ def _fit(
             loss_sum += float(loss.detach()) * len(y)
             if step % 20 == 0 or step == steps_per_epoch - 1:
                 rate = seen / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{right / seen:.4f}", img_s=f"{rate:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_sum / seen:.4f}", acc=f"{right / seen:.4f}", img_s=f"{rate:.0f}"
+                )
         seconds += time.perf_counter() - start
         model.eval()
         val_acc = accuracy(model, val_split.images, val_split.labels)
         history.append(
-            {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": right / seen, "val_accuracy": val_acc}
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen,
+                "train_accuracy": right / seen,
+                "val_accuracy": val_acc,
+            }
         )
         if progress:
-            tqdm.write(f"epoch {epoch}: train loss {loss_sum / seen:.4f}, val accuracy {val_acc:.4f}")
+            tqdm.write(
+                f"epoch {epoch}: train loss {loss_sum / seen:.4f}, val accuracy {val_acc:.4f}"
+            )
     return history, seconds
 
 
@@ -189,7 +202,9 @@ def default_checkpoint(
     if (run / "model.safetensors").is_file() and (run / "model.json").is_file():
         return run
     if report:
-        report(f"no checkpoint given: training the default cnn on {spec.name} ({epochs} epochs) into {run}")
+        report(
+            f"no checkpoint given: training the default cnn on {spec.name} ({epochs} epochs) into {run}"
+        )
     config = TrainConfig(dataset=spec.name, epochs=epochs, batch_size=64, lr=2e-3)
     train(config, out=run, data_dir=data_dir, device=device, progress=progress)
     return run

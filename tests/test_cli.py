@@ -1,0 +1,281 @@
+"""The ``defpert`` command: outputs, files written, and one-line errors with exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from defpert.cli import main
+from defpert.data import DATASETS
+from defpert.idx import encode_idx
+from defpert.models import build_model, save_checkpoint
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "nested" / "digits"  # parents created as needed
+    code = main(
+        ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "15", "--out", str(out)]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_checkpoint_card_and_metrics(digits_run):
+    for name in ("model.safetensors", "model.json", "metrics.json"):
+        assert (digits_run / name).is_file()
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    card = json.loads((digits_run / "model.json").read_text())
+    assert metrics["test_accuracy"] > 0.9
+    assert card["dataset"] == "digits" and card["architecture"] == "mlp" and card["epochs"] == 15
+    assert {"torch", "numpy", "python"} <= set(card["library_versions"])
+    assert card["accuracy"]["test"] == metrics["test_accuracy"]
+
+
+def test_train_prints_test_accuracy(capsys, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "lenet",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 0 and "test accuracy" in out
+
+
+def test_dp_json_and_saved_versions(capsys, digits_run, tmp_path):
+    out_dir = tmp_path / "dp"
+    code, out, _ = run(
+        capsys,
+        "dp",
+        "--dataset",
+        "digits",
+        "--checkpoint",
+        str(digits_run),
+        "-p",
+        "linf",
+        "-k",
+        "5",
+        "-e",
+        "0.2",
+        "-a",
+        "0.05",
+        "--limit",
+        "60",
+        "--strong-limit",
+        "30",
+        "--strong-steps",
+        "10",
+        "--strong-restarts",
+        "1",
+        "--no-art",
+        "--defense",
+        "hedge",
+        "--adaptive-limit",
+        "10",
+        "--out",
+        str(out_dir),
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["threat"] == {
+        "norm": "linf",
+        "eps": 0.2,
+        "step_size": 0.05,
+        "steps": 5,
+        "random_start": False,
+    }
+    assert result["defense"] == "hedge" and result["n"] == 60
+    acc = result["accuracy"]
+    for key in (
+        "original",
+        "original_attacked",
+        "defensive",
+        "defensive_attacked",
+        "original_attacked_strong",
+        "defensive_attacked_strong",
+        "defended_adversarial",
+        "adaptive",
+    ):
+        assert 0.0 <= acc[key] <= 1.0
+    assert acc["original_attacked"] < acc["original"]
+    for name in ("original", "adversarial", "hedge/defensive", "hedge/defensive-attacked"):
+        with np.load(out_dir / "versions" / "test" / f"{name}.npz") as f:
+            assert f["images"].shape == (60, 1, 8, 8) and f["labels"].shape == (60,)
+    assert (out_dir / "metrics.json").is_file() and (out_dir / "config.json").is_file()
+
+
+def test_dp_table(capsys, digits_run, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "dp",
+        "--dataset",
+        "digits",
+        "--checkpoint",
+        str(digits_run),
+        "-p",
+        "l2",
+        "-k",
+        "5",
+        "-e",
+        "1.0",
+        "-a",
+        "0.3",
+        "--limit",
+        "40",
+        "--no-strong",
+        "--defense",
+        "ce,margin",
+        "--out",
+        str(tmp_path / "dp"),
+    )
+    assert code == 0
+    assert "defense: ce" in out and "defense: margin" in out and "weak attack" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["train", "--dataset", "digits", "--model", "resnet"], "unknown model 'resnet'"),
+        (["train", "--dataset", "digits", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "--dataset", "digits", "--epochs", "-2"], "--epochs must be at least 1"),
+        (["train", "--epochs", "three"], "invalid int value"),
+        (["dp", "--dataset", "digits", "-p", "l3"], "unknown norm 'l3'"),
+        (["dp", "--dataset", "digits", "--defense", "magic"], "unknown defense 'magic'"),
+        (["dp", "--dataset", "digits", "-e", "0"], "eps must be a positive number"),
+        (["dp", "--dataset", "digits", "-e", "-0.1"], "eps must be a positive number"),
+        (["dp", "--dataset", "digits", "-p", "linf", "-e", "2.5"], "did you mean an L2 radius"),
+        (["dp", "--dataset", "digits", "-k", "0"], "steps must be at least 1"),
+        (["dp", "--dataset", "digits", "-a", "0"], "step size must be positive"),
+        (["dp", "--dataset", "digits", "--limit", "0"], "--limit must be at least 1"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
+    code, _, err = run(
+        capsys, *argv, *(["--out", str(tmp_path / "o")] if argv[0] != "nonsense" else [])
+    )
+    assert_one_line_error(code, err, message)
+
+
+def test_missing_and_foreign_checkpoint(capsys, tmp_path):
+    code, _, err = run(
+        capsys,
+        "dp",
+        "--dataset",
+        "digits",
+        "--checkpoint",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert_one_line_error(code, err, "does not exist")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "weights.pt").write_bytes(b"junk")
+    code, _, err = run(
+        capsys,
+        "dp",
+        "--dataset",
+        "digits",
+        "--checkpoint",
+        str(tmp_path / "foreign"),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert_one_line_error(code, err, "not a defpert checkpoint")
+
+
+def test_checkpoint_of_another_input_shape(capsys, tmp_path):
+    card = {
+        "dataset": "mnist",
+        "architecture": "mlp",
+        "input_shape": [1, 28, 28],
+        "num_classes": 10,
+    }
+    save_checkpoint(build_model("mlp", (1, 28, 28), 10), tmp_path / "ck", card)
+    code, _, err = run(
+        capsys,
+        "dp",
+        "--dataset",
+        "digits",
+        "--checkpoint",
+        str(tmp_path / "ck"),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert_one_line_error(code, err, "made for inputs of shape (1, 28, 28)")
+
+
+def test_unwritable_output_directory(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run(
+        capsys, "train", "--dataset", "digits", "--epochs", "1", "--out", str(blocker / "sub")
+    )
+    assert_one_line_error(code, err, "cannot create directory")
+
+
+def test_corrupt_data_directory(capsys, tmp_path):
+    data = tmp_path / "data" / "mnist"
+    data.mkdir(parents=True)
+    for name in DATASETS["mnist"].sha256:
+        shape = (10, 28, 28) if "images" in name else (10,)
+        blob = encode_idx(np.zeros(shape, dtype=np.uint8))
+        (data / name).write_bytes(blob[:-5] if name.startswith("t10k-images") else blob)
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mnist",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert_one_line_error(code, err, "is truncated")
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defpert",
+            "dp",
+            "-p",
+            "linf",
+            "-e",
+            "2.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
