@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from defpert.data import Split, fetch, load_split
+from defpert.data import Split, default_data_dir, fetch, load_split
 from defpert.models import build_model
 
 
@@ -18,9 +18,9 @@ def _isolated_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Default models and caches go to a temporary directory, never the user's."""
+    if "DEFPERT_DATA" not in os.environ:  # keep using the user's fetched datasets
+        monkeypatch.setenv("DEFPERT_DATA", str(default_data_dir()))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
-    if "DEFPERT_DATA" not in os.environ:
-        monkeypatch.setenv("DEFPERT_DATA", str(Path.home() / ".cache" / "defpert" / "data"))
 
 
 @pytest.fixture(scope="session")

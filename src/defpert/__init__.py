@@ -14,6 +14,7 @@ from defpert.errors import DefpertError  # noqa: E402
 from defpert.evaluate import accuracy, predict  # noqa: E402
 from defpert.models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from defpert.train import TrainConfig, TrainResult, train  # noqa: E402
+from defpert.tsne import draw_tsne, embed_tsne  # noqa: E402
 
 __all__ = [
     "DefpertError",
@@ -21,6 +22,8 @@ __all__ = [
     "TrainResult",
     "accuracy",
     "build_model",
+    "draw_tsne",
+    "embed_tsne",
     "fetch",
     "load_checkpoint",
     "load_split",

@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tr)
 
     from defpert.cli_dp import add_dp_parser
+    from defpert.cli_tsne import add_tsne_parser
 
     add_dp_parser(sub)
+    add_tsne_parser(sub)
     return parser
 
 
@@ -129,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args)
+        if args.command == "tsne":
+            from defpert.cli_tsne import run_tsne_command
+
+            return run_tsne_command(args)
         from defpert.cli_dp import run_dp_command
 
         return run_dp_command(args)

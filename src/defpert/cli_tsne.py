@@ -1,0 +1,127 @@
+"""``defpert tsne``: t-SNE of the data versions that ``defpert dp`` saved, or of any ``.npz``.
+
+defpert tsne --run runs/dp --versions original,adversarial,defensive --space features
+defpert tsne --npz my_data.npz --out tsne.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defpert.errors import DefpertError
+
+VERSION_FILES = {
+    "original": "original.npz",
+    "adversarial": "adversarial.npz",
+    "defensive": "{defense}/defensive.npz",
+    "defensive-attacked": "{defense}/defensive-attacked.npz",
+    "defended-adversarial": "{defense}/defended-adversarial.npz",
+}
+
+
+def add_tsne_parser(sub: Any) -> None:
+    from defpert.cli import _add_common
+
+    p = sub.add_parser("tsne", help="t-SNE plot of data versions (RQ2)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run directory written by `defpert dp`")
+    src.add_argument(
+        "--npz", help="any .npz file with arrays `images` (or `x`) and `labels` (or `y`)"
+    )
+    p.add_argument("--versions", default="original,adversarial,defensive",
+                   help=f"comma-separated: {', '.join(VERSION_FILES)}")  # fmt: skip
+    p.add_argument("--defense", help="which defense's versions (default: the first saved)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--space", default="pixels", help="pixels or features (penultimate layer)")
+    p.add_argument("--checkpoint", help="model for --space features (default: the run's)")
+    p.add_argument("--per-class", type=int, default=100, help="points per class and version")
+    p.add_argument("--layout", default="panels", help="panels or markers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="figure path (default: RUN/figures/tsne-<space>.png or FILE.png)")
+    _add_common(p)
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``images``/``labels`` (or ``x``/``y``) from an ``.npz`` without unpickling."""
+    p = Path(path)
+    if not p.is_file():
+        raise DefpertError(f"{p} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            keys = set(f.files)
+            xk = next((k for k in ("images", "x", "inputs") if k in keys), None)
+            yk = next((k for k in ("labels", "y") if k in keys), None)
+            if xk is None or yk is None:
+                raise DefpertError(
+                    f"{p} needs arrays 'images' and 'labels' (found: {', '.join(sorted(keys))})"
+                )
+            x, y = f[xk], f[yk]
+    except DefpertError:
+        raise
+    except ValueError as exc:
+        raise DefpertError(
+            f"{p} is not a plain .npz file (pickled objects are refused): {exc}"
+        ) from None
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError...
+        raise DefpertError(f"{p} is not a readable .npz file: {exc}") from None
+    if y.ndim != 1 or len(y) != len(x):
+        raise DefpertError(f"{p}: labels must be (N,) for N={len(x)} inputs, found shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DefpertError(f"{p}: labels must be integers, found {y.dtype}")
+    return x, y
+
+
+def _run_versions(run: Path, names: list[str], defense: str | None, split: str) -> dict[str, Any]:
+    base = run / "versions" / split
+    if not base.is_dir():
+        raise DefpertError(
+            f"{run} holds no saved versions for split {split!r} (run `defpert dp --out {run}`)"
+        )
+    if defense is None:
+        saved = sorted(d.name for d in base.iterdir() if (d / "defensive.npz").is_file())
+        defense = saved[0] if saved else "ce"
+    out = {}
+    for name in names:
+        if name not in VERSION_FILES:
+            raise DefpertError(f"unknown version {name!r}; choose from: {', '.join(VERSION_FILES)}")
+        out[name if "{defense}" not in VERSION_FILES[name] else f"{name} ({defense})"] = load_npz(
+            base / VERSION_FILES[name].format(defense=defense)
+        )
+    return out
+
+
+def run_tsne_command(args: argparse.Namespace) -> int:
+    from defpert.models import load_checkpoint
+    from defpert.runs import read_json, write_atomic
+    from defpert.tsne import draw_tsne
+
+    if args.per_class is not None and args.per_class < 1:
+        raise DefpertError(f"--per-class must be at least 1, got {args.per_class}")
+    names = [v.strip() for v in args.versions.split(",") if v.strip()]
+    if args.run:
+        run = Path(args.run)
+        versions = _run_versions(run, names, args.defense, args.split)
+        default_out = run / "figures" / f"tsne-{args.space}.png"
+    else:
+        versions = {Path(args.npz).stem: load_npz(args.npz)}
+        default_out = Path(args.npz).with_suffix(".png")
+    model = None
+    if args.space == "features":
+        checkpoint = args.checkpoint
+        if checkpoint is None and args.run:
+            checkpoint = read_json(Path(args.run) / "config.json").get("checkpoint")
+        if checkpoint is None:
+            raise DefpertError("--space features needs --checkpoint")
+        model, _ = load_checkpoint(checkpoint)
+    fig = draw_tsne(versions, space=args.space, model=model, seed=args.seed,
+                    per_class=args.per_class, layout=args.layout)  # fmt: skip
+    out = Path(args.out) if args.out else default_out
+    write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=130, format=out.suffix.lstrip(".") or "png"))
+    print(f"t-SNE of {', '.join(versions)} ({args.space}) saved to {out}", file=sys.stderr)
+    print(str(out))
+    return 0

@@ -1,0 +1,93 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from defpert import draw_tsne, embed_tsne
+from defpert.cli import main
+from defpert.errors import DefpertError
+
+
+@pytest.fixture(scope="module")
+def small(digits_test):
+    return digits_test.images[:90], digits_test.labels[:90]
+
+
+def _points(fig: Figure) -> int:
+    return sum(len(c.get_offsets()) for ax in fig.axes for c in ax.collections)
+
+
+def test_original_contract_numpy_and_tensor(small):
+    x, y = small
+    for inputs, labels in ((x, y), (x.numpy(), y.numpy())):
+        fig = draw_tsne(inputs, labels)
+        assert isinstance(fig, Figure)
+        assert _points(fig) == 90
+        assert len(fig.legends[0].get_texts()) == len(np.unique(y.numpy()))
+
+
+def test_several_versions_panels_and_markers(small, digits_model):
+    x, y = small
+    versions = {"original": (x, y), "noisy": ((x + 0.2 * torch.rand_like(x)).clamp(0, 1), y)}
+    panels = draw_tsne(versions, per_class=3)
+    n = 3 * len(np.unique(y.numpy()))
+    assert len(panels.axes) == 2 and _points(panels) == 2 * n
+    markers = draw_tsne(
+        versions, per_class=3, layout="markers", space="features", model=digits_model
+    )
+    assert len(markers.axes) == 1 and _points(markers) == 2 * n
+
+
+def test_same_seed_same_embedding(small):
+    x, y = small
+    a = embed_tsne({"v": (x, y)}, seed=1)
+    b = embed_tsne({"v": (x, y)}, seed=1)
+    assert np.array_equal(a.coords, b.coords)
+    assert 0.0 <= a.scores["v"]["knn_agreement"] <= 1.0
+
+
+def test_features_separate_classes_better_than_adversarial(small, digits_model):
+    from defpert.attacks import pgd
+    from defpert.threat import LinfBall
+
+    x, y = small
+    x_adv = pgd(digits_model, x, y, threat=LinfBall(0.2), steps=10, step_size=0.04)
+    emb = embed_tsne(
+        {"original": (x, y), "adversarial": (x_adv, y)}, space="features", model=digits_model
+    )
+    assert emb.scores["original"]["knn_agreement"] > emb.scores["adversarial"]["knn_agreement"]
+
+
+def test_bad_inputs(small):
+    x, y = small
+    with pytest.raises(DefpertError, match="labels are required"):
+        draw_tsne(x)
+    with pytest.raises(DefpertError, match="unknown space"):
+        draw_tsne(x, y, space="logits")
+    with pytest.raises(DefpertError, match="needs a model"):
+        draw_tsne(x, y, space="features")
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DefpertError, match="NaN"):
+        draw_tsne(bad, y)
+
+
+def test_cli_npz(tmp_path, small, capsys):
+    x, y = small
+    np.savez(tmp_path / "d.npz", images=x.numpy(), labels=y.numpy())
+    assert main(["tsne", "--npz", str(tmp_path / "d.npz"), "--per-class", "5"]) == 0
+    assert (tmp_path / "d.png").stat().st_size > 1000
+    capsys.readouterr()
+
+
+def test_cli_refuses_pickled_npz(tmp_path, capsys):
+    (tmp_path / "raw.npz").write_bytes(pickle.dumps({"images": 1}))
+    np.savez(
+        tmp_path / "objects.npz", images=np.array([object()], dtype=object), labels=np.zeros(1)
+    )
+    for name in ("raw.npz", "objects.npz"):
+        assert main(["tsne", "--npz", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "pickled objects are refused" in err
