@@ -76,7 +76,7 @@ class StrongConfig:
     steps: int = 100
     restarts: int = 2
     use_art: bool = True
-    square_queries: int = 1000
+    square_queries: int = 200  # ART's Square loops in Python per example and query
     batch_size: int = 128
 
 

@@ -71,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tr)
 
     from defpert.cli_dp import add_dp_parser
+    from defpert.cli_study import add_study_parsers
     from defpert.cli_tsne import add_tsne_parser
 
     add_dp_parser(sub)
     add_tsne_parser(sub)
+    add_study_parsers(sub)
     return parser
 
 
@@ -131,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args)
+        if args.command in ("sweep", "reproduce"):
+            from defpert import cli_study
+
+            return getattr(cli_study, f"run_{args.command}_command")(args)
         if args.command == "tsne":
             from defpert.cli_tsne import run_tsne_command
 

@@ -44,6 +44,7 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--strong-limit", type=int, default=1000, help="examples for the strong attack")
     p.add_argument("--strong-steps", type=int, default=100)
     p.add_argument("--strong-restarts", type=int, default=2)
+    p.add_argument("--square-queries", type=int, default=200, help="queries of ART's Square attack")
     p.add_argument("--art", action=argparse.BooleanOptionalAction, default=True,
                    help="include ART's APGD-CE, APGD-DLR and Square in the strong suite")  # fmt: skip
     p.add_argument("--adaptive-limit", type=int, default=200,
@@ -78,7 +79,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
         norm=args.norm, eps=args.eps, step_size=args.step_size, steps=args.steps,
         defenses=defenses, random_start=args.random_start, strong=args.strong,
         strong_limit=args.strong_limit, strong_steps=args.strong_steps,
-        strong_restarts=args.strong_restarts, use_art=args.art, adaptive_limit=args.adaptive_limit,
+        strong_restarts=args.strong_restarts, square_queries=args.square_queries, use_art=args.art, adaptive_limit=args.adaptive_limit,
         defense_eps=args.defense_eps, defense_steps=args.defense_steps,
         defense_step_size=args.defense_step_size, seed=args.seed, batch_size=args.batch_size,
     )  # fmt: skip

@@ -51,6 +51,7 @@ class DPConfig:
     strong_limit: int = 1000
     strong_steps: int = 100
     strong_restarts: int = 2
+    square_queries: int = 200
     use_art: bool = True
     adaptive_limit: int = 200
     defense_eps: float | None = None  # default: the attack's eps
@@ -78,7 +79,13 @@ class DPConfig:
             self.defense(method)
         if not self.defenses:
             raise DefpertError(f"name at least one defense: {', '.join(DEFENSES)}")
-        for name in ("strong_limit", "strong_steps", "strong_restarts", "batch_size"):
+        for name in (
+            "strong_limit",
+            "strong_steps",
+            "strong_restarts",
+            "square_queries",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise DefpertError(f"--{name.replace('_', '-')} must be at least 1")
         if self.adaptive_limit < 0:
@@ -131,7 +138,8 @@ def run_dp(
 
     n_strong = min(config.strong_limit, len(x))
     strong_cfg = StrongConfig(steps=config.strong_steps, restarts=config.strong_restarts,
-                              use_art=config.use_art, batch_size=bs)  # fmt: skip
+                              use_art=config.use_art, square_queries=config.square_queries,
+                              batch_size=bs)  # fmt: skip
     original_strong = None
     if config.strong:
         say(f"strong attack on the original data ({n_strong} examples)")

@@ -1,0 +1,117 @@
+"""``defpert sweep`` and ``defpert reproduce``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from defpert.errors import DefpertError
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def add_study_parsers(sub: Any) -> None:
+    from defpert.cli import _add_common
+
+    sw = sub.add_parser(
+        "sweep", help="accuracy versus eps, original and defensive, weak and strong"
+    )
+    sw.add_argument("-p", "--norm", default="linf")
+    sw.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="comma-separated radii")
+    sw.add_argument("-k", "--steps", type=int, default=20)
+    sw.add_argument("--defense", default="ce")
+    sw.add_argument("--checkpoint")
+    sw.add_argument("--dataset", default="mnist")
+    sw.add_argument("--limit", type=int, default=1000)
+    sw.add_argument("--strong-limit", type=int, default=200)
+    sw.add_argument("--strong", action=argparse.BooleanOptionalAction, default=True)
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--device", default="auto")
+    sw.add_argument("--out", default="runs/sweep")
+    _add_common(sw)
+
+    rp = sub.add_parser("reproduce", help="the whole study with a report, in one command")
+    rp.add_argument("--dataset", default="mnist")
+    rp.add_argument("--quick", action="store_true", help="a small slice: minutes on 2 CPU cores")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--device", default="auto")
+    rp.add_argument("--out", help="run directory (default: runs/reproduce-<dataset>[-quick])")
+    _add_common(rp)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from defpert.cli import _dataset_path
+    from defpert.data import get_spec, load_split
+    from defpert.devices import pick_device
+    from defpert.figures import accuracy_curves
+    from defpert.models import load_checkpoint
+    from defpert.rq1 import DPConfig
+    from defpert.runs import ensure_dir, write_atomic, write_json
+    from defpert.sweep import STEP_FRACTION, parse_eps_list, run_sweep
+    from defpert.train import default_checkpoint
+
+    eps_values = parse_eps_list(args.eps)
+    spec = get_spec(args.dataset)
+    if args.limit < 1:
+        raise DefpertError(f"--limit must be at least 1, got {args.limit}")
+    base = DPConfig(norm=args.norm, eps=eps_values[0], steps=args.steps,
+                    step_size=STEP_FRACTION.get(args.norm, 0.05) * eps_values[0],
+                    defenses=(args.defense,), strong=args.strong, strong_limit=args.strong_limit,
+                    seed=args.seed, adaptive_limit=0)  # fmt: skip
+    for eps in eps_values:
+        DPConfig(**{**vars(base), "eps": eps}).validate()
+    out = ensure_dir(args.out)
+    device = pick_device(args.device)
+    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    checkpoint = args.checkpoint or default_checkpoint(spec.name, data_dir=data_dir, device=device,
+                                                       progress=args.progress, report=_say)  # fmt: skip
+    model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
+    data = load_split(spec.name, "test", data_dir, progress=args.progress).head(args.limit)
+    rows = run_sweep(model, data, base, eps_values, progress=args.progress, report=_say)
+    write_json(
+        out / "sweep.json", {"rows": rows, "config": vars(base), "checkpoint": str(checkpoint)}
+    )
+    fig = accuracy_curves(rows, title=f"{args.norm} PGD, {spec.name}, defense {args.defense}")
+    write_atomic(
+        out / f"sweep-{args.norm}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png")
+    )
+    keys = [
+        "original_attacked",
+        "defensive_attacked",
+        "original_attacked_strong",
+        "defensive_attacked_strong",
+    ]
+    print(f"{'eps':>6s} " + " ".join(f"{k:>26s}" for k in keys))
+    for row in rows:
+        print(f"{row['eps']:6.3g} " + " ".join(f"{row.get(k, float('nan')):26.4f}" for k in keys))
+    print(f"saved sweep.json and sweep-{args.norm}.png under {out}")
+    return 0
+
+
+def run_reproduce_command(args: argparse.Namespace) -> int:
+    from defpert.cli import _dataset_path
+    from defpert.reproduce import ReproduceConfig, reproduce
+
+    config = ReproduceConfig.for_dataset(args.dataset, quick=args.quick, seed=args.seed)
+    out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
+    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    metrics = reproduce(
+        config, out, data_dir=data_dir, device=args.device, progress=args.progress, report=_say
+    )
+    from defpert.report import COLUMNS
+
+    for key, results in metrics["rq1"].items():
+        print(f"\n{key}: " + ", ".join(f"{k}" for k, _ in COLUMNS[:6]))
+        for r in results:
+            a = r["accuracy"]
+            print(
+                f"  {r['defense']:15s} "
+                + " ".join(f"{a.get(k, float('nan')):.4f}" for k, _ in COLUMNS[:6])
+            )
+    print(f"\nreport: {out}/report.html ({metrics['seconds_this_invocation']:.0f} s)")
+    print(json.dumps({"report": f"{out}/report.html"}))
+    return 0

@@ -1,0 +1,97 @@
+"""Figures people would rather look at than read: image grids and accuracy curves.
+
+Both return a matplotlib ``Figure`` and never call ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+
+@torch.no_grad()
+def image_grid(
+    versions: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    model: nn.Module,
+    *,
+    n: int = 6,
+    class_names: Sequence[str] | None = None,
+    amplify: float = 5.0,
+) -> Figure:
+    """One row per example, one column per version, plus the perturbations amplified.
+
+    Under each image: the model's prediction and confidence (green when correct). The
+    perturbation columns show ``version - first version`` scaled by ``amplify`` around
+    mid-grey.
+    """
+    names = list(versions)
+    base = versions[names[0]][:n]
+    n = len(base)
+    device = next(iter(model.parameters())).device
+    deltas = {
+        f"{name} − {names[0]} (×{amplify:g})": versions[name][:n] - base for name in names[1:]
+    }
+    cols = len(names) + len(deltas)
+    fig = Figure(figsize=(1.55 * cols, 1.75 * n + 0.4), layout="constrained")
+    axes = fig.subplots(n, cols, squeeze=False)
+    for j, name in enumerate(names):
+        probs = torch.softmax(model(versions[name][:n].to(device)), dim=1).cpu()
+        conf, pred = probs.max(dim=1)
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow(_hw(versions[name][i]), cmap="gray", vmin=0, vmax=1)
+            p = int(pred[i])
+            shown = class_names[p] if class_names else str(p)
+            ok = p == int(labels[i])
+            ax.set_xlabel(
+                f"{shown} ({float(conf[i]):.0%})", fontsize=8, color="green" if ok else "red"
+            )
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+    for j, (name, d) in enumerate(deltas.items(), start=len(names)):
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow(np.clip(0.5 + amplify * _hw(d[i]), 0, 1), cmap="coolwarm", vmin=0, vmax=1)
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def _hw(image: torch.Tensor) -> np.ndarray:
+    return image.detach().cpu().float().numpy().reshape(image.shape[-2], image.shape[-1])
+
+
+def accuracy_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Figure:
+    """Accuracy versus eps for original and defensive data, weak (solid) and strong (dashed).
+
+    ``rows`` are :func:`defpert.sweep.run_sweep` results: ``eps`` plus the accuracy keys.
+    """
+    eps = [r["eps"] for r in rows]
+    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+    ax = fig.subplots()
+    styles = {
+        "original_attacked": ("original, weak attack", "C0", "-"),
+        "original_attacked_strong": ("original, strong attack", "C0", "--"),
+        "defensive_attacked": ("defensive, weak attack", "C2", "-"),
+        "defensive_attacked_strong": ("defensive, strong attack", "C2", "--"),
+    }
+    for key, (label, colour, style) in styles.items():
+        if all(key in r for r in rows):
+            ax.plot(eps, [r[key] for r in rows], style, color=colour, marker="o", label=label)
+    ax.set_xlabel("eps")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

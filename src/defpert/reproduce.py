@@ -1,0 +1,265 @@
+"""``defpert reproduce``: the whole study in one command, resumable.
+
+    defpert reproduce --quick            # a few hundred test images, one epoch: minutes
+    defpert reproduce                    # the full 10,000-image test set
+    defpert reproduce --dataset fashion-mnist
+
+Stages (each saved in the run directory and reused when its config is unchanged, so an
+interrupted run resumes): train the model, RQ1 for each threat model and every defense
+(weak, strong, adaptive), the accuracy-versus-eps sweep, the figures (t-SNE, image grids,
+curves) and the report (``report.html``, ``report.md``, ``results.csv``, ``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from defpert.data import get_spec, load_split
+from defpert.defenses import DEFENSES
+from defpert.devices import pick_device
+from defpert.errors import DefpertError
+from defpert.models import load_checkpoint, read_card
+from defpert.runs import ensure_dir, read_json, write_atomic, write_json
+
+Report = Callable[[str], None]
+
+# The original study's two threat models; other datasets get radii suited to them.
+THREATS: dict[str, list[dict[str, Any]]] = {
+    "mnist": [
+        {"norm": "linf", "steps": 20, "eps": 0.2, "step_size": 0.01},
+        {"norm": "l2", "steps": 40, "eps": 2.5, "step_size": 0.075},
+    ],
+    "fashion-mnist": [
+        {"norm": "linf", "steps": 20, "eps": 0.1, "step_size": 0.005},
+        {"norm": "l2", "steps": 40, "eps": 1.5, "step_size": 0.045},
+    ],
+    "digits": [
+        {"norm": "linf", "steps": 20, "eps": 0.2, "step_size": 0.01},
+        {"norm": "l2", "steps": 40, "eps": 1.0, "step_size": 0.03},
+    ],
+}
+SWEEP_EPS = {"mnist": [0.05, 0.1, 0.2, 0.3], "fashion-mnist": [0.025, 0.05, 0.1, 0.15],
+             "digits": [0.05, 0.1, 0.2, 0.3]}  # fmt: skip
+
+
+@dataclass
+class ReproduceConfig:
+    """The whole study's settings; ``quick()`` gives the small-slice version."""
+
+    dataset: str = "mnist"
+    model: str = "cnn"
+    epochs: int = 3
+    seed: int = 0
+    limit: int | None = None
+    strong_limit: int = 1000
+    strong_steps: int = 100
+    square_queries: int = 200
+    adaptive_limit: int = 200
+    sweep_limit: int = 1000
+    sweep_strong_limit: int = 200
+    tsne_per_class: int = 100
+    defenses: tuple[str, ...] = DEFENSES
+    threats: list[dict[str, Any]] = field(default_factory=list)
+    sweep_eps: list[float] = field(default_factory=list)
+
+    @classmethod
+    def for_dataset(cls, dataset: str, *, quick: bool = False, seed: int = 0) -> ReproduceConfig:
+        spec = get_spec(dataset)
+        cfg = cls(
+            dataset=spec.name, seed=seed, threats=THREATS[spec.name], sweep_eps=SWEEP_EPS[spec.name]
+        )
+        if spec.name == "digits":
+            cfg.epochs = 40
+        if quick:
+            cfg.epochs = 1 if spec.name != "digits" else 20
+            cfg.limit, cfg.strong_limit, cfg.strong_steps, cfg.square_queries = 300, 100, 50, 50
+            cfg.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
+            cfg.tsne_per_class = 20
+        return cfg
+
+
+def _stage(
+    path: Path, config: dict[str, Any], compute: Callable[[], Any], report: Report, name: str
+) -> Any:
+    """Reuse ``path`` if it was computed with the same config; otherwise compute and save."""
+    if path.is_file():
+        saved = read_json(path)
+        if saved.get("config") == config:
+            report(f"{name}: reused from {path}")
+            return saved["result"]
+    started = time.perf_counter()
+    result = compute()
+    write_json(path, {"config": config, "result": result, "seconds": time.perf_counter() - started})
+    return result
+
+
+def reproduce(
+    config: ReproduceConfig,
+    out: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    report: Report | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the whole study into ``out``; return the collected metrics."""
+    from defpert.rq1 import DPConfig, run_dp
+    from defpert.sweep import run_sweep
+    from defpert.train import TrainConfig, train
+
+    say: Report = report or (lambda _m: None)
+    run = ensure_dir(out)
+    dev = pick_device(device)
+    started = time.perf_counter()
+    write_json(run / "config.json", asdict(config))
+
+    # 1. the model
+    model_dir = run / "model"
+    train_cfg = TrainConfig(
+        dataset=config.dataset, model=config.model, epochs=config.epochs, seed=config.seed
+    )
+    if _card_matches(model_dir, train_cfg):
+        say(f"model: reused from {model_dir}")
+    else:
+        say(f"model: training {config.model} on {config.dataset} for {config.epochs} epochs")
+        train(train_cfg, out=model_dir, data_dir=data_dir, device=dev, progress=progress)
+    model, card = load_checkpoint(model_dir, map_location=dev)
+    test = load_split(config.dataset, "test", data_dir, progress=progress).head(config.limit)
+
+    # 2. RQ1 for each threat model
+    results_by_threat: dict[str, list[dict[str, Any]]] = {}
+    for threat in config.threats:
+        dp = DPConfig(**threat, defenses=tuple(config.defenses), strong_limit=config.strong_limit,
+                      strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
+                      square_queries=config.square_queries, seed=config.seed)  # fmt: skip
+        key = threat["norm"]
+        stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
+        results_by_threat[key] = _stage(
+            run / "stages" / f"rq1-{key}.json", stage_cfg,
+            functools.partial(run_dp, model, test, dp, out=run / f"rq1-{key}", progress=progress, report=say),
+            say, f"RQ1 {key}",
+        )  # fmt: skip
+
+    # 3. accuracy versus eps (first threat model's norm, the ce defense)
+    first = config.threats[0]
+    sweep_base = DPConfig(**first, defenses=("ce",), strong_limit=config.sweep_strong_limit,
+                          strong_steps=config.strong_steps, square_queries=config.square_queries,
+                          adaptive_limit=0, seed=config.seed)  # fmt: skip
+    sweep_data = test.head(config.sweep_limit)
+    sweep_rows = _stage(
+        run / "stages" / "sweep.json",
+        {"base": asdict(sweep_base), "eps": config.sweep_eps, "n": len(sweep_data), "model": card.get("date")},
+        lambda: run_sweep(model, sweep_data, sweep_base, config.sweep_eps, progress=progress, report=say),
+        say, "sweep",
+    )  # fmt: skip
+
+    # 4. figures and 5. report
+    figures = _figures(run, model, card, config, results_by_threat, sweep_rows, say)
+    seconds = time.perf_counter() - started
+    metrics = {
+        "dataset": config.dataset,
+        "model": {"dir": str(model_dir), "test_accuracy": card["accuracy"]["test"],
+                  "training_seconds": read_json(model_dir / "metrics.json").get("train_seconds")},
+        "rq1": results_by_threat,
+        "sweep": sweep_rows,
+        "seconds_this_invocation": seconds,
+        "device": str(dev),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    _write_report(run, config, metrics, figures, results_by_threat, sweep_rows)
+    say(f"report: {run / 'report.html'}")
+    return metrics
+
+
+def _card_matches(model_dir: Path, cfg: Any) -> bool:
+    if not (model_dir / "model.safetensors").is_file():
+        return False
+    try:
+        training = read_card(model_dir).get("training", {})
+    except DefpertError:
+        return False
+    return all(training.get(k) == v for k, v in vars(cfg).items())
+
+
+def _save_figure(path: Path, fig: Figure) -> Path:
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    return path
+
+
+def _figures(
+    run: Path,
+    model: torch.nn.Module,
+    card: dict[str, Any],
+    config: ReproduceConfig,
+    results_by_threat: dict[str, list[dict[str, Any]]],
+    sweep_rows: list[dict[str, Any]],
+    say: Report,
+) -> dict[str, Path]:
+    from defpert.cli_tsne import load_npz
+    from defpert.figures import accuracy_curves, image_grid
+    from defpert.tsne import draw_tsne
+
+    figs: dict[str, Path] = {}
+    fig_dir = ensure_dir(run / "figures")
+    classes = card.get("classes")
+    for key in results_by_threat:
+        base = run / f"rq1-{key}" / "versions" / "test"
+        versions = {"original": load_npz(base / "original.npz"), "adversarial": load_npz(base / "adversarial.npz"),
+                    "defensive (ce)": load_npz(base / "ce" / "defensive.npz"),
+                    "defensive-attacked (ce)": load_npz(base / "ce" / "defensive-attacked.npz")}  # fmt: skip
+        say(f"figures: t-SNE and image grid for {key}")
+        tsne = draw_tsne(versions, space="features", model=model, seed=config.seed,
+                         per_class=config.tsne_per_class, class_names=classes)  # fmt: skip
+        figs[f"{key}: t-SNE of the model's penultimate features (RQ2)"] = _save_figure(
+            fig_dir / f"tsne-{key}.png", tsne
+        )
+        labels = torch.from_numpy(versions["original"][1])
+        grid = image_grid({k: torch.from_numpy(v[0]) for k, v in versions.items()}, labels, model, n=6,
+                          class_names=classes)  # fmt: skip
+        figs[f"{key}: examples with prediction and confidence; perturbations amplified"] = (
+            _save_figure(fig_dir / f"grid-{key}.png", grid)
+        )
+    if sweep_rows:
+        norm = config.threats[0]["norm"]
+        figs["Accuracy versus eps (defense: ce)"] = _save_figure(
+            fig_dir / f"sweep-{norm}.png",
+            accuracy_curves(sweep_rows, title=f"{norm} PGD, {config.dataset}"),
+        )
+    return figs
+
+
+def _write_report(
+    run: Path,
+    config: ReproduceConfig,
+    metrics: dict[str, Any],
+    figures: dict[str, Path],
+    results_by_threat: dict[str, list[dict[str, Any]]],
+    sweep_rows: list[dict[str, Any]],
+) -> None:
+    from defpert.report import html_report, markdown, write_csv
+
+    summary = [
+        f"dataset: {config.dataset}; model: {config.model}, {config.epochs} epochs, seed {config.seed}, "
+        f"test accuracy {metrics['model']['test_accuracy']:.2%}",
+        f"test examples: {next(iter(results_by_threat.values()))[0]['n']}; strong attack on "
+        f"{config.strong_limit}, adaptive attack on {config.adaptive_limit} (at most)",
+        f"device: {metrics['device']}; generated {metrics['date']}",
+    ]
+    rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
+    md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows)
+    from defpert.runs import write_bytes_atomic
+
+    write_bytes_atomic(run / "report.md", md.encode())
+    write_bytes_atomic(run / "report.html", html_report(md, figures).encode())
+    write_csv(run / "results.csv", [r for rs in results_by_threat.values() for r in rs])
+    write_json(run / "metrics.json", metrics)

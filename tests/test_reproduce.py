@@ -1,0 +1,102 @@
+"""``defpert reproduce --quick`` on digits: every file, a resumable run, a report that renders."""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from defpert.cli import main
+
+FILES = ["report.html", "report.md", "results.csv", "metrics.json", "config.json"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "run"
+    assert main(["reproduce", "--quick", "--dataset", "digits", "--out", str(out)]) == 0
+    return out
+
+
+def test_writes_every_file(quick_run):
+    for name in FILES:
+        assert (quick_run / name).is_file(), name
+    figures = sorted(p.name for p in (quick_run / "figures").glob("*.png"))
+    assert figures == [
+        "grid-l2.png",
+        "grid-linf.png",
+        "sweep-linf.png",
+        "tsne-l2.png",
+        "tsne-linf.png",
+    ]
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    assert set(metrics["rq1"]) == {"linf", "l2"}
+    assert {r["defense"] for r in metrics["rq1"]["linf"]} == {
+        "ce",
+        "margin",
+        "minmax",
+        "anti-adversary",
+        "hedge",
+    }
+    with open(quick_run / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10
+    for row in rows:
+        assert (
+            float(row["original_attacked_strong"]) <= float(row["original_attacked"]) + 1e-9
+            or row["strong_n"] != row["n"]
+        )
+    md = (quick_run / "report.md").read_text()
+    assert (
+        "weak attack" in md.lower() and "strong attack" in md.lower() and "adaptive" in md.lower()
+    )
+
+
+def test_second_run_reuses_finished_stages(quick_run, capsys):
+    capsys.readouterr()
+    assert main(["reproduce", "--quick", "--dataset", "digits", "--out", str(quick_run)]) == 0
+    err = capsys.readouterr().err
+    for stage in ("model: reused", "RQ1 linf: reused", "RQ1 l2: reused", "sweep: reused"):
+        assert stage in err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or shutil.which("chromedriver") is None,
+    reason="headless Chromium not installed (.ci/run installs it)",
+)
+def test_report_figures_load_in_headless_chromium(quick_run):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--window-size=390,844",
+    ):  # a phone-sized window
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        driver.get((quick_run / "report.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
+        )
+        assert len(images) == 5
+        broken = [alt for complete, width, alt in images if not (complete and width > 0)]
+        assert broken == []
+        overflow = driver.execute_script(
+            "return document.documentElement.scrollWidth > window.innerWidth + 1"
+        )
+        assert not overflow  # tables scroll inside their box; the page fits a phone
+    finally:
+        driver.quit()
