@@ -91,6 +91,7 @@ def markdown(
     results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]],
     figures: Mapping[str, str],
     sweep_rows: Sequence[Mapping[str, Any]] = (),
+    strong_steps: int = 100,
 ) -> str:
     """The report as Markdown; ``figures`` maps a caption to a path relative to the report."""
     lines = [f"# {title}", ""]
@@ -98,7 +99,7 @@ def markdown(
     lines += [
         "",
         "**How to read the tables.** *Weak attack* is the original study's PGD (its exact",
-        "settings). *Strong attack* is the worst case per example over PGD-100 with",
+        f"settings). *Strong attack* is the worst case per example over PGD-{strong_steps} with",
         "cross-entropy and with the CW margin (random restarts), APGD-CE, APGD-DLR and Square,",
         "on the first `strong n` examples. *Adaptive attack* attacks through a reactive",
         "defense (BPDA and unrolled). Trust the strong and adaptive numbers.",
@@ -181,7 +182,11 @@ def html_report(markdown_text: str, figure_files: Mapping[str, Path]) -> str:
         elif line.startswith("- "):
             out.append(f"<li>{_inline(line[2:])}</li>")
         elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
+            para = [line]
+            while i + 1 < len(lines) and lines[i + 1].strip() and lines[i + 1][0] not in "#|-!*":
+                i += 1
+                para.append(lines[i])
+            out.append(f"<p>{_inline(' '.join(para))}</p>")
         i += 1
     out.append("</body></html>")
     return "\n".join(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import json
 import os
 import time
 from collections.abc import Callable
@@ -92,6 +93,7 @@ def _stage(
     path: Path, config: dict[str, Any], compute: Callable[[], Any], report: Report, name: str
 ) -> Any:
     """Reuse ``path`` if it was computed with the same config; otherwise compute and save."""
+    config = json.loads(json.dumps(config))  # compare as saved: tuples become lists
     if path.is_file():
         saved = read_json(path)
         if saved.get("config") == config:
@@ -256,7 +258,8 @@ def _write_report(
         f"device: {metrics['device']}; generated {metrics['date']}",
     ]
     rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
-    md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows)
+    md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows,
+                  strong_steps=config.strong_steps)  # fmt: skip
     from defpert.runs import write_bytes_atomic
 
     write_bytes_atomic(run / "report.md", md.encode())
