@@ -35,7 +35,7 @@ def image_grid(
     n = len(base)
     device = next(iter(model.parameters())).device
     deltas = {
-        f"{name} − {names[0]} (×{amplify:g})": versions[name][:n] - base for name in names[1:]
+        f"Δ {name.split(' ')[0]} (×{amplify:g})": versions[name][:n] - base for name in names[1:]
     }
     cols = len(names) + len(deltas)
     fig = Figure(figsize=(1.55 * cols, 1.75 * n + 0.4), layout="constrained")
