@@ -92,3 +92,10 @@ def test_bad_data_directory_gives_clear_error(tmp_path):
         (tmp_path / name).write_bytes(encode_idx(np.zeros(shape, dtype=np.uint8)))
     with pytest.raises(DefpertError, match="count mismatch"):
         data.load_split("mnist", "test", tmp_path, fetch_missing=False)
+
+
+def test_real_fashion_mnist_loads():
+    directory = data.fetch("fashion-mnist", progress=False)  # Debian package, or already cached
+    test = data.load_split("fashion-mnist", "test", directory)
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
