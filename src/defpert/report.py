@@ -180,7 +180,15 @@ def html_report(markdown_text: str, figure_files: Mapping[str, Path]) -> str:
         elif line.startswith("- ⚠"):
             out.append(f"<p class='flag'>{html.escape(line[2:])}</p>")
         elif line.startswith("- "):
-            out.append(f"<li>{_inline(line[2:])}</li>")
+            items = [line]
+            while (
+                i + 1 < len(lines)
+                and lines[i + 1].startswith("- ")
+                and not lines[i + 1].startswith("- ⚠")
+            ):
+                i += 1
+                items.append(lines[i])
+            out.append("<ul>" + "".join(f"<li>{_inline(x[2:])}</li>" for x in items) + "</ul>")
         elif line.strip():
             para = [line]
             while i + 1 < len(lines) and lines[i + 1].strip() and lines[i + 1][0] not in "#|-!*":
