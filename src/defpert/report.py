@@ -134,7 +134,7 @@ def markdown(
             )
         lines.append("")
     for caption, path in figures.items():
-        if ":" not in caption:
+        if caption.split(":")[0] not in results_by_threat:  # not a per-threat figure
             lines += [f"![{caption}]({path})", f"*{caption}*", ""]
     return "\n".join(lines) + "\n"
 
