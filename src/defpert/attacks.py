@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from defpert.devices import model_device
 from defpert.engine import Schedule, perturb
 from defpert.evaluate import correct
 from defpert.objectives import get_objective
@@ -167,7 +168,7 @@ def art_classifier(model: nn.Module, x: torch.Tensor, num_classes: int) -> Any:
         warnings.simplefilter("ignore")
         from art.estimators.classification import PyTorchClassifier
 
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     return PyTorchClassifier(
         model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
         nb_classes=num_classes, clip_values=(0.0, 1.0),
@@ -192,7 +193,7 @@ def _art_attack(
         warnings.simplefilter("ignore")
         from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
 
-    num_classes = int(model(x[:1].to(next(iter(model.parameters())).device)).shape[1])
+    num_classes = int(model(x[:1].to(model_device(model))).shape[1])
     with _preserve_mode(model), _numpy_seed(seed), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         classifier = art_classifier(model, x, num_classes)

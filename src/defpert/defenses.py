@@ -30,12 +30,14 @@ from torch import nn
 from defpert.engine import Schedule, perturb, perturb_batch
 from defpert.errors import DefpertError
 from defpert.evaluate import predict
-from defpert.objectives import cross_entropy, hedge, margin
+from defpert.objectives import Objective, cross_entropy, hedge, margin
 from defpert.threat import ThreatModel
 
 PROACTIVE = ("ce", "margin", "minmax")
 REACTIVE = ("anti-adversary", "hedge")
 DEFENSES = PROACTIVE + REACTIVE
+OBJECTIVE_OF: dict[str, Objective] = {"ce": cross_entropy, "margin": margin, "minmax": cross_entropy,
+                                      "anti-adversary": cross_entropy, "hedge": hedge}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,15 @@ class Defense:
     @property
     def reactive(self) -> bool:
         return self.method in REACTIVE
+
+    @property
+    def objective(self) -> Objective:
+        """What the method optimises (descends, or ascends for ``hedge``)."""
+        return OBJECTIVE_OF[self.method]
+
+    def reactive_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """The labels a reactive method uses: the model's prediction (hedge ignores them)."""
+        return logits.argmax(1)
 
     @property
     def schedule(self) -> Schedule:
@@ -97,19 +108,13 @@ def defend(
     """
     method = defense.method
     if defense.reactive:
-        labels = (
-            predict(model, x)
-            if method == "anti-adversary"
-            else torch.zeros(len(x), dtype=torch.long)
-        )
+        labels = predict(model, x)  # what a reactive method sees instead of the true label
     else:
         if y is None:
             raise DefpertError(f"defense {method!r} is proactive and needs the true labels")
         labels = y
-    objective = {"ce": cross_entropy, "minmax": cross_entropy, "margin": margin,
-                 "anti-adversary": cross_entropy, "hedge": hedge}[method]  # fmt: skip
     return perturb(
-        model, x, labels, threat=defense.threat, objective=objective, schedule=defense.schedule,
+        model, x, labels, threat=defense.threat, objective=defense.objective, schedule=defense.schedule,
         batch_size=batch_size, inner=defense._inner() if method == "minmax" else None,
         progress=progress, desc=f"defense-{method}",
     )  # fmt: skip
@@ -137,12 +142,8 @@ class DefendedModel(nn.Module):
         d = self.defense
         with torch.no_grad():
             logits = self.model(x)
-        labels = (
-            logits.argmax(1)
-            if d.method == "anti-adversary"
-            else torch.zeros_like(logits[:, 0], dtype=torch.long)
-        )
-        objective = cross_entropy if d.method == "anti-adversary" else hedge
+        labels = d.reactive_labels(logits)
+        objective = d.objective
         if self.mode == "bpda":
             x_def = perturb_batch(self.model, x.detach(), labels, threat=d.threat,
                                   objective=objective, schedule=d.schedule)  # fmt: skip

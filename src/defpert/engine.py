@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from defpert.devices import model_device
 from defpert.objectives import Objective
 from defpert.threat import ThreatModel, clip_to_box, validate_schedule
 
@@ -62,7 +63,7 @@ def perturb(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    device = _device_of(model)
+    device = model_device(model)
     x = x.detach().cpu()
     labels = labels.detach().cpu()
     start = threat.random_init(x.shape, generator) if schedule.random_start else None
@@ -130,9 +131,3 @@ def _run_steps(
         delta = threat.project(delta + threat.step(sign * grad, schedule.step_size))
         delta = clip_to_box(x, delta)
     return (x + delta) if create_graph else (x + delta).detach()
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from defpert.devices import model_device
+
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
     """Predicted class of each image (N,), computed on the model's device."""
-    device = _model_device(model)
+    device = model_device(model)
     out = [
         model(images[i : i + batch_size].to(device)).argmax(1).cpu()
         for i in range(0, len(images), batch_size)
@@ -29,9 +31,3 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kw:
     if len(labels) == 0:
         return float("nan")
     return float(correct(model, images, labels, **kw).float().mean())
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")

@@ -13,6 +13,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from defpert.devices import model_device
+
 
 @torch.no_grad()
 def image_grid(
@@ -33,7 +35,7 @@ def image_grid(
     names = list(versions)
     base = versions[names[0]][:n]
     n = len(base)
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     deltas = {
         f"Δ {name.split(' ')[0]} (×{amplify:g})": versions[name][:n] - base for name in names[1:]
     }

@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from defpert.devices import model_device
 from defpert.errors import DefpertError
 
 ArrayLike = Any  # numpy array or torch tensor
@@ -55,7 +56,7 @@ def penultimate_features(
     hook = last[-1].register_forward_hook(
         lambda _m, inp, _out: captured.append(inp[0].detach().cpu())
     )
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     try:
         with torch.no_grad():
             for i in range(0, len(inputs), batch_size):
