@@ -19,6 +19,19 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def dp_on_checkpoint(capsys, tmp_path, checkpoint):
+    return run(
+        capsys,
+        "dp",
+        "--dataset",
+        "digits",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(tmp_path / "o"),
+    )
+
+
 def assert_one_line_error(code, err, pattern):
     assert code == 2
     lines = err.strip().splitlines()
@@ -182,29 +195,11 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
 
 
 def test_missing_and_foreign_checkpoint(capsys, tmp_path):
-    code, _, err = run(
-        capsys,
-        "dp",
-        "--dataset",
-        "digits",
-        "--checkpoint",
-        str(tmp_path / "none"),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = dp_on_checkpoint(capsys, tmp_path, tmp_path / "none")
     assert_one_line_error(code, err, "does not exist")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "weights.pt").write_bytes(b"junk")
-    code, _, err = run(
-        capsys,
-        "dp",
-        "--dataset",
-        "digits",
-        "--checkpoint",
-        str(tmp_path / "foreign"),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = dp_on_checkpoint(capsys, tmp_path, tmp_path / "foreign")
     assert_one_line_error(code, err, "not a defpert checkpoint")
 
 
@@ -216,16 +211,7 @@ def test_checkpoint_of_another_input_shape(capsys, tmp_path):
         "num_classes": 10,
     }
     save_checkpoint(build_model("mlp", (1, 28, 28), 10), tmp_path / "ck", card)
-    code, _, err = run(
-        capsys,
-        "dp",
-        "--dataset",
-        "digits",
-        "--checkpoint",
-        str(tmp_path / "ck"),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = dp_on_checkpoint(capsys, tmp_path, tmp_path / "ck")
     assert_one_line_error(code, err, "made for inputs of shape (1, 28, 28)")
 
 
