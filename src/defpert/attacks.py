@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from defpert.devices import model_device
-from defpert.engine import Schedule, perturb
+from defpert.devices import default_chunk_size, model_device
+from defpert.engine import Schedule, frozen_parameters, perturb
 from defpert.evaluate import correct
 from defpert.objectives import get_objective
 from defpert.threat import ThreatModel
@@ -39,7 +39,7 @@ def pgd(
     loss: str = "ce",
     random_start: bool = False,
     generator: torch.Generator | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Untargeted PGD (Madry et al., 2018): ascend ``loss`` inside the threat model's ball.
@@ -78,7 +78,7 @@ class StrongConfig:
     restarts: int = 2
     use_art: bool = True
     square_queries: int = 200  # ART's Square loops in Python per example and query
-    batch_size: int = 128
+    batch_size: int | None = None  # None: the engine's default chunk for the device
 
 
 def strong_attack(
@@ -193,19 +193,26 @@ def _art_attack(
         warnings.simplefilter("ignore")
         from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
 
-    num_classes = int(model(x[:1].to(model_device(model))).shape[1])
-    with _preserve_mode(model), _numpy_seed(seed), warnings.catch_warnings():
+    device = model_device(model)
+    num_classes = int(model(x[:1].to(device)).shape[1])
+    batch_size = cfg.batch_size or default_chunk_size(device)
+    with (
+        _preserve_mode(model),
+        frozen_parameters(model),
+        _numpy_seed(seed),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         classifier = art_classifier(model, x, num_classes)
         if name == "square":
             attack = SquareAttack(
                 classifier, norm=_art_norm(threat), eps=threat.eps, max_iter=cfg.square_queries,
-                nb_restarts=1, batch_size=cfg.batch_size, verbose=False,
+                nb_restarts=1, batch_size=batch_size, verbose=False,
             )  # fmt: skip
         else:
             attack = AutoProjectedGradientDescent(
                 classifier, norm=_art_norm(threat), eps=threat.eps, eps_step=2 * threat.eps,
-                max_iter=cfg.steps, targeted=False, nb_random_init=1, batch_size=cfg.batch_size,
+                max_iter=cfg.steps, targeted=False, nb_random_init=1, batch_size=batch_size,
                 loss_type="cross_entropy" if name == "apgd-ce" else "difference_logits_ratio",
                 verbose=False,
             )  # fmt: skip

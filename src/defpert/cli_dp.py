@@ -49,7 +49,8 @@ def add_dp_parser(sub: Any) -> None:
                    help="include ART's APGD-CE, APGD-DLR and Square in the strong suite")  # fmt: skip
     p.add_argument("--adaptive-limit", type=int, default=200,
                    help="examples for the adaptive attack on reactive defenses")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int,
+                   help="images per chunk of the attack loop (default: 64 on a CPU, 1024 on a GPU)")  # fmt: skip
     p.add_argument("--save-splits", action="store_true",
                    help="also save the versions of the training and validation splits")  # fmt: skip
     p.add_argument("--device", default="auto")

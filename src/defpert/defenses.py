@@ -99,7 +99,7 @@ def defend(
     y: torch.Tensor | None,
     defense: Defense,
     *,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Apply a defensive perturbation to ``x`` (N, C, H, W); returns the defensive inputs.

@@ -11,14 +11,15 @@ exactly as they were.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from defpert.devices import model_device
+from defpert.devices import default_chunk_size, model_device
 from defpert.objectives import Objective
 from defpert.threat import ThreatModel, clip_to_box, validate_schedule
 
@@ -50,7 +51,7 @@ def perturb(
     objective: Objective,
     schedule: Schedule,
     generator: torch.Generator | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     inner: InnerPoint | None = None,
     progress: bool = False,
     desc: str = "pgd",
@@ -58,12 +59,16 @@ def perturb(
     """Run projected gradient ascent or descent; return the perturbed inputs (CPU, detached).
 
     ``x`` (B, C, H, W) in [0, 1] and ``labels`` (B,) may live anywhere; the work happens on
-    the model's device in chunks of ``batch_size``. A random start is drawn for all of
-    ``x`` at once from ``generator``, so the result does not depend on ``batch_size``.
+    the model's device in chunks of ``batch_size`` (default: a size that keeps a chunk's
+    activations in cache on the CPU, a large one on a GPU; any ``B`` is accepted). A random
+    start is drawn for all of ``x`` at once from ``generator``, so the result does not
+    depend on ``batch_size``.
     """
+    device = model_device(model)
+    if batch_size is None:
+        batch_size = default_chunk_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    device = model_device(model)
     x = x.detach().cpu()
     labels = labels.detach().cpu()
     start = threat.random_init(x.shape, generator) if schedule.random_start else None
@@ -99,10 +104,27 @@ def perturb_batch(
     With ``create_graph`` the result stays differentiable with respect to ``x`` (the
     unrolled defense that an adaptive attack differentiates through).
     """
-    with torch.enable_grad():
+    with torch.enable_grad(), frozen_parameters(model):
         return _run_steps(
             model, x, labels, threat, objective, schedule, delta0, inner, create_graph
         )
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters need no gradient while only the input's gradient is wanted.
+
+    Autograd then skips every weight-gradient computation (and ART's ``loss.backward()``
+    leaves ``.grad`` alone); each parameter's flag is restored on exit.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _run_steps(

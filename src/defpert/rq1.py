@@ -58,7 +58,7 @@ class DPConfig:
     defense_steps: int | None = None
     defense_step_size: float | None = None
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int | None = None  # None: the engine's default chunk for the device
     extra: dict[str, Any] = field(default_factory=dict)
 
     def threat(self) -> ThreatModel:
@@ -86,7 +86,8 @@ class DPConfig:
             "square_queries",
             "batch_size",
         ):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise DefpertError(f"--{name.replace('_', '-')} must be at least 1")
         if self.adaptive_limit < 0:
             raise DefpertError("--adaptive-limit must be 0 or more")

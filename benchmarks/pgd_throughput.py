@@ -1,0 +1,164 @@
+"""PGD throughput (image-steps per second): defpert against torchattacks and ART.
+
+    python benchmarks/pgd_throughput.py [--batch 128,512,2048] [--steps 10] [--reps 3]
+
+Same model (the ``cnn`` of the zoo), same MNIST images, same batch, same steps; the
+implementations run interleaved in one process and the medians are compared. Also
+reported: a plain PGD loop (the textbook one: whole batch at once, a standard
+channels-first cnn with ReLU before pooling, parameters left trainable) to show what
+defpert's levers buy, and the fraction of the machine's fp32 matmul rate reached.
+
+torchattacks is installed without its dependencies: ``pip install --no-deps torchattacks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _common import emit, flops_per_image_step, interleaved, machine, median, peak_gflops
+from torch import nn
+
+from defpert.attacks import art_classifier, pgd
+from defpert.devices import pick_device
+from defpert.models import build_model
+from defpert.threat import L2Ball, LinfBall, ThreatModel
+
+SETTINGS = {"linf": (LinfBall(0.2), 0.01), "l2": (L2Ball(2.5), 0.075)}
+
+
+def mnist_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` MNIST test images (repeated if needed); random pixels without MNIST."""
+    try:
+        from defpert.data import load_split
+
+        test = load_split("mnist", "test", progress=False)
+        reps = -(-n // len(test))
+        return test.images.repeat(reps, 1, 1, 1)[:n], test.labels.repeat(reps)[:n]
+    except Exception:  # no MNIST on this machine: the timing does not depend on the pixels
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def plain_model(model: nn.Module) -> nn.Sequential:
+    """The same weights as a textbook cnn: channels-first, ReLU before max-pooling."""
+    layers = list(copy.deepcopy(model).children())
+    pool = next(i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d))
+    layers[pool], layers[pool + 1] = layers[pool + 1], layers[pool]  # ReLU, then pool
+    plain = nn.Sequential(*layers)
+    plain.load_state_dict(model.state_dict())
+    return plain.to(memory_format=torch.contiguous_format).eval()
+
+
+class _ChannelsFirst(nn.Module):
+    """Undo the zoo's channels-last step in the normalisation layer."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.norm.mean) / self.norm.std).contiguous()
+
+
+def plain_pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int, step: float
+) -> torch.Tensor:
+    """The textbook loop: the whole batch at once, gradient of the summed loss."""
+    delta = torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = threat.project(delta.detach() + threat.step(grad, step))
+        delta = (x + delta).clamp(0, 1) - x
+    return x + delta
+
+
+def implementations(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, steps: int
+) -> dict[str, Callable[[], Any]]:
+    threat, step = SETTINGS[norm]
+    plain = plain_model(model)
+    plain[0] = _ChannelsFirst(plain[0])
+    runs: dict[str, Callable[[], Any]] = {
+        "defpert": lambda: pgd(model, x, y, threat=threat, steps=steps, step_size=step),
+        "plain loop": lambda: plain_pgd(plain, x, y, threat, steps, step),
+    }
+    try:
+        import torchattacks
+
+        cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+        ta = cls(model, eps=threat.eps, alpha=step, steps=steps, random_start=False)
+        runs["torchattacks"] = lambda: ta(x, y)
+    except ImportError:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+        art = ProjectedGradientDescentPyTorch(
+            art_classifier(model, x, 10), norm=np.inf if norm == "linf" else 2, eps=threat.eps,
+            eps_step=step, max_iter=steps, num_random_init=0, batch_size=len(x), verbose=False,
+        )  # fmt: skip
+    x_np, y_np = x.numpy(), y.numpy()
+    runs["art"] = lambda: art.generate(x=x_np, y=y_np)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", default="128,512,2048")
+    parser.add_argument("--norms", default="linf,l2")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    device = pick_device()
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 28, 28), 10, mean=0.1307, std=0.3081).eval().to(device)
+    flops = flops_per_image_step(model, (1, 28, 28))
+    peak = peak_gflops()
+    rows = []
+    for batch in [int(b) for b in args.batch.split(",")]:
+        x, y = mnist_batch(batch)
+        for norm in args.norms.split(","):
+            seconds = interleaved(implementations(model, x, y, norm, args.steps), reps=args.reps)
+            rate = {name: batch * args.steps / median(s) for name, s in seconds.items()}
+            row: dict[str, Any] = {"batch": batch, "norm": norm, "image_steps_per_s": rate}
+            row["defpert_over"] = {
+                k: rate["defpert"] / v for k, v in rate.items() if k != "defpert"
+            }
+            row["fraction_of_fp32_limit"] = rate["defpert"] * flops / (peak * 1e9)
+            rows.append(row)
+            print(
+                f"batch {batch:5d} {norm:4s} " + "  ".join(f"{k} {v:7.0f}" for k, v in rate.items())
+                + "  | defpert / " + ", ".join(f"{k} {v:.2f}x" for k, v in row["defpert_over"].items())
+                + f"  | {row['fraction_of_fp32_limit']:.0%} of limit",
+                flush=True,
+            )  # fmt: skip
+    emit(
+        {
+            "benchmark": "pgd_throughput",
+            "model": "cnn",
+            "steps": args.steps,
+            "reps": args.reps,
+            "mflops_per_image_step": flops / 1e6,
+            "peak_fp32_gflops": peak,
+            "limit_image_steps_per_s": peak * 1e9 / flops,
+            "machine": machine(),
+            "rows": rows,
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
