@@ -109,3 +109,30 @@ def test_frozen_parameters_restores_flags():
     with frozen_parameters(model):
         assert not any(p.requires_grad for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == [True, True, False, True]
+
+
+def test_bf16_mode_stays_in_the_ball_and_agrees_with_fp32(digits_model, digits_test):
+    x, y = digits_test.images[:200], digits_test.labels[:200]
+    threat = LinfBall(0.1)
+    runs = {
+        p: pgd(digits_model, x, y, threat=threat, steps=10, step_size=0.02, precision=p)
+        for p in ("fp32", "bf16")
+    }
+    assert (threat.size(runs["bf16"] - x) <= 0.1 + 1e-6).all()
+    assert not torch.equal(runs["bf16"], runs["fp32"])  # it really ran in another precision
+    accs = {p: float((digits_model(a).argmax(1) == y).float().mean()) for p, a in runs.items()}
+    assert accs["fp32"] < 0.8  # the attack works
+    assert abs(accs["bf16"] - accs["fp32"]) <= 0.03
+
+
+def test_dp_in_bf16_reports_its_check_against_fp32(digits_model, digits_test):
+    from defpert.rq1 import DPConfig, run_dp
+
+    cfg = DPConfig(eps=0.1, step_size=0.02, steps=5, strong=False, precision="bf16")
+    result = run_dp(digits_model, digits_test.head(100), cfg)[0]
+    check = result["precision"]
+    assert check["name"] == "bf16" and check["check_n"] == 100
+    assert check["agrees_within_0.5pct"] == (
+        abs(check["fp32_attacked"] - check["reduced_attacked"]) <= 0.005
+    )
+    assert check["reduced_attacked"] == result["accuracy"]["original_attacked"]

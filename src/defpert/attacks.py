@@ -41,6 +41,7 @@ def pgd(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Untargeted PGD (Madry et al., 2018): ascend ``loss`` inside the threat model's ball.
 
@@ -53,6 +54,7 @@ def pgd(
     return perturb(
         model, x, y, threat=threat, objective=get_objective(loss), schedule=schedule,
         generator=generator, batch_size=batch_size, progress=progress, desc=f"pgd-{loss}",
+        precision=precision,
     )  # fmt: skip
 
 

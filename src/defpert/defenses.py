@@ -101,6 +101,7 @@ def defend(
     *,
     batch_size: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Apply a defensive perturbation to ``x`` (N, C, H, W); returns the defensive inputs.
 
@@ -116,7 +117,7 @@ def defend(
     return perturb(
         model, x, labels, threat=defense.threat, objective=defense.objective, schedule=defense.schedule,
         batch_size=batch_size, inner=defense._inner() if method == "minmax" else None,
-        progress=progress, desc=f"defense-{method}",
+        progress=progress, desc=f"defense-{method}", precision=precision,
     )  # fmt: skip
 
 

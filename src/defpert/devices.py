@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -39,3 +41,30 @@ GPU_CHUNK = 1024
 def default_chunk_size(device: torch.device) -> int:
     """How many images the engine processes at once on ``device``."""
     return GPU_CHUNK if device.type == "cuda" else CPU_CHUNK
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(name: str) -> str:
+    """Refuse an unknown precision name."""
+    if name not in PRECISIONS:
+        raise DefpertError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}")
+    return name
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does ``device`` compute in bfloat16 natively (GPU, or a CPU with AMX/AVX-512)?
+
+    Without it (an AVX2 CPU) oneDNN emulates bfloat16 and is many times slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast for ``precision="bf16"``, nothing for ``"fp32"``."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

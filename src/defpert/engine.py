@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from defpert.devices import default_chunk_size, model_device
+from defpert.devices import autocast, default_chunk_size, model_device
 from defpert.objectives import Objective
 from defpert.threat import ThreatModel, clip_to_box, validate_schedule
 
@@ -55,6 +55,7 @@ def perturb(
     inner: InnerPoint | None = None,
     progress: bool = False,
     desc: str = "pgd",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Run projected gradient ascent or descent; return the perturbed inputs (CPU, detached).
 
@@ -62,7 +63,8 @@ def perturb(
     the model's device in chunks of ``batch_size`` (default: a size that keeps a chunk's
     activations in cache on the CPU, a large one on a GPU; any ``B`` is accepted). A random
     start is drawn for all of ``x`` at once from ``generator``, so the result does not
-    depend on ``batch_size``.
+    depend on ``batch_size``. ``precision="bf16"`` computes the model's forward and
+    backward passes under bfloat16 autocast (the perturbation itself stays float32).
     """
     device = model_device(model)
     if batch_size is None:
@@ -81,7 +83,7 @@ def perturb(
             out[lo:hi] = perturb_batch(
                 model, x[lo:hi].to(device), labels[lo:hi].to(device),
                 threat=threat, objective=objective, schedule=schedule,
-                delta0=delta0, inner=inner,
+                delta0=delta0, inner=inner, precision=precision,
             ).cpu()  # fmt: skip
             bar.update((hi - lo) * schedule.steps)
     return out
@@ -98,6 +100,7 @@ def perturb_batch(
     delta0: torch.Tensor | None = None,
     inner: InnerPoint | None = None,
     create_graph: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """One batch, on whatever device ``x`` is on; returns ``x + delta``.
 
@@ -106,7 +109,7 @@ def perturb_batch(
     """
     with torch.enable_grad(), frozen_parameters(model):
         return _run_steps(
-            model, x, labels, threat, objective, schedule, delta0, inner, create_graph
+            model, x, labels, threat, objective, schedule, delta0, inner, create_graph, precision
         )
 
 
@@ -137,6 +140,7 @@ def _run_steps(
     delta0: torch.Tensor | None,
     inner: InnerPoint | None,
     create_graph: bool,
+    precision: str,
 ) -> torch.Tensor:
     sign = 1.0 if schedule.ascend else -1.0
     delta = torch.zeros_like(x) if delta0 is None else clip_to_box(x, threat.project(delta0))
@@ -148,7 +152,9 @@ def _run_steps(
         point = x + delta
         if inner is not None:
             point = point + (inner(model, point.detach(), labels) - point).detach()
-        loss = objective(model(point), labels).sum()
+        with autocast(x.device, precision):
+            logits = model(point)
+        loss = objective(logits.float(), labels).sum()
         (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
         delta = threat.project(delta + threat.step(sign * grad, schedule.step_size))
         delta = clip_to_box(x, delta)

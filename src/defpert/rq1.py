@@ -28,6 +28,7 @@ from torch import nn
 from defpert.attacks import StrongConfig, pgd, strong_attack
 from defpert.data import Split
 from defpert.defenses import DEFENSES, DefendedModel, Defense, defend
+from defpert.devices import check_precision
 from defpert.engine import Schedule
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy, correct
@@ -59,6 +60,7 @@ class DPConfig:
     defense_step_size: float | None = None
     seed: int = 0
     batch_size: int | None = None  # None: the engine's default chunk for the device
+    precision: str = "fp32"  # of the weak attack and the defenses; accuracies are fp32
     extra: dict[str, Any] = field(default_factory=dict)
 
     def threat(self) -> ThreatModel:
@@ -73,6 +75,7 @@ class DPConfig:
         )
 
     def validate(self) -> None:
+        check_precision(self.precision)
         self.threat()
         Schedule(self.steps, self.step_size)
         for method in self.defenses:
@@ -127,12 +130,15 @@ def run_dp(
         return pgd(model, images, y, threat=threat, steps=config.steps, step_size=config.step_size,
                    random_start=config.random_start,
                    generator=torch.Generator().manual_seed(config.seed), batch_size=bs,
-                   progress=progress)  # fmt: skip
+                   progress=progress, precision=config.precision)  # fmt: skip
 
     say(f"attacking the original data: PGD-{config.steps} {threat.norm} eps={threat.eps}")
     x_adv = attack(x)
     acc_original = accuracy(model, x, y)
     acc_original_attacked = accuracy(model, x_adv, y)
+    precision_check = (
+        _precision_check(model, x, y, x_adv, config, say) if config.precision != "fp32" else {}
+    )
     if versions is not None:
         save_version(versions / "original.npz", x, y)
         save_version(versions / "adversarial.npz", x_adv, y)
@@ -153,7 +159,8 @@ def run_dp(
     for method in config.defenses:
         defense = config.defense(method)
         say(f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})")
-        x_def = defend(model, x, y, defense, batch_size=bs, progress=progress)
+        x_def = defend(model, x, y, defense, batch_size=bs, progress=progress,
+                       precision=config.precision)  # fmt: skip
         x_def_adv = attack(x_def)
         acc: dict[str, float] = {
             "original": acc_original,
@@ -184,7 +191,8 @@ def run_dp(
         adaptive_info: dict[str, Any] = {}
         if defense.reactive:
             defended = DefendedModel(model, defense, mode="bpda")
-            x_adv_def = defend(model, x_adv, None, defense, batch_size=bs, progress=progress)
+            x_adv_def = defend(model, x_adv, None, defense, batch_size=bs, progress=progress,
+                               precision=config.precision)  # fmt: skip
             acc["defended_adversarial"] = accuracy(model, x_adv_def, y)
             n_adaptive = min(config.adaptive_limit, len(x))
             if n_adaptive:
@@ -210,6 +218,7 @@ def run_dp(
             "accuracy": acc,
             "strong": strong_info,
             "adaptive": adaptive_info,
+            "precision": {"name": config.precision, **precision_check},
         })  # fmt: skip
     elapsed = time.perf_counter() - started
     for r in results:
@@ -218,6 +227,32 @@ def run_dp(
         write_json(run / f"metrics-{split_name}.json" if split_name != "test" else run / "metrics.json",
                    {"results": results, "config": asdict(config)})  # fmt: skip
     return results
+
+
+PRECISION_CHECK_N = 500
+PRECISION_TOLERANCE = 0.005
+
+
+def _precision_check(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    config: DPConfig,
+    say: Report,
+) -> dict[str, Any]:
+    """Rerun the weak attack in fp32 on a subset; does reduced precision change the accuracy?"""
+    n = min(PRECISION_CHECK_N, len(x))
+    fp32 = pgd(model, x[:n], y[:n], threat=config.threat(), steps=config.steps,
+               step_size=config.step_size, random_start=config.random_start,
+               generator=torch.Generator().manual_seed(config.seed), batch_size=config.batch_size)  # fmt: skip
+    acc_fp32, acc_reduced = accuracy(model, fp32, y[:n]), accuracy(model, x_adv[:n], y[:n])
+    agree = abs(acc_fp32 - acc_reduced) <= PRECISION_TOLERANCE
+    say(f"precision check ({n} examples, weak attack): fp32 {acc_fp32:.4f}, "
+        f"{config.precision} {acc_reduced:.4f}: "
+        + ("agree within 0.5 %" if agree else "DO NOT agree within 0.5 %; prefer fp32"))  # fmt: skip
+    return {"check_n": n, "fp32_attacked": acc_fp32, "reduced_attacked": acc_reduced,
+            "agrees_within_0.5pct": agree}  # fmt: skip
 
 
 def _adaptive(
