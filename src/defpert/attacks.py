@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from defpert import distributed
 from defpert.devices import default_chunk_size, model_device
 from defpert.engine import Schedule, frozen_parameters, perturb
 from defpert.evaluate import correct
@@ -218,8 +219,9 @@ def _art_attack(
                 loss_type="cross_entropy" if name == "apgd-ce" else "difference_logits_ratio",
                 verbose=False,
             )  # fmt: skip
-        adv = attack.generate(x=x.numpy(), y=y.numpy())
-    adv_t = torch.from_numpy(np.asarray(adv, dtype=np.float32)).clamp(0, 1)
+        # Under torchrun rank 0 runs ART (it draws from its own RNG) and shares the result.
+        adv = attack.generate(x=x.numpy(), y=y.numpy()) if distributed.is_main() else x.numpy()
+    adv_t = distributed.from_main(torch.from_numpy(np.asarray(adv, dtype=np.float32))).clamp(0, 1)
     # ART works in float32 with its own projection; re-project so no candidate leaves the ball.
     delta = threat.project(adv_t - x)
     return (x + delta).clamp(0, 1)

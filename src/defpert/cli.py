@@ -10,6 +10,7 @@ Errors in the user's input print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -129,6 +130,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "progress", None) is None:
         args.progress = _progress_default()
+    from defpert import distributed
+
+    try:
+        distributed.init()  # under torchrun: join the process group
+    except (RuntimeError, ValueError) as exc:
+        print(f"defpert: error: cannot join the torchrun process group: {exc}", file=sys.stderr)
+        return 2
+    if not distributed.is_main():  # rank 0 alone speaks
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+        args.progress = False
+    try:
+        return _dispatch(args)
+    finally:
+        distributed.shutdown()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"data": _cmd_fetch, "train": _cmd_train}
     try:
         if args.command in handlers:

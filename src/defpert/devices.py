@@ -13,7 +13,9 @@ from defpert.errors import DefpertError
 def pick_device(name: str | None = None) -> torch.device:
     """``None`` or ``"auto"`` picks CUDA when available, else CPU; anything else is checked."""
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from defpert.distributed import local_device
+
+        return local_device()  # under torchrun: this rank's GPU
     try:
         device = torch.device(name)
     except RuntimeError:

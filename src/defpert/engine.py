@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from defpert import distributed
 from defpert.devices import autocast, default_chunk_size, model_device
 from defpert.objectives import Objective
 from defpert.threat import ThreatModel, clip_to_box, validate_schedule
@@ -75,18 +76,20 @@ def perturb(
     labels = labels.detach().cpu()
     start = threat.random_init(x.shape, generator) if schedule.random_start else None
     out = torch.empty_like(x)
+    bounds = [(lo, min(lo + batch_size, len(x))) for lo in range(0, len(x), batch_size)]
+    ranks = distributed.world_size()  # under torchrun each rank computes its own chunks
     with tqdm(total=len(x) * schedule.steps, desc=desc, unit="img-step", unit_scale=True,
-              disable=not progress, leave=False) as bar:  # fmt: skip
-        for lo in range(0, len(x), batch_size):
-            hi = min(lo + batch_size, len(x))
+              disable=not (progress and distributed.is_main()), leave=False) as bar:  # fmt: skip
+        for i in distributed.my_chunks(len(bounds)):
+            lo, hi = bounds[i]
             delta0 = start[lo:hi].to(device) if start is not None else None
             out[lo:hi] = perturb_batch(
                 model, x[lo:hi].to(device), labels[lo:hi].to(device),
                 threat=threat, objective=objective, schedule=schedule,
                 delta0=delta0, inner=inner, precision=precision,
             ).cpu()  # fmt: skip
-            bar.update((hi - lo) * schedule.steps)
-    return out
+            bar.update(min((hi - lo) * schedule.steps * ranks, bar.total - bar.n))
+    return distributed.share_rows(out, bounds)
 
 
 def perturb_batch(

@@ -30,8 +30,22 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Write a file atomically: ``write(tmp_path)`` fills a temporary file that replaces ``path``."""
+    """Write a file atomically: ``write(tmp_path)`` fills a temporary file that replaces ``path``.
+
+    Under torchrun only rank 0 writes; every rank returns once the file is in place.
+    """
+    from defpert import distributed
+
     target = Path(path)
+    if distributed.active():
+        if distributed.is_main():
+            _write_atomic(target, write)
+        distributed.barrier()
+        return target
+    return _write_atomic(target, write)
+
+
+def _write_atomic(target: Path, write: Callable[[Path], None]) -> Path:
     ensure_dir(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from defpert import distributed
 from defpert.data import Split, load_split
 from defpert.devices import pick_device
 from defpert.errors import DefpertError
@@ -46,6 +47,10 @@ class TrainConfig:
             raise DefpertError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise DefpertError(f"--lr must be positive, got {self.lr}")
+        if self.batch_size < distributed.world_size():
+            raise DefpertError(
+                f"--batch-size {self.batch_size} is smaller than the number of processes"
+            )
         if self.limit is not None and self.limit < 1:
             raise DefpertError(f"--limit must be at least 1, got {self.limit}")
 
@@ -86,6 +91,8 @@ def train(
         torch.manual_seed(config.seed)
         model = build_model(config.model, spec.input_shape, spec.num_classes, mean=mean, std=std)
         model.to(dev)
+        if distributed.active():  # same initial weights everywhere, own dropout masks per rank
+            torch.manual_seed(config.seed + 1000 * distributed.rank())
         history, seconds = _fit(model, train_split, val_split, config, dev, progress)
     model.eval()
     test_acc = accuracy(model, test_split.images, test_split.labels)
@@ -129,6 +136,11 @@ def _fit(
     """Adam with a cosine learning-rate decay; returns per-epoch history and seconds spent."""
     n = len(train_split)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    rank, ranks = distributed.rank(), distributed.world_size()
+    # Under torchrun: DistributedDataParallel, each rank takes every ranks-th example of
+    # each global batch (the same order everywhere), gradients are averaged across ranks.
+    net = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
+    progress = progress and distributed.is_main()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, steps_per_epoch * config.epochs
@@ -146,10 +158,10 @@ def _fit(
             disable=not progress, leave=True,
         )  # fmt: skip
         for step in bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
             x = train_split.images[idx].to(device, non_blocking=True)
             y = train_split.labels[idx].to(device, non_blocking=True)
-            logits = model(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,19 +176,20 @@ def _fit(
                     loss=f"{loss_sum / seen:.4f}", acc=f"{right / seen:.4f}", img_s=f"{rate:.0f}"
                 )
         seconds += time.perf_counter() - start
+        seen_all, right_all, loss_all = distributed.sum_over_ranks(seen, right, loss_sum)
         model.eval()
         val_acc = accuracy(model, val_split.images, val_split.labels)
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_accuracy": right / seen,
+                "train_loss": loss_all / seen_all,
+                "train_accuracy": right_all / seen_all,
                 "val_accuracy": val_acc,
             }
         )
         if progress:
             tqdm.write(
-                f"epoch {epoch}: train loss {loss_sum / seen:.4f}, val accuracy {val_acc:.4f}"
+                f"epoch {epoch}: train loss {loss_all / seen_all:.4f}, val accuracy {val_acc:.4f}"
             )
     return history, seconds
 

@@ -1,0 +1,71 @@
+"""torchrun with 2 processes (gloo, CPU) gives a single process's results, element for element."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defpert.cli import main
+
+DP_ARGS = ["dp", "--dataset", "digits", "--defense", "all", "--strong-limit", "60",
+           "--strong-steps", "10", "--square-queries", "20", "--adaptive-limit", "10",
+           "--json", "--no-progress"]  # fmt: skip
+
+
+def defpert(*argv: str, processes: int = 1) -> subprocess.CompletedProcess[str]:
+    launcher = (
+        ["-m", "torch.distributed.run", "--nproc-per-node", str(processes), "-m", "defpert"]
+        if processes > 1
+        else ["-m", "defpert"]
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process, as torchrun sets
+    done = subprocess.run(
+        [sys.executable, *launcher, *argv], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck")
+    assert (
+        main(["train", "--dataset", "digits", "--epochs", "5", "--out", str(out), "--no-progress"])
+        == 0
+    )
+    return out
+
+
+def test_two_processes_give_the_single_process_results(digits_cnn, tmp_path):
+    one = defpert(*DP_ARGS, "--checkpoint", str(digits_cnn), "--out", str(tmp_path / "one"))
+    two = defpert(
+        *DP_ARGS, "--checkpoint", str(digits_cnn), "--out", str(tmp_path / "two"), processes=2
+    )
+    results_one, results_two = json.loads(one.stdout), json.loads(two.stdout)
+    assert [r["accuracy"] for r in results_one] == [r["accuracy"] for r in results_two]
+    assert results_one[0]["accuracy"]["original_attacked"] < results_one[0]["accuracy"]["original"]
+    saved = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.npz"))
+    assert len(saved) == 14  # original, adversarial, 2 per defense, 1 more per reactive one
+    for rel in saved:
+        a, b = np.load(tmp_path / "one" / rel), np.load(tmp_path / "two" / rel)
+        assert np.array_equal(a["images"], b["images"]), rel
+        assert np.array_equal(a["labels"], b["labels"]), rel
+    # only rank 0 wrote: no leftover temporary files, one metrics file
+    assert not list((tmp_path / "two").rglob("*.tmp"))
+    assert two.stdout.count('"defense":') == 5  # printed once, not once per process
+
+
+def test_distributed_training_matches_single_process(tmp_path):
+    args = ["train", "--dataset", "digits", "--epochs", "10", "--no-progress"]
+    defpert(*args, "--out", str(tmp_path / "one"))
+    defpert(*args, "--out", str(tmp_path / "two"), processes=2)
+    acc = {
+        n: json.loads(Path(tmp_path / n / "metrics.json").read_text())["test_accuracy"]
+        for n in ("one", "two")
+    }
+    assert acc["one"] > 0.9 and acc["two"] > 0.9
+    assert abs(acc["one"] - acc["two"]) <= 0.03  # same seed and global batch: within noise
