@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from defpert import distributed
 from defpert.devices import model_device
 from defpert.errors import DefpertError
 
@@ -48,10 +49,15 @@ def _as_numpy(a: ArrayLike) -> np.ndarray:
 def penultimate_features(
     model: nn.Module, inputs: torch.Tensor, batch_size: int = 1000
 ) -> torch.Tensor:
-    """The input of the model's last ``nn.Linear`` layer (N, D): its penultimate features."""
+    """The input of the model's last ``nn.Linear`` layer (N, D): its penultimate features.
+
+    Under torchrun each rank computes its share of the batches and all ranks get all rows.
+    """
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not last:
         raise DefpertError("the model has no nn.Linear layer to take features from")
+    out = torch.empty(len(inputs), last[-1].in_features)
+    bounds = [(lo, min(lo + batch_size, len(inputs))) for lo in range(0, len(inputs), batch_size)]
     captured: list[torch.Tensor] = []
     hook = last[-1].register_forward_hook(
         lambda _m, inp, _out: captured.append(inp[0].detach().cpu())
@@ -59,11 +65,13 @@ def penultimate_features(
     device = model_device(model)
     try:
         with torch.no_grad():
-            for i in range(0, len(inputs), batch_size):
-                model(inputs[i : i + batch_size].to(device))
+            for i in distributed.my_chunks(len(bounds)):
+                lo, hi = bounds[i]
+                model(inputs[lo:hi].to(device))
+                out[lo:hi] = captured.pop().flatten(1)
     finally:
         hook.remove()
-    return torch.cat(captured).flatten(1)
+    return distributed.share_rows(out, bounds)
 
 
 def _sample_per_class(
