@@ -59,7 +59,13 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/dp", help="run directory (created as needed)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of other settings in --out (default: refuse)")  # fmt: skip
     _add_common(p)
+
+
+# What a dp run writes (removed by --overwrite before a run of other settings).
+DP_OUTPUTS = ("versions", "partial", "metrics.json", "metrics-train.json", "metrics-val.json")
 
 
 def _say(message: str) -> None:
@@ -71,9 +77,9 @@ def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.data import get_spec, load_split
     from defpert.defenses import DEFENSES
     from defpert.devices import native_bf16, pick_device
-    from defpert.models import load_checkpoint
+    from defpert.models import checkpoint_digest, load_checkpoint
     from defpert.rq1 import DPConfig, format_table, run_dp
-    from defpert.runs import ensure_dir, write_json
+    from defpert.runs import claim_run, ensure_dir
     from defpert.train import default_checkpoint
 
     defenses = (
@@ -92,36 +98,41 @@ def run_dp_command(args: argparse.Namespace) -> int:
     spec = get_spec(args.dataset)
     if args.limit is not None and args.limit < 1:
         raise DefpertError(f"--limit must be at least 1, got {args.limit}")
-    out = ensure_dir(args.out)
     device = pick_device(args.device)
     if config.precision == "bf16" and not native_bf16(device):
         _say(f"note: {device} has no native bfloat16 here; bf16 will be slower than fp32")
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    ensure_dir(args.out)  # fail before any training if the output cannot be written
     checkpoint = args.checkpoint or default_checkpoint(
         spec.name, data_dir=data_dir, device=device, progress=args.progress, report=_say
     )
     model, card = load_checkpoint(
         checkpoint, expect_input_shape=spec.input_shape, map_location=device
     )
-    write_json(out / "config.json", {"command": "dp", "checkpoint": str(checkpoint),
-                                     "dataset": spec.name, "split": args.split,
-                                     "limit": args.limit, "dp": vars(config)})  # fmt: skip
+    run_config = {"command": "dp", "checkpoint_sha256": checkpoint_digest(checkpoint),
+                  "dataset": spec.name, "split": args.split, "limit": args.limit,
+                  "save_splits": args.save_splits, "dp": vars(config)}  # fmt: skip
     splits = [args.split] + (
         [s for s in ("train", "val") if s != args.split] if args.save_splits else []
     )
-    for i, split_name in enumerate(splits):
-        data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=_say)
-        data = data.head(args.limit)
-        cfg = (
-            config if i == 0 else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
-        )
-        results = run_dp(model, data, cfg, out=out, split_name=split_name,
-                         progress=args.progress, report=_say)  # fmt: skip
-        if i == 0:
-            if args.json:
-                payload: Any = results[0] if len(results) == 1 else results
-                print(json.dumps(payload, indent=2))
-            else:
-                print(format_table(results))
-                print(f"\nsaved data versions, metrics.json and config.json under {out}")
+    with claim_run(
+        args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=DP_OUTPUTS
+    ) as out:
+        for i, split_name in enumerate(splits):
+            data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=_say)
+            data = data.head(args.limit)
+            cfg = (
+                config
+                if i == 0
+                else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
+            )
+            results = run_dp(model, data, cfg, out=out, split_name=split_name,
+                             progress=args.progress, report=_say)  # fmt: skip
+            if i == 0:
+                if args.json:
+                    payload: Any = results[0] if len(results) == 1 else results
+                    print(json.dumps(payload, indent=2))
+                else:
+                    print(format_table(results))
+                    print(f"\nsaved data versions, metrics.json and config.json under {out}")
     return 0

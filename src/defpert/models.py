@@ -216,3 +216,11 @@ def load_checkpoint(
         ) from None
     model.eval()
     return model, card
+
+
+def checkpoint_digest(run_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 of a checkpoint's weights file: which exact model a result came from."""
+    from defpert.runs import file_sha256
+
+    run = Path(run_dir)
+    return file_sha256((run if run.is_dir() else run.parent) / "model.safetensors")

@@ -14,10 +14,14 @@ Every data version is saved as ``.npz`` (images, labels) under the run directory
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from defpert.attacks import StrongConfig, pgd, strong_attack
-from defpert.data import Split
+from defpert import distributed
+from defpert.attacks import StrongConfig, StrongResult, pgd, strong_attack
+from defpert.data import SPLITS, Split
 from defpert.defenses import DEFENSES, DefendedModel, Defense, defend
 from defpert.devices import check_precision
 from defpert.engine import Schedule
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy, correct
-from defpert.runs import write_atomic, write_json
+from defpert.runs import read_json, write_atomic, write_json
 from defpert.threat import ThreatModel, make_threat
 
 Report = Callable[[str], None]
@@ -106,6 +111,68 @@ def save_version(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None
     write_atomic(path, write)
 
 
+class _Store:
+    """Finished pieces of a ``dp`` run, saved as each completes and reused by a rerun.
+
+    Each data version (``versions/<split>/...npz``) and each strong or adaptive result
+    (``partial/<split>/...json``) is one piece, written atomically. ``fingerprint``
+    records what the pieces were computed from (config, data, model weights); pieces of
+    another fingerprint are discarded, never mixed in. Without a run directory nothing is
+    saved or reused.
+    """
+
+    def __init__(
+        self, run: Path | None, split: str, labels: torch.Tensor, fingerprint: dict[str, Any]
+    ) -> None:
+        self.labels = labels
+        self.versions = run / "versions" / split if run is not None else None
+        self.partial = run / "partial" / split if run is not None else None
+        if run is None or self.partial is None or self.versions is None:
+            return
+        stamp = self.partial / "fingerprint.json"
+        fingerprint = json.loads(json.dumps(fingerprint))
+        if not stamp.is_file() or read_json(stamp) != fingerprint:
+            if distributed.is_main():
+                for old in (self.versions, self.partial):
+                    shutil.rmtree(old, ignore_errors=True)
+            distributed.barrier()
+            write_json(stamp, fingerprint)
+
+    def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self.versions is None:
+            return compute()
+        path = self.versions / f"{name}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as saved:
+                return torch.from_numpy(saved["images"])
+        images = compute()
+        save_version(path, images, self.labels)
+        return images
+
+    def record(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if self.partial is None:
+            return compute()
+        path = self.partial / f"{name}.json"
+        if path.is_file():
+            return dict(read_json(path))
+        result = compute()
+        write_json(path, result)
+        return result
+
+
+def _weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _strong_summary(result: StrongResult) -> dict[str, Any]:
+    return {"accuracy": result.accuracy, "broken_by": result.broken_by,
+            "max_perturbation": result.max_perturbation}  # fmt: skip
+
+
 def run_dp(
     model: nn.Module,
     data: Split,
@@ -116,13 +183,22 @@ def run_dp(
     progress: bool = False,
     report: Report | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the RQ1 study on ``data``; return one result dict per defense (the ``--json`` form)."""
+    """Run the RQ1 study on ``data``; return one result dict per defense (the ``--json`` form).
+
+    With ``out``, every data version and strong/adaptive result is saved as it completes;
+    a rerun (after an interruption) reuses them and ends with the same results.
+    """
     config.validate()
+    if split_name not in SPLITS:
+        raise DefpertError(f"unknown split {split_name!r}; choose one of: {', '.join(SPLITS)}")
     say: Report = report or (lambda _m: None)
     threat = config.threat()
     x, y = data.images, data.labels
     run = Path(out) if out is not None else None
-    versions = run / "versions" / split_name if run is not None else None
+    fingerprint = {"config": asdict(config), "dataset": data.spec.name, "n": len(x),
+                   "data_sha256": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
+                   "weights_sha256": _weights_digest(model)}  # fmt: skip
+    store = _Store(run, split_name, y, fingerprint)
     started = time.perf_counter()
     bs = config.batch_size
 
@@ -133,35 +209,37 @@ def run_dp(
                    progress=progress, precision=config.precision)  # fmt: skip
 
     say(f"attacking the original data: PGD-{config.steps} {threat.norm} eps={threat.eps}")
-    x_adv = attack(x)
+    store.version("original", lambda: x)
+    x_adv = store.version("adversarial", partial(attack, x))
     acc_original = accuracy(model, x, y)
     acc_original_attacked = accuracy(model, x_adv, y)
     precision_check = (
         _precision_check(model, x, y, x_adv, config, say) if config.precision != "fp32" else {}
     )
-    if versions is not None:
-        save_version(versions / "original.npz", x, y)
-        save_version(versions / "adversarial.npz", x_adv, y)
 
     n_strong = min(config.strong_limit, len(x))
     strong_cfg = StrongConfig(steps=config.strong_steps, restarts=config.strong_restarts,
                               use_art=config.use_art, square_queries=config.square_queries,
                               batch_size=bs)  # fmt: skip
+
+    def strong(images: torch.Tensor, attacked: torch.Tensor) -> dict[str, Any]:
+        return _strong_summary(strong_attack(
+            model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg,
+            seed=config.seed, known_adversarial=[attacked[:n_strong]], progress=progress,
+        ))  # fmt: skip
+
     original_strong = None
     if config.strong:
         say(f"strong attack on the original data ({n_strong} examples)")
-        original_strong = strong_attack(
-            model, x[:n_strong], y[:n_strong], threat=threat, config=strong_cfg, seed=config.seed,
-            known_adversarial=[x_adv[:n_strong]], progress=progress,
-        )  # fmt: skip
+        original_strong = store.record("strong-original", partial(strong, x, x_adv))
 
     results = []
     for method in config.defenses:
         defense = config.defense(method)
         say(f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})")
-        x_def = defend(model, x, y, defense, batch_size=bs, progress=progress,
-                       precision=config.precision)  # fmt: skip
-        x_def_adv = attack(x_def)
+        x_def = store.version(f"{method}/defensive", partial(
+            defend, model, x, y, defense, batch_size=bs, progress=progress, precision=config.precision))  # fmt: skip
+        x_def_adv = store.version(f"{method}/defensive-attacked", partial(attack, x_def))
         acc: dict[str, float] = {
             "original": acc_original,
             "original_attacked": acc_original_attacked,
@@ -171,39 +249,34 @@ def run_dp(
         strong_info: dict[str, Any] = {}
         if original_strong is not None:
             say(f"strong attack on the defensive data ({n_strong} examples)")
-            defensive_strong = strong_attack(
-                model, x_def[:n_strong], y[:n_strong], threat=threat, config=strong_cfg,
-                seed=config.seed, known_adversarial=[x_def_adv[:n_strong]], progress=progress,
-            )  # fmt: skip
-            acc["original_attacked_strong"] = original_strong.accuracy
-            acc["defensive_attacked_strong"] = defensive_strong.accuracy
+            defensive_strong = store.record(f"strong-{method}", partial(strong, x_def, x_def_adv))
+            acc["original_attacked_strong"] = original_strong["accuracy"]
+            acc["defensive_attacked_strong"] = defensive_strong["accuracy"]
             strong_info = {
                 "n": n_strong,
                 "weak_on_same_examples": {
                     "original_attacked": float(correct(model, x_adv[:n_strong], y[:n_strong]).float().mean()),
                     "defensive_attacked": float(correct(model, x_def_adv[:n_strong], y[:n_strong]).float().mean()),
                 },
-                "broken_by": {"original": original_strong.broken_by, "defensive": defensive_strong.broken_by},
-                "max_perturbation": {"original": original_strong.max_perturbation,
-                                     "defensive": defensive_strong.max_perturbation},
+                "broken_by": {"original": original_strong["broken_by"], "defensive": defensive_strong["broken_by"]},
+                "max_perturbation": {"original": original_strong["max_perturbation"],
+                                     "defensive": defensive_strong["max_perturbation"]},
                 "suite": asdict(strong_cfg),
             }  # fmt: skip
         adaptive_info: dict[str, Any] = {}
         if defense.reactive:
             defended = DefendedModel(model, defense, mode="bpda")
-            x_adv_def = defend(model, x_adv, None, defense, batch_size=bs, progress=progress,
-                               precision=config.precision)  # fmt: skip
+            x_adv_def = store.version(f"{method}/defended-adversarial", partial(
+                defend, model, x_adv, None, defense, batch_size=bs, progress=progress,
+                precision=config.precision))  # fmt: skip
             acc["defended_adversarial"] = accuracy(model, x_adv_def, y)
             n_adaptive = min(config.adaptive_limit, len(x))
             if n_adaptive:
                 say(f"adaptive attack through the {method} defense ({n_adaptive} examples)")
-                acc["adaptive"], adaptive_info = _adaptive(model, defended, defense, x[:n_adaptive],
-                                                           y[:n_adaptive], x_adv[:n_adaptive], config)  # fmt: skip
-            if versions is not None:
-                save_version(versions / method / "defended-adversarial.npz", x_adv_def, y)
-        if versions is not None:
-            save_version(versions / method / "defensive.npz", x_def, y)
-            save_version(versions / method / "defensive-attacked.npz", x_def_adv, y)
+                adaptive = store.record(f"adaptive-{method}", partial(
+                    _adaptive, model, defended, defense, x[:n_adaptive], y[:n_adaptive],
+                    x_adv[:n_adaptive], config))  # fmt: skip
+                acc["adaptive"], adaptive_info = adaptive["accuracy"], adaptive["info"]
         results.append({
             "threat": {"norm": threat.norm, "eps": threat.eps, "step_size": config.step_size,
                        "steps": config.steps, "random_start": config.random_start},
@@ -263,7 +336,7 @@ def _adaptive(
     y: torch.Tensor,
     x_adv_plain: torch.Tensor,
     config: DPConfig,
-) -> tuple[float, dict[str, Any]]:
+) -> dict[str, Any]:
     """Worst case over: the plain attack's points, BPDA through the defense, unrolled defense."""
     threat = config.threat()
     robust = correct(defended_bpda, x_adv_plain, y, batch_size=64)
@@ -278,7 +351,7 @@ def _adaptive(
         still = correct(defended_bpda, cand, y[idx], batch_size=64)
         robust[idx[~still]] = False
         broken[mode] = int((~still).sum())
-    return float(robust.float().mean()), {"n": len(x), "broken_by": broken}
+    return {"accuracy": float(robust.float().mean()), "info": {"n": len(x), "broken_by": broken}}
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

@@ -7,10 +7,14 @@ crash) therefore sees either the old complete file or the new complete file, nev
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +113,97 @@ def default_cache_dir() -> Path:
     """Per-user cache directory (``$XDG_CACHE_HOME/defpert`` or ``~/.cache/defpert``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "defpert"
+
+
+# --------------------------------------------------------------------------- one command per run
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def config_differences(saved: Any, wanted: Any) -> list[str]:
+    """``["eps: 0.2 -> 0.3", ...]``: the settings in which two configs differ."""
+    a, b = (
+        _flatten(json.loads(json.dumps(saved, default=_json_default))),
+        _flatten(json.loads(json.dumps(wanted, default=_json_default))),
+    )
+    return [
+        f"{k}: {a.get(k, '-')} -> {b.get(k, '-')}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+@contextlib.contextmanager
+def claim_run(
+    path: str | os.PathLike[str],
+    config: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    remove_on_overwrite: tuple[str, ...] = (),
+) -> Iterator[Path]:
+    """Hold ``path`` for one command: a lock, and the config the results there belong to.
+
+    A second command on the same directory stops with a message (the lock is released by
+    the operating system even when the holder is killed). A directory whose
+    ``config.json`` records other settings is refused, naming them, unless ``overwrite``
+    (which first removes the named result folders/files). Temporary files left by a
+    killed writer are removed. Under torchrun only rank 0 locks.
+    """
+    from defpert import distributed
+
+    run = ensure_dir(path)
+    lock_fh = None
+    if distributed.is_main():
+        lock_fh = open(run / ".lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock_fh.close()
+            raise DefpertError(
+                f"another defpert command is writing into {run}; wait for it or use another --out"
+            ) from None
+        for stale in run.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    try:
+        saved_path = run / "config.json"
+        if saved_path.is_file():
+            saved = read_json(saved_path)
+            diff = config_differences(saved, config)
+            if diff and not overwrite:
+                shown = "; ".join(diff[:4]) + (
+                    f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
+                )
+                raise DefpertError(
+                    f"{run} holds results of other settings ({shown}); "
+                    "use another --out, or --overwrite to replace them"
+                )
+            if diff and distributed.is_main():
+                for name in remove_on_overwrite:
+                    target = run / name
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    else:
+                        target.unlink(missing_ok=True)
+        distributed.barrier()
+        write_json(saved_path, config)
+        yield run
+    finally:
+        if lock_fh is not None:
+            fcntl.flock(lock_fh.fileno(), fcntl.LOCK_UN)
+            lock_fh.close()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (to tie results to the exact checkpoint they came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

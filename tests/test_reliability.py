@@ -1,0 +1,135 @@
+"""Interrupted, concurrent and mismatched runs lose nothing and mix nothing."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defpert.cli import main
+from defpert.runs import claim_run
+
+DP = ["dp", "--dataset", "digits", "--defense", "all", "--strong-limit", "80", "--strong-steps",
+      "20", "--square-queries", "20", "--adaptive-limit", "20", "--json", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck")
+    assert (
+        main(["train", "--dataset", "digits", "--epochs", "5", "--out", str(out), "--no-progress"])
+        == 0
+    )
+    return out
+
+
+def start_dp(checkpoint: Path, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "defpert", *DP, "--checkpoint", str(checkpoint), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def assert_only_complete_files(run: Path) -> None:
+    for path in run.rglob("*"):
+        if path.is_dir() or path.name == ".lock":
+            continue
+        assert not path.name.endswith(".tmp"), f"half-written file left: {path}"
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                assert z["images"].shape[0] == z["labels"].shape[0]
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+
+
+def saved_arrays(run: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for path in sorted(run.rglob("*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            out[str(path.relative_to(run))] = z["images"]
+    return out
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path):
+    whole = start_dp(digits_cnn, tmp_path / "whole")
+    stdout_whole, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-2000:]
+
+    killed = start_dp(digits_cnn, tmp_path / "killed")
+    marker = tmp_path / "killed" / "versions" / "test" / "minmax" / "defensive.npz"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run finished before it could be interrupted"
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert_only_complete_files(tmp_path / "killed")
+    done_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "killed").rglob("*.npz")}
+    assert len(done_before) >= 4  # original, adversarial and two ce/margin versions at least
+
+    resumed = start_dp(digits_cnn, tmp_path / "killed")
+    stdout_resumed, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())  # reused, not redone
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds_total"} for r in rs]  # noqa: E731
+    assert strip(json.loads(stdout_resumed)) == strip(json.loads(stdout_whole))
+    a, b = saved_arrays(tmp_path / "whole"), saved_arrays(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_second_command_on_the_same_run_directory_stops(capsys, digits_cnn, tmp_path):
+    with claim_run(tmp_path / "busy", {"command": "someone else"}):
+        code = main([*DP, "--checkpoint", str(digits_cnn), "--out", str(tmp_path / "busy")])
+    err = capsys.readouterr().err
+    assert code == 2 and "another defpert command is writing into" in err
+    assert json.loads((tmp_path / "busy" / "config.json").read_text()) == {
+        "command": "someone else"
+    }
+
+
+def test_run_of_other_settings_is_refused_unless_overwrite(capsys, digits_cnn, tmp_path):
+    args = ["dp", "--dataset", "digits", "--no-strong", "--limit", "50", "--checkpoint",
+            str(digits_cnn), "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main([*args, "-e", "0.1"]) == 0
+    first = (tmp_path / "r" / "versions" / "test" / "adversarial.npz").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "-e", "0.2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dp.eps: 0.1 -> 0.2" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "r" / "versions" / "test" / "adversarial.npz").read_bytes() == first
+    assert main([*args, "-e", "0.2", "--overwrite"]) == 0
+    assert (tmp_path / "r" / "versions" / "test" / "adversarial.npz").read_bytes() != first
+
+
+def test_same_command_twice_gives_identical_arrays(digits_cnn, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        args = ["dp", "--dataset", "digits", "--defense", "ce,hedge", "--random-start",
+                "--strong-limit", "30", "--strong-steps", "10", "--square-queries", "10",
+                "--adaptive-limit", "10", "--checkpoint", str(digits_cnn), "--out", str(tmp_path / name)]  # fmt: skip
+        assert main(args) == 0
+        runs.append(saved_arrays(tmp_path / name))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
+    from defpert.errors import DefpertError
+    from defpert.runs import write_bytes_atomic
+
+    target = write_bytes_atomic(tmp_path / "metrics.json", b'{"ok": 1}\n')
+
+    def disk_full(tmp):
+        tmp.write_bytes(b'{"half')
+        raise OSError(28, "No space left on device")
+
+    from defpert.runs import write_atomic
+
+    with pytest.raises(DefpertError, match="No space left on device"):
+        write_atomic(target, disk_full)
+    assert target.read_bytes() == b'{"ok": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
