@@ -133,3 +133,34 @@ def test_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
         write_atomic(target, disk_full)
     assert target.read_bytes() == b'{"ok": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    args = [sys.executable, "-m", "defpert", "train", "--dataset", "digits", "--epochs", "60",
+            "--no-progress"]  # fmt: skip
+    whole = subprocess.run(
+        [*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True
+    )
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = subprocess.Popen([*args, "--out", str(tmp_path / "k")], stderr=subprocess.PIPE)
+    state = tmp_path / "k" / "train-state.pt"
+    deadline = time.monotonic() + 300
+    while not state.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few more epochs
+    assert killed.poll() is None, "training finished before it could be interrupted"
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert not (tmp_path / "k" / "model.safetensors").exists()
+    assert_only_complete_files(tmp_path / "k")
+    resumed = subprocess.run([*args, "--out", str(tmp_path / "k")], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "k" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    metrics = json.loads((tmp_path / "k" / "metrics.json").read_text())
+    assert 1 <= metrics["resumed_after_epoch"] < 60  # it continued, it did not start over
+    assert [h["epoch"] for h in metrics["epochs"]] == list(range(1, 61))
+    assert not state.exists()

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--limit", type=int, help="train on the first N training images only")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     tr.add_argument("--out", default="runs/train", help="run directory (created as needed)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace a model of another config in --out (default: refuse)")  # fmt: skip
     _add_common(tr)
 
     from defpert.cli_dp import add_dp_parser
@@ -110,9 +112,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     build_model(config.model)
     config.validate()
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
-    result = train(
-        config, out=args.out, data_dir=data_dir, device=args.device, progress=args.progress
-    )
+    result = train(config, out=args.out, data_dir=data_dir, device=args.device,
+                   progress=args.progress, overwrite=args.overwrite)  # fmt: skip
     m = result.metrics
     print(
         f"{config.dataset} {config.model}: test accuracy {m['test_accuracy']:.4f} "

@@ -134,7 +134,9 @@ def reproduce(
         say(f"model: reused from {model_dir}")
     else:
         say(f"model: training {config.model} on {config.dataset} for {config.epochs} epochs")
-        train(train_cfg, out=model_dir, data_dir=data_dir, device=dev, progress=progress)
+        # overwrite: the study's own model directory follows the study's config
+        train(train_cfg, out=model_dir, data_dir=data_dir, device=dev, progress=progress,
+              overwrite=True)  # fmt: skip
     model, card = load_checkpoint(model_dir, map_location=dev)
     test = load_split(config.dataset, "test", data_dir, progress=progress).head(config.limit)
 

@@ -25,7 +25,7 @@ from defpert.devices import pick_device
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy
 from defpert.models import build_model, save_checkpoint
-from defpert.runs import ensure_dir, write_json
+from defpert.runs import claim_run, write_atomic, write_json
 
 
 @dataclass
@@ -71,13 +71,35 @@ def train(
     data_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a model, evaluate it on the test split, and (if ``out``) save a checkpoint.
 
     The global random state is left untouched: the seed drives a private RNG scope.
+    With ``out``, the training state is saved after every epoch, and an interrupted run
+    of the same config continues from its last finished epoch with the same result. A
+    directory holding a model of another config is refused unless ``overwrite``.
     """
     config.validate()
-    run = ensure_dir(out) if out is not None else None  # fail early if unwritable
+    if out is None:
+        return _train(config, None, data_dir, device, progress)
+    with claim_run(out, {"command": "train", **vars(config)}, overwrite=overwrite,
+                   remove_on_overwrite=TRAIN_OUTPUTS) as run:  # fmt: skip
+        return _train(config, run, data_dir, device, progress)
+
+
+# What a training run writes (removed by --overwrite before a run of another config).
+STATE_FILE = "train-state.pt"
+TRAIN_OUTPUTS = ("model.safetensors", "model.json", "metrics.json", STATE_FILE)
+
+
+def _train(
+    config: TrainConfig,
+    run: Path | None,
+    data_dir: str | os.PathLike[str] | None,
+    device: str | torch.device | None,
+    progress: bool,
+) -> TrainResult:
     dev = device if isinstance(device, torch.device) else pick_device(device)
     train_split = load_split(config.dataset, "train", data_dir, progress=progress).head(
         config.limit
@@ -93,7 +115,10 @@ def train(
         model.to(dev)
         if distributed.active():  # same initial weights everywhere, own dropout masks per rank
             torch.manual_seed(config.seed + 1000 * distributed.rank())
-        history, seconds = _fit(model, train_split, val_split, config, dev, progress)
+        state = run / STATE_FILE if run is not None else None
+        history, seconds, resumed_after = _fit(
+            model, train_split, val_split, config, dev, progress, state
+        )
     model.eval()
     test_acc = accuracy(model, test_split.images, test_split.labels)
     metrics: dict[str, Any] = {
@@ -101,6 +126,7 @@ def train(
         "val_accuracy": history[-1]["val_accuracy"],
         "epochs": history,
         "train_seconds": seconds,
+        "resumed_after_epoch": resumed_after,
         "train_images_per_second": len(train_split) * config.epochs / seconds,
         "n_train": len(train_split),
         "n_val": len(val_split),
@@ -122,6 +148,8 @@ def train(
     if run is not None:
         save_checkpoint(model, run, card)
         write_json(Path(run) / "metrics.json", metrics)
+        if distributed.is_main():
+            (run / STATE_FILE).unlink(missing_ok=True)  # the checkpoint now holds the result
     return TrainResult(model=model, metrics=metrics, card=card)
 
 
@@ -132,8 +160,13 @@ def _fit(
     config: TrainConfig,
     device: torch.device,
     progress: bool,
-) -> tuple[list[dict[str, float]], float]:
-    """Adam with a cosine learning-rate decay; returns per-epoch history and seconds spent."""
+    state_path: Path | None = None,
+) -> tuple[list[dict[str, float]], float, int]:
+    """Adam with a cosine learning-rate decay.
+
+    Returns the per-epoch history, the seconds spent training, and the epoch a saved state
+    let it resume after (0: started from scratch).
+    """
     n = len(train_split)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     rank, ranks = distributed.rank(), distributed.world_size()
@@ -148,7 +181,13 @@ def _fit(
     shuffle = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
+    first = 1
+    if state_path is not None and state_path.is_file():
+        history, seconds = _load_state(state_path, model, optimizer, schedule, shuffle)
+        first = len(history) + 1
+        if progress:
+            tqdm.write(f"resuming after epoch {len(history)} from {state_path}")
+    for epoch in range(first, config.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=shuffle)
         seen, right, loss_sum = 0, 0, 0.0
@@ -191,7 +230,49 @@ def _fit(
             tqdm.write(
                 f"epoch {epoch}: train loss {loss_all / seen_all:.4f}, val accuracy {val_acc:.4f}"
             )
-    return history, seconds
+        if state_path is not None and epoch < config.epochs:
+            _save_state(state_path, model, optimizer, schedule, shuffle, history, seconds)
+    return history, seconds, first - 1
+
+
+def _save_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    shuffle: torch.Generator,
+    history: list[dict[str, float]],
+    seconds: float,
+) -> None:
+    """Everything the next epoch depends on: weights, optimiser, schedule and RNG states."""
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
+        "rng": torch.get_rng_state(), "history": history, "seconds": seconds,
+    }  # fmt: skip
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    shuffle: torch.Generator,
+) -> tuple[list[dict[str, float]], float]:
+    """Restore what :func:`_save_state` saved; the file cannot run code (weights_only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        shuffle.set_state(state["shuffle"])
+        torch.set_rng_state(state["rng"])
+    except Exception as exc:  # a corrupt or foreign state file: say which, do not guess
+        raise DefpertError(
+            f"{path} is not a readable training state ({exc}); remove it or use --overwrite"
+        ) from None
+    return list(state["history"]), float(state["seconds"])
 
 
 DEFAULT_EPOCHS = {"mnist": 3, "fashion-mnist": 3, "digits": 40}
