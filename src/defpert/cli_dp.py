@@ -109,7 +109,8 @@ def run_dp_command(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(
         checkpoint, expect_input_shape=spec.input_shape, map_location=device
     )
-    run_config = {"command": "dp", "checkpoint_sha256": checkpoint_digest(checkpoint),
+    run_config = {"command": "dp", "checkpoint": str(checkpoint),
+                  "checkpoint_sha256": checkpoint_digest(checkpoint),
                   "dataset": spec.name, "split": args.split, "limit": args.limit,
                   "save_splits": args.save_splits, "dp": vars(config)}  # fmt: skip
     splits = [args.split] + (

@@ -32,6 +32,8 @@ def add_study_parsers(sub: Any) -> None:
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--device", default="auto")
     sw.add_argument("--out", default="runs/sweep")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="replace the results of other settings in --out (default: refuse)")  # fmt: skip
     _add_common(sw)
 
     rp = sub.add_parser("reproduce", help="the whole study with a report, in one command")
@@ -40,6 +42,8 @@ def add_study_parsers(sub: Any) -> None:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--device", default="auto")
     rp.add_argument("--out", help="run directory (default: runs/reproduce-<dataset>[-quick])")
+    rp.add_argument("--overwrite", action="store_true",
+                    help="replace a study of other settings in --out (default: refuse)")  # fmt: skip
     _add_common(rp)
 
 
@@ -48,9 +52,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from defpert.data import get_spec, load_split
     from defpert.devices import pick_device
     from defpert.figures import accuracy_curves
-    from defpert.models import load_checkpoint
+    from defpert.models import checkpoint_digest, load_checkpoint
     from defpert.rq1 import DPConfig
-    from defpert.runs import ensure_dir, write_atomic, write_json
+    from defpert.runs import claim_run, ensure_dir, write_atomic, write_json
     from defpert.sweep import STEP_FRACTION, parse_eps_list, run_sweep
     from defpert.train import default_checkpoint
 
@@ -64,21 +68,30 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                     seed=args.seed, adaptive_limit=0)  # fmt: skip
     for eps in eps_values:
         DPConfig(**{**vars(base), "eps": eps}).validate()
-    out = ensure_dir(args.out)
+    ensure_dir(args.out)
     device = pick_device(args.device)
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
     checkpoint = args.checkpoint or default_checkpoint(spec.name, data_dir=data_dir, device=device,
                                                        progress=args.progress, report=_say)  # fmt: skip
     model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
     data = load_split(spec.name, "test", data_dir, progress=args.progress).head(args.limit)
-    rows = run_sweep(model, data, base, eps_values, progress=args.progress, report=_say)
-    write_json(
-        out / "sweep.json", {"rows": rows, "config": vars(base), "checkpoint": str(checkpoint)}
-    )
-    fig = accuracy_curves(rows, title=f"{args.norm} PGD, {spec.name}, defense {args.defense}")
-    write_atomic(
-        out / f"sweep-{args.norm}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png")
-    )
+    run_config = {"command": "sweep", "checkpoint": str(checkpoint),
+                  "checkpoint_sha256": checkpoint_digest(checkpoint), "eps": eps_values,
+                  "limit": args.limit, "base": vars(base)}  # fmt: skip
+    outputs = ("sweep.json", f"sweep-{args.norm}.png", *(f"eps-{e:g}" for e in eps_values))
+    with claim_run(
+        args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=outputs
+    ) as out:
+        rows = run_sweep(
+            model, data, base, eps_values, progress=args.progress, report=_say, out=out
+        )
+        write_json(
+            out / "sweep.json", {"rows": rows, "config": vars(base), "checkpoint": str(checkpoint)}
+        )
+        fig = accuracy_curves(rows, title=f"{args.norm} PGD, {spec.name}, defense {args.defense}")
+        write_atomic(
+            out / f"sweep-{args.norm}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png")
+        )
     keys = [
         "original_attacked",
         "defensive_attacked",
@@ -99,9 +112,8 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     config = ReproduceConfig.for_dataset(args.dataset, quick=args.quick, seed=args.seed)
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
-    metrics = reproduce(
-        config, out, data_dir=data_dir, device=args.device, progress=args.progress, report=_say
-    )
+    metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
+                        progress=args.progress, report=_say, overwrite=args.overwrite)  # fmt: skip
     from defpert.report import COLUMNS
 
     for key, results in metrics["rq1"].items():

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from defpert import distributed
 from defpert.devices import autocast, default_chunk_size, model_device
+from defpert.errors import DefpertError
 from defpert.objectives import Objective
 from defpert.threat import ThreatModel, clip_to_box, validate_schedule
 
@@ -71,9 +72,10 @@ def perturb(
     if batch_size is None:
         batch_size = default_chunk_size(device)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise DefpertError(f"batch size must be at least 1, got {batch_size}")
     x = x.detach().cpu()
     labels = labels.detach().cpu()
+    check_inputs(model, x, labels)
     start = threat.random_init(x.shape, generator) if schedule.random_start else None
     out = torch.empty_like(x)
     bounds = [(lo, min(lo + batch_size, len(x))) for lo in range(0, len(x), batch_size)]
@@ -113,6 +115,44 @@ def perturb_batch(
     with torch.enable_grad(), frozen_parameters(model):
         return _run_steps(
             model, x, labels, threat, objective, schedule, delta0, inner, create_graph, precision
+        )
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuse, in one line, inputs the optimiser would silently turn into nonsense.
+
+    Images must be (N, C, H, W) floats in [0, 1], finite, of the shape the model takes;
+    labels (N,) integers naming one of the model's classes.
+    """
+    if x.dim() != 4 or not x.is_floating_point():
+        raise DefpertError(
+            f"images must be a float tensor (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
+        )
+    if labels.shape != (len(x),) or labels.is_floating_point() or labels.is_complex():
+        raise DefpertError(
+            f"labels must be integers of shape ({len(x)},), got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if len(x) == 0:
+        return
+    if not torch.isfinite(x).all():
+        raise DefpertError(f"images hold {int((~torch.isfinite(x)).sum())} NaN or infinite pixels")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise DefpertError(
+            f"pixels must lie in [0, 1], found [{low:.4g}, {high:.4g}] (scale images by 1/255?)"
+        )
+    try:
+        with torch.no_grad():
+            classes = model(x[:1].to(model_device(model))).shape[-1]
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DefpertError(
+            f"images of shape {tuple(x.shape[1:])} do not fit the model: {first}"
+        ) from None
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise DefpertError(
+            f"labels must lie in [0, {classes - 1}] for this {classes}-class model, "
+            f"found [{int(labels.min())}, {int(labels.max())}]"
         )
 
 

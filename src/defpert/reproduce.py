@@ -30,7 +30,7 @@ from defpert.defenses import DEFENSES
 from defpert.devices import pick_device
 from defpert.errors import DefpertError
 from defpert.models import load_checkpoint, read_card
-from defpert.runs import ensure_dir, read_json, write_atomic, write_json
+from defpert.runs import claim_run, ensure_dir, read_json, write_atomic, write_json
 
 Report = Callable[[str], None]
 
@@ -113,17 +113,35 @@ def reproduce(
     device: str | None = None,
     progress: bool = False,
     report: Report | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the whole study into ``out``; return the collected metrics."""
+    """Run (or resume) the whole study into ``out``; return the collected metrics.
+
+    ``out`` is locked for the run; a study of other settings there is refused unless
+    ``overwrite``.
+    """
+    outputs = ("model", "stages", "sweep", "figures", "report.html", "report.md", "results.csv",
+               "metrics.json", *(f"rq1-{t['norm']}" for t in config.threats))  # fmt: skip
+    with claim_run(out, {"command": "reproduce", **asdict(config)}, overwrite=overwrite,
+                   remove_on_overwrite=outputs) as run:  # fmt: skip
+        return _reproduce(config, run, data_dir, device, progress, report)
+
+
+def _reproduce(
+    config: ReproduceConfig,
+    run: Path,
+    data_dir: str | os.PathLike[str] | None,
+    device: str | None,
+    progress: bool,
+    report: Report | None,
+) -> dict[str, Any]:
     from defpert.rq1 import DPConfig, run_dp
     from defpert.sweep import run_sweep
     from defpert.train import TrainConfig, train
 
     say: Report = report or (lambda _m: None)
-    run = ensure_dir(out)
     dev = pick_device(device)
     started = time.perf_counter()
-    write_json(run / "config.json", asdict(config))
 
     # 1. the model
     model_dir = run / "model"
@@ -163,7 +181,8 @@ def reproduce(
     sweep_rows = _stage(
         run / "stages" / "sweep.json",
         {"base": asdict(sweep_base), "eps": config.sweep_eps, "n": len(sweep_data), "model": card.get("date")},
-        lambda: run_sweep(model, sweep_data, sweep_base, config.sweep_eps, progress=progress, report=say),
+        lambda: run_sweep(model, sweep_data, sweep_base, config.sweep_eps, progress=progress,
+                          report=say, out=run / "sweep"),
         say, "sweep",
     )  # fmt: skip
 

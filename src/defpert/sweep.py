@@ -6,8 +6,10 @@ and the strong suite, on the original data and on the defensive data.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -39,8 +41,13 @@ def run_sweep(
     *,
     progress: bool = False,
     report: Callable[[str], None] | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per eps: ``{"eps", "original", "original_attacked", "defensive_attacked", ...}``."""
+    """One row per eps: ``{"eps", "original", "original_attacked", "defensive_attacked", ...}``.
+
+    With ``out``, each radius's data versions are saved under ``out/eps-<eps>`` as they
+    complete, and a rerun after an interruption reuses them.
+    """
     rows = []
     fraction = STEP_FRACTION.get(base.norm, 0.05)
     for eps in eps_values:
@@ -49,7 +56,8 @@ def run_sweep(
         cfg.validate()
         if report:
             report(f"sweep: {base.norm} eps={eps}")
-        result = run_dp(model, data, cfg, progress=progress)[0]
+        where = Path(out) / f"eps-{eps:g}" if out is not None else None
+        result = run_dp(model, data, cfg, progress=progress, out=where)[0]
         rows.append({"eps": eps, "step_size": cfg.step_size, "defense": result["defense"],
                      **result["accuracy"]})  # fmt: skip
     return rows
