@@ -74,7 +74,7 @@ def _say(message: str) -> None:
 
 def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.cli import _dataset_path
-    from defpert.data import get_spec, load_split
+    from defpert.data import SPLITS, get_spec, load_split
     from defpert.defenses import DEFENSES
     from defpert.devices import native_bf16, pick_device
     from defpert.models import checkpoint_digest, load_checkpoint
@@ -96,6 +96,8 @@ def run_dp_command(args: argparse.Namespace) -> int:
     )  # fmt: skip
     config.validate()
     spec = get_spec(args.dataset)
+    if args.split not in SPLITS:
+        raise DefpertError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
     if args.limit is not None and args.limit < 1:
         raise DefpertError(f"--limit must be at least 1, got {args.limit}")
     device = pick_device(args.device)

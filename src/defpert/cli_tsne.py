@@ -73,6 +73,10 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DefpertError(f"{p}: labels must be (N,) for N={len(x)} inputs, found shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise DefpertError(f"{p}: labels must be integers, found {y.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise DefpertError(
+            f"{p}: images must be finite numbers (found NaN, infinite or non-numeric values)"
+        )
     return x, y
 
 

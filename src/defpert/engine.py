@@ -124,16 +124,26 @@ def check_inputs(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Non
     Images must be (N, C, H, W) floats in [0, 1], finite, of the shape the model takes;
     labels (N,) integers naming one of the model's classes.
     """
-    if x.dim() != 4 or not x.is_floating_point():
-        raise DefpertError(
-            f"images must be a float tensor (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
-        )
     if labels.shape != (len(x),) or labels.is_floating_point() or labels.is_complex():
         raise DefpertError(
             f"labels must be integers of shape ({len(x)},), got {labels.dtype} {tuple(labels.shape)}"
         )
+    classes = check_images(model, x)
+    if len(x) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise DefpertError(
+            f"labels must lie in [0, {classes - 1}] for this {classes}-class model, "
+            f"found [{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def check_images(model: nn.Module, x: torch.Tensor) -> int:
+    """Refuse images a [0, 1]-pixel model cannot take; return the model's number of classes."""
+    if x.dim() != 4 or not x.is_floating_point():
+        raise DefpertError(
+            f"images must be a float tensor (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
+        )
     if len(x) == 0:
-        return
+        return 0
     if not torch.isfinite(x).all():
         raise DefpertError(f"images hold {int((~torch.isfinite(x)).sum())} NaN or infinite pixels")
     low, high = float(x.min()), float(x.max())
@@ -143,17 +153,12 @@ def check_inputs(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Non
         )
     try:
         with torch.no_grad():
-            classes = model(x[:1].to(model_device(model))).shape[-1]
+            return int(model(x[:1].to(model_device(model))).shape[-1])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise DefpertError(
             f"images of shape {tuple(x.shape[1:])} do not fit the model: {first}"
         ) from None
-    if int(labels.min()) < 0 or int(labels.max()) >= classes:
-        raise DefpertError(
-            f"labels must lie in [0, {classes - 1}] for this {classes}-class model, "
-            f"found [{int(labels.min())}, {int(labels.max())}]"
-        )
 
 
 @contextlib.contextmanager

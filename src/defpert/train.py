@@ -269,8 +269,9 @@ def _load_state(
         shuffle.set_state(state["shuffle"])
         torch.set_rng_state(state["rng"])
     except Exception as exc:  # a corrupt or foreign state file: say which, do not guess
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DefpertError(
-            f"{path} is not a readable training state ({exc}); remove it or use --overwrite"
+            f"{path} is not a readable training state ({first}); remove it or use --overwrite"
         ) from None
     return list(state["history"]), float(state["seconds"])
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from defpert import distributed
 from defpert.devices import model_device
+from defpert.engine import check_images
 from defpert.errors import DefpertError
 
 ArrayLike = Any  # numpy array or torch tensor
@@ -56,6 +57,7 @@ def penultimate_features(
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not last:
         raise DefpertError("the model has no nn.Linear layer to take features from")
+    check_images(model, inputs)
     out = torch.empty(len(inputs), last[-1].in_features)
     bounds = [(lo, min(lo + batch_size, len(inputs))) for lo in range(0, len(inputs), batch_size)]
     captured: list[torch.Tensor] = []

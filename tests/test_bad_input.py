@@ -1,0 +1,442 @@
+"""Every bad input we know of: one line on stderr, exit status 2, no traceback.
+
+The table ``CASES`` is the source of ``docs/errors.md``: each row is run here and its
+message must appear in the doc as written. After adding a case, regenerate the doc with
+``python tests/test_bad_input.py`` (it runs every case and writes what the user sees).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from defpert.cli import main
+from defpert.data import DATASETS
+from defpert.errors import DefpertError
+from defpert.idx import encode_idx
+from defpert.models import build_model, save_checkpoint
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+CARD = {"dataset": "digits", "architecture": "cnn", "input_shape": [1, 8, 8], "num_classes": 10}
+
+
+# ----------------------------------------------------------------------------- set-ups
+
+
+def digits_checkpoint(tmp: Path) -> None:
+    save_checkpoint(build_model("cnn", (1, 8, 8), 10), tmp / "ck", CARD)
+
+
+def mnist_data(mutate: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        folder = tmp / "data" / "mnist"
+        folder.mkdir(parents=True)
+        for name in DATASETS["mnist"].sha256:
+            shape = (10, 28, 28) if "images" in name else (10,)
+            blob = encode_idx(np.zeros(shape, dtype=np.uint8))
+            (folder / name).write_bytes(mutate(blob) if name.startswith("t10k-images") else blob)
+        digits_checkpoint(tmp)
+        mnist_card = {**CARD, "dataset": "mnist", "architecture": "mlp", "input_shape": [1, 28, 28]}
+        save_checkpoint(build_model("mlp", (1, 28, 28), 10), tmp / "mck", mnist_card)
+
+    return setup
+
+
+def npz(**arrays: np.ndarray) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        np.savez(tmp / "v.npz", **arrays)
+        digits_checkpoint(tmp)
+
+    return setup
+
+
+def raw_file(content: bytes) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "v.npz").write_bytes(content)
+
+    return setup
+
+
+class RunsCommand:
+    """Unpickling this would run a shell command that leaves a file behind."""
+
+    def __reduce__(self):
+        return (__import__("os").system, ("touch pwned",))
+
+
+def pickled_checkpoint(tmp: Path) -> None:
+    digits_checkpoint(tmp)
+    (tmp / "ck" / "model.safetensors").write_bytes(pickle.dumps({"w": RunsCommand()}))
+
+
+def card_edit(**changes: object) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        import json
+
+        digits_checkpoint(tmp)
+        path = tmp / "ck" / "model.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+    return setup
+
+
+def corrupt_train_state(tmp: Path) -> None:
+    (tmp / "o").mkdir()
+    import json
+
+    config = {"command": "train", "dataset": "digits", "model": "cnn", "epochs": 2, "seed": 0,
+              "batch_size": 64, "lr": 2e-3, "limit": None}  # fmt: skip
+    (tmp / "o" / "config.json").write_text(json.dumps(config))
+    (tmp / "o" / "train-state.pt").write_bytes(b"not a state")
+
+
+def other_run(tmp: Path) -> None:
+    (tmp / "o").mkdir()
+    (tmp / "o" / "config.json").write_text('{"command": "reproduce", "dataset": "mnist"}')
+
+
+D = ["dp", "--dataset", "digits", "--no-strong", "--limit", "20"]
+M = ["--data-dir", "{tmp}/data", "--checkpoint", "{tmp}/mck", "--no-strong", "--limit", "5"]
+T = ["tsne", "--npz", "{tmp}/v.npz", "--per-class", "2"]
+TF = [*T, "--space", "features", "--checkpoint", "{tmp}/ck"]
+PIX = np.random.default_rng(0).random((20, 1, 8, 8)).astype(np.float32)
+LAB = np.arange(20) % 10
+
+# (what the user gave, set-up, command line, what the one line says)
+CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
+    # data files
+    ("IDX file truncated", mnist_data(lambda b: b[:-5]), ["dp", *M], "is truncated"),
+    ("IDX file empty", mnist_data(lambda b: b""), ["dp", *M], "only 0 bytes"),
+    (
+        "IDX file with a bad magic number",
+        mnist_data(lambda b: b"\x01\x02" + b[2:]),
+        ["dp", *M],
+        "bad magic number",
+    ),
+    (
+        "IDX file with extra bytes",
+        mnist_data(lambda b: b + b"\x00"),
+        ["dp", *M],
+        "longer than its header says",
+    ),
+    (
+        "IDX images of the wrong shape",
+        mnist_data(lambda b: encode_idx(np.zeros((10, 28), np.uint8))),
+        ["dp", *M],
+        "t10k-images",
+    ),
+    (
+        "IDX images and labels of different counts",
+        mnist_data(lambda b: encode_idx(np.zeros((9, 28, 28), np.uint8))),
+        ["dp", *M],
+        "image/label count mismatch",
+    ),
+    (
+        "gzip IDX file that is not gzip",
+        mnist_data(lambda b: gzip.compress(b)[:20]),
+        ["dp", *M],
+        "t10k-images",
+    ),
+    (".npz that is not a zip file", raw_file(b"hello"), T, "is not a plain .npz file"),
+    (".npz that is empty (0 bytes)", raw_file(b""), T, "is not a readable .npz file"),
+    (
+        ".npz holding pickled objects",
+        npz(images=np.array([{"a": 1}], dtype=object), labels=np.zeros(1, int)),
+        T,
+        "pickled objects are refused",
+    ),
+    (".npz without images/labels", npz(x_train=PIX), T, "needs arrays 'images' and 'labels'"),
+    (
+        ".npz labels of the wrong shape",
+        npz(images=PIX, labels=LAB[:5]),
+        T,
+        "labels must be (N,) for N=20",
+    ),
+    (".npz float labels", npz(images=PIX, labels=LAB.astype(float)), T, "labels must be integers"),
+    (
+        ".npz with NaN pixels",
+        npz(images=np.where(PIX > 0.9, np.nan, PIX), labels=LAB),
+        T,
+        "images must be finite numbers",
+    ),
+    (
+        ".npz with infinite pixels",
+        npz(images=np.where(PIX > 0.9, np.inf, PIX), labels=LAB),
+        T,
+        "images must be finite numbers",
+    ),
+    (
+        ".npz pixels outside [0, 1] for a model",
+        npz(images=PIX * 255, labels=LAB),
+        TF,
+        "pixels must lie in [0, 1]",
+    ),
+    (
+        ".npz images of the wrong shape for the model",
+        npz(images=np.random.rand(20, 1, 28, 28), labels=LAB),
+        TF,
+        "do not fit the model",
+    ),
+    # checkpoints
+    ("checkpoint directory missing", None, [*D, "--checkpoint", "{tmp}/none"], "does not exist"),
+    (
+        "checkpoint directory without model.json",
+        raw_file(b""),
+        [*D, "--checkpoint", "{tmp}"],
+        "not a defpert checkpoint (no model.json)",
+    ),
+    (
+        "checkpoint card of another format",
+        card_edit(format="other/1"),
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "is not a defpert checkpoint card",
+    ),
+    (
+        "checkpoint card naming another architecture",
+        card_edit(architecture="lenet"),
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "does not match architecture 'lenet'",
+    ),
+    (
+        "checkpoint weights that are a pickle (runs a command if unpickled)",
+        pickled_checkpoint,
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "is not a valid safetensors file",
+    ),
+    (
+        "checkpoint for other inputs (digits model, MNIST data)",
+        mnist_data(lambda b: b),
+        ["dp", *M[:2], "--checkpoint", "{tmp}/ck", "--limit", "5"],
+        "made for inputs of shape (1, 8, 8)",
+    ),
+    (
+        "corrupt training state in the run directory",
+        corrupt_train_state,
+        ["train", "--dataset", "digits", "--epochs", "2", "--out", "{tmp}/o"],
+        "is not a readable training state",
+    ),
+    (
+        "run directory of other settings",
+        other_run,
+        ["train", "--dataset", "digits", "--out", "{tmp}/o"],
+        "holds results of other settings",
+    ),
+    # numbers
+    ("eps 0", None, [*D, "-e", "0"], "eps must be a positive number"),
+    ("eps negative", None, [*D, "-e", "-0.1"], "eps must be a positive number"),
+    ("eps NaN", None, [*D, "-e", "nan"], "eps must be a positive number"),
+    ("eps infinite", None, [*D, "-p", "l2", "-e", "inf"], "eps must be a positive number"),
+    (
+        "L-inf eps of an L2 size (2.5)",
+        None,
+        [*D, "-p", "linf", "-e", "2.5"],
+        "did you mean an L2 radius",
+    ),
+    ("steps 0", None, [*D, "-k", "0"], "steps must be at least 1"),
+    ("step size 0", None, [*D, "-a", "0"], "step size must be positive"),
+    ("step size negative", None, [*D, "-a", "-0.01"], "step size must be positive"),
+    ("steps not a number", None, [*D, "-k", "ten"], "invalid int value: 'ten'"),
+    ("--limit 0", None, [*D, "--limit", "0"], "--limit must be at least 1"),
+    ("--batch-size 0 (dp)", None, [*D, "--batch-size", "0"], "--batch-size must be at least 1"),
+    (
+        "--batch-size 0 (train)",
+        None,
+        ["train", "--dataset", "digits", "--batch-size", "0"],
+        "--batch-size must be at least 1",
+    ),
+    (
+        "--strong-limit 0",
+        None,
+        [*D, "--strong", "--strong-limit", "0"],
+        "--strong-limit must be at least 1",
+    ),
+    (
+        "--strong-steps 0",
+        None,
+        [*D, "--strong", "--strong-steps", "0"],
+        "--strong-steps must be at least 1",
+    ),
+    (
+        "--square-queries 0",
+        None,
+        [*D, "--square-queries", "0"],
+        "--square-queries must be at least 1",
+    ),
+    (
+        "--adaptive-limit negative",
+        None,
+        [*D, "--adaptive-limit", "-1"],
+        "--adaptive-limit must be 0 or more",
+    ),
+    (
+        "--epochs 0",
+        None,
+        ["train", "--dataset", "digits", "--epochs", "0"],
+        "--epochs must be at least 1",
+    ),
+    ("--lr 0", None, ["train", "--dataset", "digits", "--lr", "0"], "--lr must be positive"),
+    (
+        "--per-class 0",
+        npz(images=PIX, labels=LAB),
+        [*T[:3], "--per-class", "0"],
+        "--per-class must be at least 1",
+    ),
+    (
+        "sweep radii that are not numbers",
+        None,
+        ["sweep", "--dataset", "digits", "--eps", "0.1,big"],
+        "--eps must be comma-separated numbers",
+    ),
+    # names
+    ("unknown dataset", None, ["train", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+    (
+        "dataset name that is a path",
+        None,
+        ["train", "--dataset", "../../x"],
+        "unknown dataset '../../x'",
+    ),
+    (
+        "unknown model",
+        None,
+        ["train", "--dataset", "digits", "--model", "resnet"],
+        "unknown model 'resnet'",
+    ),
+    ("unknown norm", None, [*D, "-p", "l3"], "unknown norm 'l3'"),
+    ("unknown defense", None, [*D, "--defense", "magic"], "unknown defense 'magic'"),
+    ("unknown split", None, [*D, "--split", "../x"], "unknown split '../x'"),
+    ("unknown precision", None, [*D, "--precision", "fp8"], "unknown precision 'fp8'"),
+    ("unknown device", None, [*D, "--device", "tpu"], "unknown device 'tpu'"),
+    (
+        "CUDA asked for on a machine without one",
+        None,
+        [*D, "--device", "cuda"],
+        "no CUDA GPU is available",
+    ),
+    (
+        "tsne on a directory without saved versions",
+        None,
+        ["tsne", "--run", "{tmp}", "--versions", "x"],
+        "holds no saved versions",
+    ),
+    ("unknown command", None, ["nonsense"], "invalid choice: 'nonsense'"),
+]
+
+
+def run_case(tmp: Path, setup, argv: list[str]) -> tuple[int, str]:
+    if setup is not None:
+        setup(tmp)
+    argv = [a.replace("{tmp}", str(tmp)) for a in argv]
+    if argv[0] in ("dp", "train", "sweep") and "--out" not in argv:
+        argv += ["--out", str(tmp / "out")]
+    err = io.StringIO()
+    real, sys.stderr = sys.stderr, err
+    try:
+        code = main(argv)
+    finally:
+        sys.stderr = real
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize(("what", "setup", "argv", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input(tmp_path, monkeypatch, what, setup, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_case(tmp_path, setup, argv)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert message in lines[0], lines[0]
+    assert not (tmp_path / "pwned").exists()  # nothing from a file was executed
+    doc = DOC.read_text()
+    assert f"| {what} |" in doc, (
+        f"docs/errors.md lacks {what!r}: run python tests/test_bad_input.py"
+    )
+
+
+LIBRARY_CASES = [
+    ("NaN pixels", lambda x, y: (x.masked_fill(x > 0.9, float("nan")), y), "NaN or infinite"),
+    ("pixels in [0, 255]", lambda x, y: (x * 255, y), "pixels must lie in [0, 1]"),
+    (
+        "images without a channel axis",
+        lambda x, y: (x[:, 0], y),
+        "images must be a float tensor (N, C, H, W)",
+    ),
+    ("labels outside the classes", lambda x, y: (x, y + 10), "labels must lie in [0, 9]"),
+    ("labels of another length", lambda x, y: (x, y[:3]), "labels must be integers of shape (20,)"),
+    ("images of another size", lambda x, y: (torch.rand(20, 1, 28, 28), y), "do not fit the model"),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "spoil", "message"), LIBRARY_CASES, ids=[c[0] for c in LIBRARY_CASES]
+)
+def test_bad_input_to_library_calls(what, spoil, message):
+    from defpert.attacks import pgd
+    from defpert.threat import LinfBall
+
+    model = build_model("cnn", (1, 8, 8), 10).eval()
+    x, y = spoil(torch.from_numpy(PIX), torch.from_numpy(LAB))
+    with pytest.raises(DefpertError, match=None) as info:
+        pgd(model, x, y, threat=LinfBall(0.1), steps=2, step_size=0.05)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert f"| `pgd(...)`: {what} |" in DOC.read_text()
+
+
+def write_doc() -> None:
+    """Run every case and write docs/errors.md from what the user actually sees."""
+    import os
+    import tempfile
+
+    rows = []
+    for what, setup, argv, _ in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            cwd = os.getcwd()
+            os.chdir(tmp)
+            try:
+                code, err = run_case(Path(tmp), setup, argv)
+            finally:
+                os.chdir(cwd)
+        shown = " ".join(a if "{tmp}" not in a else a.replace("{tmp}", "DIR") for a in argv)
+        line = err.strip().replace(tempfile.gettempdir(), "/tmp").replace("|", "\\|")
+        rows.append(f"| {what} | `defpert {shown}` | {code} | {line} |")
+    for what, spoil, _ in LIBRARY_CASES:
+        from defpert.attacks import pgd
+        from defpert.threat import LinfBall
+
+        x, y = spoil(torch.from_numpy(PIX), torch.from_numpy(LAB))
+        try:
+            pgd(
+                build_model("cnn", (1, 8, 8), 10).eval(),
+                x,
+                y,
+                threat=LinfBall(0.1),
+                steps=2,
+                step_size=0.05,
+            )
+            said = "(accepted)"
+        except DefpertError as exc:
+            said = f"DefpertError: {exc}".replace("|", "\\|")
+        rows.append(f"| `pgd(...)`: {what} | library call | exception | {said} |")
+    text = (
+        "# Bad input and what the user sees\n\n"
+        "Every row was run by `python tests/test_bad_input.py`, which wrote this file; the\n"
+        "test suite runs each case again and checks the exit status, that the message is one\n"
+        "line without a traceback, and that nothing in a file was executed. Paths under a\n"
+        "temporary directory are shown as DIR or /tmp.\n\n"
+        f"{len(CASES)} command-line cases, {len(LIBRARY_CASES)} library cases.\n\n"
+        "| bad input | command | exit | what the user sees (stderr) |\n|---|---|---|---|\n"
+        + "\n".join(rows) + "\n"
+    )  # fmt: skip
+    DOC.write_text(text)
+    print(f"wrote {DOC} ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    write_doc()
