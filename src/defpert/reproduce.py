@@ -29,7 +29,7 @@ from defpert.data import get_spec, load_split
 from defpert.defenses import DEFENSES
 from defpert.devices import pick_device
 from defpert.errors import DefpertError
-from defpert.models import load_checkpoint, read_card
+from defpert.models import environment, load_checkpoint, read_card
 from defpert.runs import claim_run, ensure_dir, read_json, write_atomic, write_json
 
 Report = Callable[[str], None]
@@ -197,6 +197,7 @@ def _reproduce(
         "sweep": sweep_rows,
         "seconds_this_invocation": seconds,
         "device": str(dev),
+        "environment": environment(dev),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     _write_report(run, config, metrics, figures, results_by_threat, sweep_rows)

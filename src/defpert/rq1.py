@@ -33,10 +33,11 @@ from defpert import distributed
 from defpert.attacks import StrongConfig, StrongResult, pgd, strong_attack
 from defpert.data import SPLITS, Split
 from defpert.defenses import DEFENSES, DefendedModel, Defense, defend
-from defpert.devices import check_precision
+from defpert.devices import check_precision, model_device
 from defpert.engine import Schedule
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy, correct
+from defpert.models import environment
 from defpert.runs import read_json, write_atomic, write_json
 from defpert.threat import ThreatModel, make_threat
 
@@ -298,7 +299,8 @@ def run_dp(
         r["seconds_total"] = elapsed
     if run is not None:
         write_json(run / f"metrics-{split_name}.json" if split_name != "test" else run / "metrics.json",
-                   {"results": results, "config": asdict(config)})  # fmt: skip
+                   {"results": results, "config": asdict(config),
+                    "environment": environment(model_device(model))})  # fmt: skip
     return results
 
 

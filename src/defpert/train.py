@@ -24,7 +24,7 @@ from defpert.data import Split, load_split
 from defpert.devices import pick_device
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy
-from defpert.models import build_model, save_checkpoint
+from defpert.models import build_model, environment, save_checkpoint
 from defpert.runs import claim_run, write_atomic, write_json
 
 
@@ -144,6 +144,7 @@ def _train(
         "epochs": config.epochs,
         "training": {"kind": "standard", **vars(config)},
         "accuracy": {"test": test_acc, "val": metrics["val_accuracy"]},
+        "environment": environment(dev),
     }
     if run is not None:
         save_checkpoint(model, run, card)
