@@ -53,3 +53,14 @@ def digits_model() -> torch.nn.Module:
 def mnist_dir() -> Path:
     """Real MNIST, fetched by the project's own fetcher (cached across runs)."""
     return fetch("mnist", progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint directory: the zoo's cnn trained 5 epochs on the digits (seconds)."""
+    from defpert.cli import main
+
+    out = tmp_path_factory.mktemp("digits-cnn")
+    argv = ["train", "--dataset", "digits", "--epochs", "5", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    return out

@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-from defpert.cli import main
 
 DP_ARGS = ["dp", "--dataset", "digits", "--defense", "all", "--strong-limit", "60",
            "--strong-steps", "10", "--square-queries", "20", "--adaptive-limit", "10",
@@ -28,16 +25,6 @@ def defpert(*argv: str, processes: int = 1) -> subprocess.CompletedProcess[str]:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done
-
-
-@pytest.fixture(scope="module")
-def digits_cnn(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    assert (
-        main(["train", "--dataset", "digits", "--epochs", "5", "--out", str(out), "--no-progress"])
-        == 0
-    )
-    return out
 
 
 def test_two_processes_give_the_single_process_results(digits_cnn, tmp_path):

@@ -18,16 +18,6 @@ DP = ["dp", "--dataset", "digits", "--defense", "all", "--strong-limit", "80", "
       "20", "--square-queries", "20", "--adaptive-limit", "20", "--json", "--no-progress"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def digits_cnn(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    assert (
-        main(["train", "--dataset", "digits", "--epochs", "5", "--out", str(out), "--no-progress"])
-        == 0
-    )
-    return out
-
-
 def start_dp(checkpoint: Path, out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "defpert", *DP, "--checkpoint", str(checkpoint), "--out", str(out)],
