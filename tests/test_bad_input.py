@@ -284,6 +284,18 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ),
     ("--lr 0", None, ["train", "--dataset", "digits", "--lr", "0"], "--lr must be positive"),
     (
+        "unknown adversarial training",
+        None,
+        ["train", "--dataset", "digits", "--adversarial", "trades"],
+        "unknown adversarial training 'trades'",
+    ),
+    (
+        "adversarial training radius 0",
+        None,
+        ["train", "--dataset", "digits", "--adversarial", "pgd", "--adv-eps", "0"],
+        "eps must be a positive number",
+    ),
+    (
         "--per-class 0",
         npz(images=PIX, labels=LAB),
         [*T[:3], "--per-class", "0"],

@@ -67,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--limit", type=int, help="train on the first N training images only")
+    tr.add_argument(
+        "--adversarial",
+        default="none",
+        help="adversarial training: none, pgd (Madry et al.) or fgsm-rs (Wong et al.)",
+    )
+    tr.add_argument("--adv-norm", default="linf", help="threat model trained against: linf or l2")
+    tr.add_argument(
+        "--adv-eps",
+        type=float,
+        help="its radius (default: 0.3 for MNIST and the digits, 0.1 for Fashion-MNIST)",
+    )
+    tr.add_argument("--adv-steps", type=int, default=40, help="PGD steps in each training batch")
+    tr.add_argument("--adv-step-size", type=float, default=0.01, help="their step size")  # fmt: skip
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     tr.add_argument("--out", default="runs/train", help="run directory (created as needed)")
     tr.add_argument("--overwrite", action="store_true",
@@ -103,7 +116,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         dataset=args.dataset, model=args.model, epochs=args.epochs, seed=args.seed,
-        batch_size=args.batch_size, lr=args.lr, limit=args.limit,
+        batch_size=args.batch_size, lr=args.lr, limit=args.limit, adversarial=args.adversarial,
+        adv_norm=args.adv_norm, adv_eps=args.adv_eps, adv_steps=args.adv_steps,
+        adv_step_size=args.adv_step_size,
     )  # fmt: skip
     from defpert.data import get_spec
     from defpert.models import build_model

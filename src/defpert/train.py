@@ -22,10 +22,13 @@ from tqdm.auto import tqdm
 from defpert import distributed
 from defpert.data import Split, load_split
 from defpert.devices import pick_device
+from defpert.engine import Schedule, perturb_batch
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy
 from defpert.models import build_model, environment, save_checkpoint
+from defpert.objectives import cross_entropy
 from defpert.runs import claim_run, write_atomic, write_json
+from defpert.threat import ThreatModel, make_threat
 
 
 @dataclass
@@ -39,8 +42,29 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     limit: int | None = None  # train on the first N training images only
+    adversarial: str = "none"  # "pgd" (Madry et al.) or "fgsm-rs" (Wong et al.)
+    adv_norm: str = "linf"
+    adv_eps: float | None = None  # default: ADV_EPS for the dataset
+    adv_steps: int = 40  # pgd only
+    adv_step_size: float = 0.01  # pgd only; fgsm-rs steps 1.25 eps
+
+    def adversary(self) -> tuple[ThreatModel, Schedule] | None:
+        """The attack each training batch is replaced by (None for standard training)."""
+        if self.adversarial == "none":
+            return None
+        if self.adversarial not in ADVERSARIAL:
+            raise DefpertError(
+                f"unknown adversarial training {self.adversarial!r}; choose one of: "
+                f"none, {', '.join(ADVERSARIAL)}"
+            )
+        eps = self.adv_eps if self.adv_eps is not None else ADV_EPS.get(self.dataset, 0.3)
+        threat = make_threat(self.adv_norm, eps)
+        if self.adversarial == "fgsm-rs":  # one signed step of 1.25 eps from a random start
+            return threat, Schedule(1, 1.25 * threat.eps, random_start=True)
+        return threat, Schedule(self.adv_steps, self.adv_step_size, random_start=True)
 
     def validate(self) -> None:
+        self.adversary()
         if self.epochs < 1:
             raise DefpertError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -133,6 +157,7 @@ def _train(
         "n_test": len(test_split),
         "device": str(dev),
     }
+    adversary = config.adversary()
     card = {
         "dataset": config.dataset,
         "architecture": config.model,
@@ -142,7 +167,19 @@ def _train(
         "normalization": {"mean": mean, "std": std},
         "seed": config.seed,
         "epochs": config.epochs,
-        "training": {"kind": "standard", **vars(config)},
+        "training": {
+            "kind": "standard" if adversary is None else f"adversarial-{config.adversarial}",
+            **vars(config),
+        },
+        "threat_trained_against": None
+        if adversary is None
+        else {
+            "norm": adversary[0].norm,
+            "eps": adversary[0].eps,
+            "steps": adversary[1].steps,
+            "step_size": adversary[1].step_size,
+            "random_start": True,
+        },
         "accuracy": {"test": test_acc, "val": metrics["val_accuracy"]},
         "environment": environment(dev),
     }
@@ -175,6 +212,7 @@ def _fit(
     # each global batch (the same order everywhere), gradients are averaged across ranks.
     net = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
     progress = progress and distributed.is_main()
+    adversary = config.adversary()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, steps_per_epoch * config.epochs
@@ -201,6 +239,8 @@ def _fit(
             idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
             x = train_split.images[idx].to(device, non_blocking=True)
             y = train_split.labels[idx].to(device, non_blocking=True)
+            if adversary is not None:
+                x = _adversarial_batch(model, x, y, *adversary)
             logits = net(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -275,6 +315,25 @@ def _load_state(
             f"{path} is not a readable training state ({first}); remove it or use --overwrite"
         ) from None
     return list(state["history"]), float(state["seconds"])
+
+
+# The radius adversarial training defends by default (Madry et al. used 0.3 on MNIST).
+ADV_EPS = {"mnist": 0.3, "fashion-mnist": 0.1, "digits": 0.3}
+ADVERSARIAL = ("pgd", "fgsm-rs")
+
+
+def _adversarial_batch(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, schedule: Schedule
+) -> torch.Tensor:
+    """The batch's adversarial version, found with the model in eval mode (no dropout)."""
+    training = model.training
+    model.eval()
+    try:
+        start = threat.random_init(x.shape, None).to(x.device)  # the private, seeded RNG
+        return perturb_batch(model, x, y, threat=threat, objective=cross_entropy,
+                             schedule=schedule, delta0=start).detach()  # fmt: skip
+    finally:
+        model.train(training)
 
 
 DEFAULT_EPOCHS = {"mnist": 3, "fashion-mnist": 3, "digits": 40}
