@@ -89,11 +89,12 @@ def card_edit(**changes: object) -> Callable[[Path], None]:
 
 
 def corrupt_train_state(tmp: Path) -> None:
-    (tmp / "o").mkdir()
     import json
 
-    config = {"command": "train", "dataset": "digits", "model": "cnn", "epochs": 2, "seed": 0,
-              "batch_size": 64, "lr": 2e-3, "limit": None}  # fmt: skip
+    from defpert.train import TrainConfig
+
+    (tmp / "o").mkdir()
+    config = {"command": "train", **vars(TrainConfig(dataset="digits", epochs=2))}
     (tmp / "o" / "config.json").write_text(json.dumps(config))
     (tmp / "o" / "train-state.pt").write_bytes(b"not a state")
 
