@@ -100,3 +100,22 @@ def test_report_figures_load_in_headless_chromium(quick_run):
         assert not overflow  # tables scroll inside their box; the page fits a phone
     finally:
         driver.quit()
+
+
+def test_several_models_side_by_side_with_a_headline(tmp_path):
+    out = tmp_path / "run"
+    argv = ["reproduce", "--quick", "--dataset", "digits", "--models", "standard,fgsm-rs",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"standard", "fgsm-rs"}
+    assert metrics["models"]["fgsm-rs"]["training"] == "adversarial-fgsm-rs"
+    assert set(metrics["rq1"]) == {"linf", "l2", "linf-fgsm-rs", "l2-fgsm-rs"}
+    card = json.loads((out / "model-fgsm-rs" / "model.json").read_text())
+    assert card["threat_trained_against"]["eps"] == 0.3
+    md = (out / "report.md").read_text()
+    assert md.count("## Headline:") == 2
+    for kind in ("standard", "fgsm-rs"):
+        assert f"| {kind} | none |" in md  # each model without a defensive perturbation
+    with open(out / "results.csv") as fh:
+        assert {row["model"] for row in csv.DictReader(fh)} == {"standard", "fgsm-rs"}

@@ -42,6 +42,8 @@ def add_study_parsers(sub: Any) -> None:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--device", default="auto")
     rp.add_argument("--out", help="run directory (default: runs/reproduce-<dataset>[-quick])")
+    rp.add_argument("--models", default="standard",
+                    help="comma-separated: how each compared model is trained: standard, fgsm-rs, pgd")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
                     help="replace a study of other settings in --out (default: refuse)")  # fmt: skip
     _add_common(rp)
@@ -110,6 +112,9 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     from defpert.reproduce import ReproduceConfig, reproduce
 
     config = ReproduceConfig.for_dataset(args.dataset, quick=args.quick, seed=args.seed)
+    config.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if not config.models:
+        raise DefpertError("--models needs at least one of: standard, fgsm-rs, pgd")
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,

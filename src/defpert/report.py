@@ -54,7 +54,7 @@ def rows_for_csv(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for r in results:
         t = r["threat"]
         row: dict[str, Any] = {
-            "dataset": r["dataset"], "norm": t["norm"], "eps": t["eps"], "steps": t["steps"],
+            "dataset": r["dataset"], "model": r.get("model", "standard"), "norm": t["norm"], "eps": t["eps"], "steps": t["steps"],
             "step_size": t["step_size"], "defense": r["defense"], "kind": r["defense_kind"],
             "n": r["n"], "strong_n": r.get("strong", {}).get("n", ""),
             "adaptive_n": r.get("adaptive", {}).get("n", ""),
@@ -82,7 +82,58 @@ def _pct(v: Any) -> str:
 
 def _threat_title(r: Mapping[str, Any]) -> str:
     t = r["threat"]
-    return f"{t['norm'].upper().replace('LINF', 'L-inf')} PGD, eps={t['eps']}, {t['steps']} steps of {t['step_size']}"
+    model = f" — {r['model']} model" if r.get("model", "standard") != "standard" else ""
+    return f"{t['norm'].upper().replace('LINF', 'L-inf')} PGD, eps={t['eps']}, {t['steps']} steps of {t['step_size']}{model}"
+
+
+def headline(
+    results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]],
+    models: Mapping[str, Mapping[str, Any]],
+) -> list[str]:
+    """Markdown lines: per threat model, every (model, defensive perturbation) by strong accuracy."""
+    by_norm: dict[str, list[tuple[float, str, str, float, float]]] = {}
+    for results in results_by_threat.values():
+        for r in results:
+            a, kind = r["accuracy"], r.get("model", "standard")
+            if "original_attacked_strong" not in a:
+                continue
+            rows = by_norm.setdefault(_threat_title({**r, "model": "standard"}), [])
+            if not any(row[1] == kind and row[2] == "none" for row in rows):
+                rows.append(
+                    (
+                        a["original_attacked_strong"],
+                        kind,
+                        "none",
+                        a["original"],
+                        a["original_attacked"],
+                    )
+                )
+            rows.append(
+                (
+                    a["defensive_attacked_strong"],
+                    kind,
+                    r["defense"],
+                    a["defensive"],
+                    a["defensive_attacked"],
+                )
+            )
+    lines = []
+    for title, rows in by_norm.items():
+        rows.sort(key=lambda row: -row[0])
+        best = rows[0]
+        lines += [f"## Headline: {title}", "",
+                  f"Highest strong-attack accuracy: **{best[0]:.1%}**, {best[1]} model with "
+                  f"defensive perturbation {best[2]}.", "",
+                  "| model | defensive perturbation | strong attack | weak attack | clean | training seconds |",
+                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        for strong, kind, defense, clean, weak in rows:
+            secs = models.get(kind, {}).get("training_seconds")
+            cost = f"{secs:.0f}" if isinstance(secs, (int, float)) else "–"
+            lines.append(
+                f"| {kind} | {defense} | {strong:.1%} | {weak:.1%} | {clean:.1%} | {cost} |"
+            )
+        lines.append("")
+    return lines
 
 
 def markdown(
@@ -92,10 +143,18 @@ def markdown(
     figures: Mapping[str, str],
     sweep_rows: Sequence[Mapping[str, Any]] = (),
     strong_steps: int = 100,
+    models: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The report as Markdown; ``figures`` maps a caption to a path relative to the report."""
+    """The report as Markdown; ``figures`` maps a caption to a path relative to the report.
+
+    With several ``models`` (their training kind and seconds), a headline table first
+    answers, per threat model: which model and defensive perturbation give the highest
+    strong-attack accuracy, at what training cost.
+    """
     lines = [f"# {title}", ""]
     lines += [f"- {s}" for s in summary]
+    if models and len(models) > 1:
+        lines += ["", *headline(results_by_threat, models)]
     lines += [
         "",
         "**How to read the tables.** *Weak attack* is the original study's PGD (its exact",

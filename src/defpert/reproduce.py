@@ -49,6 +49,8 @@ THREATS: dict[str, list[dict[str, Any]]] = {
         {"norm": "l2", "steps": 40, "eps": 1.0, "step_size": 0.03},
     ],
 }
+# A study can compare models trained in several ways (``--models``).
+MODEL_KINDS = {"standard": "none", "fgsm-rs": "fgsm-rs", "pgd": "pgd"}
 SWEEP_EPS = {"mnist": [0.05, 0.1, 0.2, 0.3], "fashion-mnist": [0.025, 0.05, 0.1, 0.15],
              "digits": [0.05, 0.1, 0.2, 0.3]}  # fmt: skip
 
@@ -72,6 +74,21 @@ class ReproduceConfig:
     defenses: tuple[str, ...] = DEFENSES
     threats: list[dict[str, Any]] = field(default_factory=list)
     sweep_eps: list[float] = field(default_factory=list)
+    models: tuple[str, ...] = ("standard",)  # how each studied model is trained: MODEL_KINDS
+    adv_steps: int = 40  # PGD steps per batch for the "pgd" model (Madry et al.: 40)
+
+    def train_config(self, kind: str) -> Any:
+        """How the model of a kind (standard, fgsm-rs, pgd) is trained for this study."""
+        from defpert.train import ADV_EPS, TrainConfig
+
+        if kind not in MODEL_KINDS:
+            raise DefpertError(
+                f"unknown model kind {kind!r}; choose from: {', '.join(MODEL_KINDS)}"
+            )
+        eps = ADV_EPS.get(self.dataset, 0.3)
+        return TrainConfig(dataset=self.dataset, model=self.model, epochs=self.epochs, seed=self.seed,
+                           adversarial=MODEL_KINDS[kind], adv_eps=eps, adv_steps=self.adv_steps,
+                           adv_step_size=2.5 * eps / self.adv_steps)  # fmt: skip
 
     @classmethod
     def for_dataset(cls, dataset: str, *, quick: bool = False, seed: int = 0) -> ReproduceConfig:
@@ -85,7 +102,7 @@ class ReproduceConfig:
             cfg.epochs = 1 if spec.name != "digits" else 20
             cfg.limit, cfg.strong_limit, cfg.strong_steps, cfg.square_queries = 300, 100, 50, 50
             cfg.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
-            cfg.tsne_per_class = 20
+            cfg.tsne_per_class, cfg.adv_steps = 20, 10
         return cfg
 
 
@@ -120,8 +137,11 @@ def reproduce(
     ``out`` is locked for the run; a study of other settings there is refused unless
     ``overwrite``.
     """
-    outputs = ("model", "stages", "sweep", "figures", "report.html", "report.md", "results.csv",
-               "metrics.json", *(f"rq1-{t['norm']}" for t in config.threats))  # fmt: skip
+    for kind in config.models:
+        config.train_config(kind)  # unknown kinds fail before any work
+    outputs = ("stages", "sweep", "figures", "report.html", "report.md", "results.csv",
+               "metrics.json", *(_suffixed("model", k) for k in config.models),
+               *(f"rq1-{_suffixed(t['norm'], k)}" for t in config.threats for k in config.models))  # fmt: skip
     with claim_run(out, {"command": "reproduce", **asdict(config)}, overwrite=overwrite,
                    remove_on_overwrite=outputs) as run:  # fmt: skip
         return _reproduce(config, run, data_dir, device, progress, report)
@@ -137,40 +157,48 @@ def _reproduce(
 ) -> dict[str, Any]:
     from defpert.rq1 import DPConfig, run_dp
     from defpert.sweep import run_sweep
-    from defpert.train import TrainConfig, train
+    from defpert.train import train
 
     say: Report = report or (lambda _m: None)
     dev = pick_device(device)
     started = time.perf_counter()
 
-    # 1. the model
-    model_dir = run / "model"
-    train_cfg = TrainConfig(
-        dataset=config.dataset, model=config.model, epochs=config.epochs, seed=config.seed
-    )
-    if _card_matches(model_dir, train_cfg):
-        say(f"model: reused from {model_dir}")
-    else:
-        say(f"model: training {config.model} on {config.dataset} for {config.epochs} epochs")
-        # overwrite: the study's own model directory follows the study's config
-        train(train_cfg, out=model_dir, data_dir=data_dir, device=dev, progress=progress,
-              overwrite=True)  # fmt: skip
-    model, card = load_checkpoint(model_dir, map_location=dev)
+    # 1. the models and 2. RQ1 for each model and threat model
     test = load_split(config.dataset, "test", data_dir, progress=progress).head(config.limit)
-
-    # 2. RQ1 for each threat model
     results_by_threat: dict[str, list[dict[str, Any]]] = {}
-    for threat in config.threats:
-        dp = DPConfig(**threat, defenses=tuple(config.defenses), strong_limit=config.strong_limit,
-                      strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
-                      square_queries=config.square_queries, seed=config.seed)  # fmt: skip
-        key = threat["norm"]
-        stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
-        results_by_threat[key] = _stage(
-            run / "stages" / f"rq1-{key}.json", stage_cfg,
-            functools.partial(run_dp, model, test, dp, out=run / f"rq1-{key}", progress=progress, report=say),
-            say, f"RQ1 {key}",
-        )  # fmt: skip
+    trained: dict[str, dict[str, Any]] = {}
+    for kind in config.models:
+        model_dir = run / _suffixed("model", kind)
+        train_cfg = config.train_config(kind)
+        if _card_matches(model_dir, train_cfg):
+            say(f"model ({kind}): reused from {model_dir}")
+        else:
+            say(
+                f"model ({kind}): training {config.model} on {config.dataset} for {config.epochs} epochs"
+            )
+            # overwrite: the study's own model directory follows the study's config
+            train(train_cfg, out=model_dir, data_dir=data_dir, device=dev, progress=progress,
+                  overwrite=True)  # fmt: skip
+        model, card = load_checkpoint(model_dir, map_location=dev)
+        trained[kind] = {"dir": str(model_dir), "test_accuracy": card["accuracy"]["test"],
+                         "training": card["training"]["kind"],
+                         "training_seconds": read_json(model_dir / "metrics.json").get("train_seconds")}  # fmt: skip
+        if kind == config.models[0]:
+            first_model, first_card = model, card
+        for threat in config.threats:
+            dp = DPConfig(**threat, defenses=tuple(config.defenses), strong_limit=config.strong_limit,
+                          strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
+                          square_queries=config.square_queries, seed=config.seed)  # fmt: skip
+            key = _suffixed(threat["norm"], kind)
+            stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
+            results = _stage(
+                run / "stages" / f"rq1-{key}.json", stage_cfg,
+                functools.partial(run_dp, model, test, dp, out=run / f"rq1-{key}", progress=progress, report=say),
+                say, f"RQ1 {key}",
+            )  # fmt: skip
+            results_by_threat[key] = [{**r, "model": kind} for r in results]
+    model, card = first_model, first_card
+    model_dir = run / _suffixed("model", config.models[0])
 
     # 3. accuracy versus eps (first threat model's norm, the ce defense)
     first = config.threats[0]
@@ -191,8 +219,8 @@ def _reproduce(
     seconds = time.perf_counter() - started
     metrics = {
         "dataset": config.dataset,
-        "model": {"dir": str(model_dir), "test_accuracy": card["accuracy"]["test"],
-                  "training_seconds": read_json(model_dir / "metrics.json").get("train_seconds")},
+        "model": trained[config.models[0]],
+        "models": trained,
         "rq1": results_by_threat,
         "sweep": sweep_rows,
         "seconds_this_invocation": seconds,
@@ -203,6 +231,11 @@ def _reproduce(
     _write_report(run, config, metrics, figures, results_by_threat, sweep_rows)
     say(f"report: {run / 'report.html'}")
     return metrics
+
+
+def _suffixed(name: str, kind: str) -> str:
+    """``linf`` for the standard model, ``linf-pgd`` for the PGD-trained one, and so on."""
+    return name if kind == "standard" else f"{name}-{kind}"
 
 
 def _card_matches(model_dir: Path, cfg: Any) -> bool:
@@ -236,7 +269,7 @@ def _figures(
     figs: dict[str, Path] = {}
     fig_dir = ensure_dir(run / "figures")
     classes = card.get("classes")
-    for key in results_by_threat:
+    for key in (_suffixed(t["norm"], config.models[0]) for t in config.threats):  # first model
         base = run / f"rq1-{key}" / "versions" / "test"
         versions = {"original": load_npz(base / "original.npz"), "adversarial": load_npz(base / "adversarial.npz"),
                     "defensive (ce)": load_npz(base / "ce" / "defensive.npz"),
@@ -279,9 +312,13 @@ def _write_report(
         f"{config.strong_limit}, adaptive attack on {config.adaptive_limit} (at most)",
         f"device: {metrics['device']}; generated {metrics['date']}",
     ]
+    if len(config.models) > 1:
+        summary.append("models: " + "; ".join(
+            f"{k} (test accuracy {m['test_accuracy']:.2%}, trained in {m['training_seconds']:.0f} s)"
+            for k, m in metrics["models"].items()))  # fmt: skip
     rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
     md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows,
-                  strong_steps=config.strong_steps)  # fmt: skip
+                  strong_steps=config.strong_steps, models=metrics["models"])  # fmt: skip
     from defpert.runs import write_bytes_atomic
 
     write_bytes_atomic(run / "report.md", md.encode())
