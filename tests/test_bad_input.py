@@ -225,6 +225,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "is not a readable training state",
     ),
     (
+        "output directory where nothing can be created (/proc)",
+        None,
+        ["train", "--dataset", "digits", "--out", "/proc/defpert-run"],
+        "cannot create directory /proc/defpert-run",
+    ),
+    (
         "run directory of other settings",
         other_run,
         ["train", "--dataset", "digits", "--out", "{tmp}/o"],

@@ -56,7 +56,12 @@ def test_second_run_reuses_finished_stages(quick_run, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--quick", "--dataset", "digits", "--out", str(quick_run)]) == 0
     err = capsys.readouterr().err
-    for stage in ("model (standard): reused", "RQ1 linf: reused", "RQ1 l2: reused", "sweep: reused"):
+    for stage in (
+        "model (standard): reused",
+        "RQ1 linf: reused",
+        "RQ1 l2: reused",
+        "sweep: reused",
+    ):
         assert stage in err
 
 
