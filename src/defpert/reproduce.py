@@ -164,7 +164,9 @@ def _reproduce(
     started = time.perf_counter()
 
     # 1. the models and 2. RQ1 for each model and threat model
-    test = load_split(config.dataset, "test", data_dir, progress=progress).head(config.limit)
+    test = load_split(config.dataset, "test", data_dir, progress=progress, report=say).head(
+        config.limit
+    )  # fetches the dataset on first use, saying so
     results_by_threat: dict[str, list[dict[str, Any]]] = {}
     trained: dict[str, dict[str, Any]] = {}
     for kind in config.models:
