@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 from _common import emit, interleaved, machine, median
-from pgd_throughput import _ChannelsFirst, mnist_batch, plain_model
+from pgd_throughput import mnist_batch
 
 from defpert.defenses import DEFENSES, Defense, defend
 from defpert.engine import Schedule, perturb_batch
 from defpert.evaluate import predict
 from defpert.models import build_model
+from defpert.reference import textbook_model
 from defpert.threat import LinfBall
 
 
@@ -41,8 +42,7 @@ def runs_for(
     method: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
 ) -> dict[str, Callable[[], Any]]:
     d = Defense(method, LinfBall(0.2), steps=steps, step_size=0.01)
-    plain = plain_model(model)
-    plain[0] = _ChannelsFirst(plain[0])
+    plain = textbook_model(model)
     runs: dict[str, Callable[[], Any]] = {
         "defpert": lambda: defend(model, x, y, d),
         "plain loop": lambda: textbook_defend(plain, x, y, d),

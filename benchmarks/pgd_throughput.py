@@ -14,21 +14,20 @@ torchattacks is installed without its dependencies: ``pip install --no-deps torc
 from __future__ import annotations
 
 import argparse
-import copy
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _common import emit, flops_per_image_step, interleaved, machine, median, peak_gflops
 from torch import nn
 
 from defpert.attacks import art_classifier, pgd
 from defpert.devices import pick_device
 from defpert.models import build_model
-from defpert.threat import L2Ball, LinfBall, ThreatModel
+from defpert.reference import textbook_model, textbook_pgd
+from defpert.threat import L2Ball, LinfBall
 
 SETTINGS = {"linf": (LinfBall(0.2), 0.01), "l2": (L2Ball(2.5), 0.075)}
 
@@ -46,50 +45,14 @@ def mnist_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def plain_model(model: nn.Module) -> nn.Sequential:
-    """The same weights as a textbook cnn: channels-first, ReLU before max-pooling."""
-    layers = list(copy.deepcopy(model).children())
-    pool = next(i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d))
-    layers[pool], layers[pool + 1] = layers[pool + 1], layers[pool]  # ReLU, then pool
-    plain = nn.Sequential(*layers)
-    plain.load_state_dict(model.state_dict())
-    return plain.to(memory_format=torch.contiguous_format).eval()
-
-
-class _ChannelsFirst(nn.Module):
-    """Undo the zoo's channels-last step in the normalisation layer."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.norm.mean) / self.norm.std).contiguous()
-
-
-def plain_pgd(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int, step: float
-) -> torch.Tensor:
-    """The textbook loop: the whole batch at once, gradient of the summed loss."""
-    delta = torch.zeros_like(x)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = threat.project(delta.detach() + threat.step(grad, step))
-        delta = (x + delta).clamp(0, 1) - x
-    return x + delta
-
-
 def implementations(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, steps: int
 ) -> dict[str, Callable[[], Any]]:
     threat, step = SETTINGS[norm]
-    plain = plain_model(model)
-    plain[0] = _ChannelsFirst(plain[0])
+    plain = textbook_model(model)
     runs: dict[str, Callable[[], Any]] = {
         "defpert": lambda: pgd(model, x, y, threat=threat, steps=steps, step_size=step),
-        "plain loop": lambda: plain_pgd(plain, x, y, threat, steps, step),
+        "plain loop": lambda: textbook_pgd(plain, x, y, threat, steps, step),
     }
     try:
         import torchattacks

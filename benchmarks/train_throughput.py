@@ -15,10 +15,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 from _common import emit, interleaved, machine, median
-from pgd_throughput import _ChannelsFirst, mnist_batch, plain_model
+from pgd_throughput import mnist_batch
 
 from defpert.data import Split, get_spec
 from defpert.models import build_model
+from defpert.reference import textbook_model
 from defpert.train import TrainConfig, _fit
 
 
@@ -47,8 +48,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=1, batch_size=args.batch)
     torch.manual_seed(0)
     ours = build_model("cnn", (1, 28, 28), 10, mean=0.1307, std=0.3081)
-    plain = plain_model(ours)
-    plain[0] = _ChannelsFirst(plain[0])
+    plain = textbook_model(ours)
     cpu = torch.device("cpu")
     seconds = interleaved(
         {

@@ -6,40 +6,16 @@ with the textbook version (channels-first, ReLU then pool, whole batch, trainabl
 parameters) on the same weights.
 """
 
-import copy
-
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from defpert.attacks import pgd
 from defpert.defenses import Defense, defend
 from defpert.engine import frozen_parameters
 from defpert.models import build_model
+from defpert.reference import textbook_model, textbook_pgd
 from defpert.threat import L2Ball, LinfBall
-
-
-def textbook(model: nn.Sequential) -> nn.Sequential:
-    """Same weights, ReLU before every max-pool, channels-first memory."""
-    layers = list(copy.deepcopy(model).children())
-    for i, layer in enumerate(layers):
-        if isinstance(layer, nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
-            layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    plain = nn.Sequential(*layers).to(memory_format=torch.contiguous_format)
-    plain.load_state_dict(model.state_dict())
-    return plain.eval()
-
-
-def textbook_pgd(model, x, y, threat, steps, step):
-    delta = torch.zeros_like(x)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = threat.project(delta.detach() + threat.step(grad, step))
-        delta = (x + delta).clamp(0, 1) - x
-    return x + delta
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +35,7 @@ def test_pool_before_relu_is_the_same_function_and_gradient(name):
         torch.manual_seed(1)
         model = build_model(name, (1, 28, 28), 10).eval()
         x = torch.rand(16, 1, 28, 28, requires_grad=True)
-    plain = textbook(model)
+    plain = textbook_model(model)
     (g_fast,) = torch.autograd.grad(model(x).square().sum(), x)
     (g_plain,) = torch.autograd.grad(plain(x).square().sum(), x)
     assert torch.allclose(model(x), plain(x), atol=1e-5)
@@ -78,7 +54,7 @@ def test_engine_is_the_textbook_loop_bit_for_bit(cnn_and_data, threat):
     model, x, y = cnn_and_data
     step = threat.eps / 10
     fast = pgd(model, x, y, threat=threat, steps=10, step_size=step)  # chunks, frozen
-    plain = textbook_pgd(model, x, y, threat, 10, step).detach()  # whole batch, trainable
+    plain = textbook_pgd(model, x, y, threat, 10, step)  # whole batch, trainable
     assert torch.equal(fast, plain)
 
 
@@ -87,13 +63,13 @@ def test_zoo_layout_gives_the_textbook_layouts_predictions(cnn_and_data, threat)
     model, x, y = cnn_and_data
     step = threat.eps / 10
     fast = pgd(model, x, y, threat=threat, steps=10, step_size=step)
-    plain = textbook_pgd(textbook(model), x, y, threat, 10, step).detach()
+    plain = textbook_pgd(textbook_model(model), x, y, threat, 10, step)
     with torch.no_grad():
         assert torch.equal(model(fast).argmax(1), model(plain).argmax(1))
     # One step agrees to float32 rounding; over ten steps such differences can move a
     # ReLU of this untrained model across zero, so later pixels may differ more.
     one_fast = pgd(model, x, y, threat=threat, steps=1, step_size=step)
-    one_plain = textbook_pgd(textbook(model), x, y, threat, 1, step).detach()
+    one_plain = textbook_pgd(textbook_model(model), x, y, threat, 1, step)
     assert torch.allclose(one_fast, one_plain, atol=1e-5)
 
 
