@@ -231,6 +231,18 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "cannot create directory /proc/defpert-run",
     ),
     (
+        "reproduce with an unknown model kind",
+        None,
+        ["reproduce", "--dataset", "digits", "--models", "standard,trades"],
+        "unknown model kind 'trades'",
+    ),
+    (
+        "reproduce without the original's defense",
+        None,
+        ["reproduce", "--dataset", "digits", "--defense", "margin"],
+        "--defense must include ce",
+    ),
+    (
         "run directory of other settings",
         other_run,
         ["train", "--dataset", "digits", "--out", "{tmp}/o"],

@@ -110,7 +110,7 @@ def test_report_figures_load_in_headless_chromium(quick_run):
 def test_several_models_side_by_side_with_a_headline(tmp_path):
     out = tmp_path / "run"
     argv = ["reproduce", "--quick", "--dataset", "digits", "--models", "standard,fgsm-rs",
-            "--out", str(out), "--no-progress"]  # fmt: skip
+            "--defense", "ce,hedge", "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"standard", "fgsm-rs"}
