@@ -72,10 +72,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _chunks_of(r: int, w: int, n_chunks: int) -> range:
+    return range(r * n_chunks // w, (r + 1) * n_chunks // w)
+
+
 def my_chunks(n_chunks: int) -> range:
     """The contiguous run of chunk indices this rank computes."""
-    r, w = rank(), world_size()
-    return range(r * n_chunks // w, (r + 1) * n_chunks // w)
+    return _chunks_of(rank(), world_size(), n_chunks)
+
+
+def _comm_device() -> torch.device:
+    """Where collectives need their tensors: this rank's GPU for nccl, else the CPU."""
+    return local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def share_rows(out: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
@@ -89,10 +97,10 @@ def share_rows(out: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor
     w = world_size()
     blocks = []
     for r in range(w):
-        chunks = range(r * len(bounds) // w, (r + 1) * len(bounds) // w)
+        chunks = _chunks_of(r, w, len(bounds))
         blocks.append((bounds[chunks[0]][0], bounds[chunks[-1]][1]) if len(chunks) else (0, 0))
     longest = max(hi - lo for lo, hi in blocks)
-    device = local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _comm_device()
     lo, hi = blocks[rank()]
     mine = torch.zeros((longest, *out.shape[1:]), dtype=out.dtype, device=device)
     mine[: hi - lo] = out[lo:hi].to(device)
@@ -107,8 +115,7 @@ def from_main(tensor: torch.Tensor) -> torch.Tensor:
     """Rank 0's ``tensor`` on every rank (the others pass a tensor of the same shape)."""
     if not active():
         return tensor
-    device = local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
-    buf = tensor.to(device).contiguous()
+    buf = tensor.to(_comm_device()).contiguous()
     dist.broadcast(buf, 0)
     return buf.to(tensor.device)
 
@@ -117,7 +124,6 @@ def sum_over_ranks(*values: float) -> tuple[float, ...]:
     """Each value summed over all ranks (unchanged for a single process)."""
     if not active():
         return values
-    device = local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
-    buf = torch.tensor(values, dtype=torch.float64, device=device)
+    buf = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     dist.all_reduce(buf)
     return tuple(float(v) for v in buf.cpu())
