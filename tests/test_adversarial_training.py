@@ -9,7 +9,7 @@ from defpert.errors import DefpertError
 from defpert.evaluate import accuracy
 from defpert.models import load_checkpoint
 from defpert.threat import LinfBall
-from defpert.train import TrainConfig, train
+from defpert.train import TrainConfig, _lr_schedule, _warmed_up, train
 
 
 def robust_accuracy(model, test):
@@ -47,3 +47,29 @@ def test_adversarial_training_raises_accuracy_under_pgd(
 def test_unknown_adversarial_training():
     with pytest.raises(DefpertError, match="unknown adversarial training 'trades'"):
         TrainConfig(dataset="digits", adversarial="trades").validate()
+
+
+def test_radius_warm_up_grows_linearly_to_the_training_radius():
+    adversary = TrainConfig(dataset="digits", adversarial="pgd", adv_eps=0.3,
+                            adv_steps=10, adv_step_size=0.03).adversary()  # fmt: skip
+    assert adversary is not None
+    radii = [_warmed_up(adversary, done, warmup=4)[0].eps for done in range(6)]
+    assert radii == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3, 0.3])
+    threat, schedule = _warmed_up(adversary, 0, warmup=4)
+    assert schedule.step_size == pytest.approx(0.0075) and schedule.steps == 10
+    assert _warmed_up(adversary, 0, warmup=0) is adversary  # no warm-up: the full radius
+
+
+def test_cyclic_learning_rate_rises_to_lr_at_half_way_then_falls_to_zero():
+    import torch
+
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=5e-3)
+    schedule = _lr_schedule(optimizer, "cyclic", total_steps=10)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(1e-3) and max(rates) == pytest.approx(5e-3)
+    assert rates.index(max(rates)) == 4 and rates[-1] == 0  # as Wong et al.: t = (step + 1) / n
+    assert rates[:5] == sorted(rates[:5]) and rates[4:] == sorted(rates[4:], reverse=True)

@@ -309,6 +309,18 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "unknown adversarial training 'trades'",
     ),
     (
+        "unknown learning-rate schedule",
+        None,
+        ["train", "--dataset", "digits", "--lr-schedule", "step"],
+        "unknown --lr-schedule 'step'",
+    ),
+    (
+        "negative radius warm-up",
+        None,
+        ["train", "--dataset", "digits", "--adversarial", "pgd", "--adv-warmup", "-1"],
+        "--adv-warmup must be 0 or more epochs",
+    ),
+    (
         "adversarial training radius 0",
         None,
         ["train", "--dataset", "digits", "--adversarial", "pgd", "--adv-eps", "0"],

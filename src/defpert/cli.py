@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--lr-schedule", default="cosine",
+                    help="cosine (decay to 0) or cyclic (0 -> lr at half-way -> 0, Wong et al.)")  # fmt: skip
     tr.add_argument("--limit", type=int, help="train on the first N training images only")
     tr.add_argument(
         "--adversarial",
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--adv-steps", type=int, default=40, help="PGD steps in each training batch")
     tr.add_argument("--adv-step-size", type=float, default=0.01, help="their step size")  # fmt: skip
+    tr.add_argument("--adv-warmup", type=float, default=0.0,
+                    help="epochs over which the training radius grows from 0 to --adv-eps")  # fmt: skip
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     tr.add_argument("--out", default="runs/train", help="run directory (created as needed)")
     tr.add_argument("--overwrite", action="store_true",
@@ -118,7 +122,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, model=args.model, epochs=args.epochs, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, limit=args.limit, adversarial=args.adversarial,
         adv_norm=args.adv_norm, adv_eps=args.adv_eps, adv_steps=args.adv_steps,
-        adv_step_size=args.adv_step_size,
+        adv_step_size=args.adv_step_size, adv_warmup=args.adv_warmup,
+        lr_schedule=args.lr_schedule,
     )  # fmt: skip
     from defpert.data import get_spec
     from defpert.models import build_model

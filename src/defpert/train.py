@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class TrainConfig:
     adv_eps: float | None = None  # default: ADV_EPS for the dataset
     adv_steps: int = 40  # pgd only
     adv_step_size: float = 0.01  # pgd only; fgsm-rs steps 1.25 eps
+    adv_warmup: float = 0.0  # epochs over which the training radius grows from 0 to adv_eps
+    lr_schedule: str = "cosine"  # "cosine" decay, or "cyclic": up to lr at half-way, then down
 
     def adversary(self) -> tuple[ThreatModel, Schedule] | None:
         """The attack each training batch is replaced by (None for standard training)."""
@@ -77,6 +79,12 @@ class TrainConfig:
             )
         if self.limit is not None and self.limit < 1:
             raise DefpertError(f"--limit must be at least 1, got {self.limit}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DefpertError(
+                f"unknown --lr-schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
+            )
+        if not self.adv_warmup >= 0:
+            raise DefpertError(f"--adv-warmup must be 0 or more epochs, got {self.adv_warmup}")
 
 
 @dataclass
@@ -200,7 +208,7 @@ def _fit(
     progress: bool,
     state_path: Path | None = None,
 ) -> tuple[list[dict[str, float]], float, int]:
-    """Adam with a cosine learning-rate decay.
+    """Adam with a cosine (or cyclic) learning-rate schedule.
 
     Returns the per-epoch history, the seconds spent training, and the epoch a saved state
     let it resume after (0: started from scratch).
@@ -213,10 +221,9 @@ def _fit(
     net = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
     progress = progress and distributed.is_main()
     adversary = config.adversary()
+    warmup = config.adv_warmup * steps_per_epoch  # batches over which the radius grows
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, steps_per_epoch * config.epochs
-    )
+    schedule = _lr_schedule(optimizer, config.lr_schedule, steps_per_epoch * config.epochs)
     shuffle = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     seconds = 0.0
@@ -240,7 +247,8 @@ def _fit(
             x = train_split.images[idx].to(device, non_blocking=True)
             y = train_split.labels[idx].to(device, non_blocking=True)
             if adversary is not None:
-                x = _adversarial_batch(model, x, y, *adversary)
+                done = (epoch - 1) * steps_per_epoch + step  # batches before this one
+                x = _adversarial_batch(model, x, y, *_warmed_up(adversary, done, warmup))
             logits = net(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -315,6 +323,38 @@ def _load_state(
             f"{path} is not a readable training state ({first}); remove it or use --overwrite"
         ) from None
     return list(state["history"]), float(state["seconds"])
+
+
+LR_SCHEDULES = ("cosine", "cyclic")
+
+
+def _lr_schedule(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay to 0, or Wong et al.'s cyclic schedule: linear 0 -> lr -> 0."""
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+    half = max(total_steps / 2, 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1 - abs(step + 1 - half) / half)
+    )
+
+
+def _warmed_up(
+    adversary: tuple[ThreatModel, Schedule], done: int, warmup: float
+) -> tuple[ThreatModel, Schedule]:
+    """The adversary at a radius grown linearly over the first ``warmup`` batches.
+
+    Starting adversarial training at the full radius can collapse a fresh model to one
+    class; the step size shrinks with the radius so the attack keeps its shape.
+    """
+    fraction = 1.0 if warmup <= 0 else min(1.0, (done + 1) / warmup)
+    if fraction >= 1.0:
+        return adversary
+    threat, schedule = adversary
+    return make_threat(threat.norm, threat.eps * fraction), replace(
+        schedule, step_size=schedule.step_size * fraction
+    )
 
 
 # The radius adversarial training defends by default (Madry et al. used 0.3 on MNIST).
