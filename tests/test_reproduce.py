@@ -118,7 +118,10 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
     assert set(metrics["rq1"]) == {"linf", "l2", "linf-fgsm-rs", "l2-fgsm-rs"}
     card = json.loads((out / "model-fgsm-rs" / "model.json").read_text())
     assert card["threat_trained_against"]["eps"] == 0.3
+    assert card["training"]["lr_schedule"] == "cyclic" and card["training"]["adv_warmup"] > 0
     md = (out / "report.md").read_text()
+    assert "threat models for digits: linf eps 0.2" in md  # the defaults used, stated
+    assert "adversarial training: linf eps 0.3" in md
     assert md.count("## Headline:") == 2
     for kind in ("standard", "fgsm-rs"):
         assert f"| {kind} | none |" in md  # each model without a defensive perturbation
