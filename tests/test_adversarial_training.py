@@ -73,3 +73,16 @@ def test_cyclic_learning_rate_rises_to_lr_at_half_way_then_falls_to_zero():
     assert rates[0] == pytest.approx(1e-3) and max(rates) == pytest.approx(5e-3)
     assert rates.index(max(rates)) == 4 and rates[-1] == 0  # as Wong et al.: t = (step + 1) / n
     assert rates[:5] == sorted(rates[:5]) and rates[4:] == sorted(rates[4:], reverse=True)
+
+
+def test_adversarial_training_defaults_to_the_recipe_that_trains_on_mnist():
+    from defpert.train import recipe
+
+    assert recipe("none") == {"epochs": 3, "batch_size": 64, "lr": 2e-3,
+                              "lr_schedule": "cosine", "adv_warmup": 0.0}  # fmt: skip
+    assert recipe("fgsm-rs") == {"epochs": 10, "batch_size": 100, "lr": 5e-3,
+                                 "lr_schedule": "cyclic", "adv_warmup": 2.0}  # fmt: skip
+    chosen = recipe("pgd", epochs=5, lr=1e-3, lr_schedule=None, adv_warmup=None)
+    assert chosen["epochs"] == 5 and chosen["lr"] == 1e-3 and chosen["adv_warmup"] == 1.0
+    assert chosen["lr_schedule"] == "cyclic"  # None: not given
+    assert recipe("pgd", adv_warmup=0.0)["adv_warmup"] == 0.0  # 0 is a choice, not "not given"

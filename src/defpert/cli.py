@@ -62,12 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a classifier and report its test accuracy")
     tr.add_argument("--dataset", default="mnist")
     tr.add_argument("--model", default="cnn", help="cnn, lenet or mlp")
-    tr.add_argument("--epochs", type=int, default=3)
+    tr.add_argument("--epochs", type=int, help="default: 3; 10 with --adversarial")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--batch-size", type=int, default=64)
-    tr.add_argument("--lr", type=float, default=2e-3)
-    tr.add_argument("--lr-schedule", default="cosine",
-                    help="cosine (decay to 0) or cyclic (0 -> lr at half-way -> 0, Wong et al.)")  # fmt: skip
+    tr.add_argument("--batch-size", type=int, help="default: 64; 100 with --adversarial")
+    tr.add_argument("--lr", type=float, help="Adam's (peak) learning rate (default: 2e-3; 5e-3 with --adversarial)")  # fmt: skip
+    tr.add_argument("--lr-schedule",
+                    help="cosine (decay to 0; the default) or cyclic (0 -> lr at half-way -> 0, "
+                         "Wong et al.; the default with --adversarial)")  # fmt: skip
     tr.add_argument("--limit", type=int, help="train on the first N training images only")
     tr.add_argument(
         "--adversarial",
@@ -82,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--adv-steps", type=int, default=40, help="PGD steps in each training batch")
     tr.add_argument("--adv-step-size", type=float, default=0.01, help="their step size")  # fmt: skip
-    tr.add_argument("--adv-warmup", type=float, default=0.0,
-                    help="epochs over which the training radius grows from 0 to --adv-eps")  # fmt: skip
+    tr.add_argument("--adv-warmup", type=float,
+                    help="epochs over which the training radius grows from 0 to --adv-eps "
+                         "(default: a fifth of the epochs)")  # fmt: skip
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     tr.add_argument("--out", default="runs/train", help="run directory (created as needed)")
     tr.add_argument("--overwrite", action="store_true",
@@ -116,14 +118,14 @@ def _dataset_path(data_dir: str, dataset: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from defpert.train import TrainConfig, train
+    from defpert.train import TrainConfig, recipe, train
 
     config = TrainConfig(
-        dataset=args.dataset, model=args.model, epochs=args.epochs, seed=args.seed,
-        batch_size=args.batch_size, lr=args.lr, limit=args.limit, adversarial=args.adversarial,
-        adv_norm=args.adv_norm, adv_eps=args.adv_eps, adv_steps=args.adv_steps,
-        adv_step_size=args.adv_step_size, adv_warmup=args.adv_warmup,
-        lr_schedule=args.lr_schedule,
+        dataset=args.dataset, model=args.model, seed=args.seed,
+        limit=args.limit, adversarial=args.adversarial, adv_norm=args.adv_norm,
+        adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_step_size=args.adv_step_size,
+        **recipe(args.adversarial, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                 lr_schedule=args.lr_schedule, adv_warmup=args.adv_warmup),
     )  # fmt: skip
     from defpert.data import get_spec
     from defpert.models import build_model

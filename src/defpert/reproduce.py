@@ -76,29 +76,23 @@ class ReproduceConfig:
     sweep_eps: list[float] = field(default_factory=list)
     models: tuple[str, ...] = ("standard",)  # how each studied model is trained: MODEL_KINDS
     adv_steps: int = 40  # PGD steps per batch for the "pgd" model (Madry et al.: 40)
-    adv_epochs: int = 10  # adversarially trained models: Wong et al.'s recipe (see train_config)
+    adv_epochs: int = 10  # adversarially trained models (the rest of the recipe: train.recipe)
 
     def train_config(self, kind: str) -> Any:
         """How the model of a kind (standard, fgsm-rs, pgd) is trained for this study."""
-        from defpert.train import ADV_EPS, TrainConfig
+        from defpert.train import ADV_EPS, TrainConfig, recipe
 
         if kind not in MODEL_KINDS:
             raise DefpertError(
                 f"unknown model kind {kind!r}; choose from: {', '.join(MODEL_KINDS)}"
             )
-        if kind == "standard":
-            return TrainConfig(dataset=self.dataset, model=self.model, epochs=self.epochs,
-                               seed=self.seed)  # fmt: skip
-        # Adversarial training from scratch at the full radius can collapse to one class
-        # (measured on MNIST: PGD-7 at eps 0.3, Adam 2e-3 -> 11% accuracy). Wong et al.'s
-        # schedule (batch 100, Adam, cyclic learning rate peaking at 5e-3) with the radius
-        # grown over the first fifth of training gives FGSM-RS 99.1% clean, 88.9% PGD-40.
+        adversarial = MODEL_KINDS[kind]
+        epochs = self.epochs if adversarial == "none" else self.adv_epochs
         eps = ADV_EPS.get(self.dataset, 0.3)
-        return TrainConfig(dataset=self.dataset, model=self.model, epochs=self.adv_epochs,
-                           seed=self.seed, batch_size=100, lr=5e-3, lr_schedule="cyclic",
-                           adversarial=MODEL_KINDS[kind], adv_eps=eps, adv_steps=self.adv_steps,
+        return TrainConfig(dataset=self.dataset, model=self.model, seed=self.seed,
+                           adversarial=adversarial, adv_eps=eps, adv_steps=self.adv_steps,
                            adv_step_size=2.5 * eps / self.adv_steps,
-                           adv_warmup=self.adv_epochs / 5)  # fmt: skip
+                           **recipe(adversarial, epochs=epochs))  # fmt: skip
 
     @classmethod
     def for_dataset(cls, dataset: str, *, quick: bool = False, seed: int = 0) -> ReproduceConfig:
