@@ -6,11 +6,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from defpert.cli import main
 from defpert.data import DATASETS
+from defpert.defenses import DefendedModel
+from defpert.evaluate import correct
 from defpert.idx import encode_idx
-from defpert.models import build_model, save_checkpoint
+from defpert.models import build_model, load_checkpoint, save_checkpoint
+from defpert.rq1 import DPConfig
 
 
 def run(capsys, *argv):
@@ -138,6 +142,16 @@ def test_dp_json_and_saved_versions(capsys, digits_run, tmp_path):
         with np.load(out_dir / "versions" / "test" / f"{name}.npz") as f:
             assert f["images"].shape == (60, 1, 8, 8) and f["labels"].shape == (60,)
     assert (out_dir / "metrics.json").is_file() and (out_dir / "config.json").is_file()
+    # the strong suite's points are saved, and the adaptive attack on the reactive defense
+    # counts them: its accuracy is never above the defense's on those points
+    with np.load(out_dir / "versions" / "test" / "strong-adversarial.npz") as f:
+        strong_x, strong_y = torch.from_numpy(f["images"]), torch.from_numpy(f["labels"])
+    assert strong_x.shape == (30, 1, 8, 8)
+    model, _ = load_checkpoint(digits_run)
+    d = DPConfig(norm="linf", eps=0.2, steps=5, step_size=0.05).defense("hedge")
+    on_strong = correct(DefendedModel(model, d, mode="bpda"), strong_x[:10], strong_y[:10])
+    assert acc["adaptive"] <= float(on_strong.float().mean())
+    assert set(result["adaptive"]["broken_by"]) >= {"plain", "strong"}
 
 
 def test_dp_table(capsys, digits_run, tmp_path):

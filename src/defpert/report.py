@@ -153,7 +153,8 @@ def markdown(
         f"settings). *Strong attack* is the worst case per example over PGD-{strong_steps} with",
         "cross-entropy and with the CW margin (random restarts), APGD-CE, APGD-DLR and Square,",
         "on the first `strong n` examples. *Adaptive attack* attacks through a reactive",
-        "defense (BPDA and unrolled). Trust the strong and adaptive numbers.",
+        "defense: the worst case of the weak and strong attacks' points passed through it, BPDA",
+        "and the unrolled defense. Trust the strong and adaptive numbers.",
         "",
     ]
     for threat, results in results_by_threat.items():

@@ -7,7 +7,8 @@ measures, on the same examples:
 2. accuracy on the defensive data, clean and under the same attack;
 3. both attacked accuracies again under the strong worst-case suite;
 4. for reactive defenses: the defense applied to adversarial inputs, and an adaptive
-   attack through the defense (unrolled and BPDA, worst case of the two).
+   attack through the defense (worst case of: the weak and strong attacks' points passed
+   through it, BPDA, the unrolled defense).
 
 Every data version is saved as ``.npz`` (images, labels) under the run directory.
 """
@@ -142,13 +143,25 @@ class _Store:
     def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if self.versions is None:
             return compute()
-        path = self.versions / f"{name}.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as saved:
-                return torch.from_numpy(saved["images"])
+        saved = self.saved(name)
+        if saved is not None:
+            return saved
         images = compute()
-        save_version(path, images, self.labels)
+        self.save(name, images)
         return images
+
+    def saved(self, name: str) -> torch.Tensor | None:
+        """A saved data version, or None."""
+        path = self.versions / f"{name}.npz" if self.versions is not None else None
+        if path is None or not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            return torch.from_numpy(saved["images"])
+
+    def save(self, name: str, images: torch.Tensor) -> None:
+        """Save a data version of the first ``len(images)`` examples."""
+        if self.versions is not None:
+            save_version(self.versions / f"{name}.npz", images, self.labels[: len(images)])
 
     def record(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if self.partial is None:
@@ -223,16 +236,25 @@ def run_dp(
                               use_art=config.use_art, square_queries=config.square_queries,
                               batch_size=bs)  # fmt: skip
 
-    def strong(images: torch.Tensor, attacked: torch.Tensor) -> dict[str, Any]:
-        return _strong_summary(strong_attack(
+    kept: dict[str, torch.Tensor] = {}
+
+    def strong(images: torch.Tensor, attacked: torch.Tensor, keep: str = "") -> dict[str, Any]:
+        result = strong_attack(
             model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg,
             seed=config.seed, known_adversarial=[attacked[:n_strong]], progress=progress,
-        ))  # fmt: skip
+        )  # fmt: skip
+        if keep:  # saved before the summary, so a saved summary always has its points
+            kept[keep] = result.adversarial
+            store.save(keep, result.adversarial)
+        return _strong_summary(result)
 
-    original_strong = None
+    original_strong, x_strong = None, None
     if config.strong:
         say(f"strong attack on the original data ({n_strong} examples)")
-        original_strong = store.record("strong-original", partial(strong, x, x_adv))
+        original_strong = store.record(
+            "strong-original", partial(strong, x, x_adv, keep="strong-adversarial")
+        )
+        x_strong = kept.get("strong-adversarial", store.saved("strong-adversarial"))
 
     results = []
     for method in config.defenses:
@@ -274,9 +296,12 @@ def run_dp(
             n_adaptive = min(config.adaptive_limit, len(x))
             if n_adaptive:
                 say(f"adaptive attack through the {method} defense ({n_adaptive} examples)")
+                known = [x_adv[:n_adaptive]]
+                if x_strong is not None:  # the strong suite's points where it ran
+                    known.append(torch.cat([x_strong, x_adv[len(x_strong) :]])[:n_adaptive])
                 adaptive = store.record(f"adaptive-{method}", partial(
                     _adaptive, model, defended, defense, x[:n_adaptive], y[:n_adaptive],
-                    x_adv[:n_adaptive], config))  # fmt: skip
+                    known, config))  # fmt: skip
                 acc["adaptive"], adaptive_info = adaptive["accuracy"], adaptive["info"]
         results.append({
             "threat": {"norm": threat.norm, "eps": threat.eps, "step_size": config.step_size,
@@ -336,13 +361,22 @@ def _adaptive(
     defense: Defense,
     x: torch.Tensor,
     y: torch.Tensor,
-    x_adv_plain: torch.Tensor,
+    known: list[torch.Tensor],
     config: DPConfig,
 ) -> dict[str, Any]:
-    """Worst case over: the plain attack's points, BPDA through the defense, unrolled defense."""
+    """Worst case over: points found against the bare model (the weak attack's, then the
+    strong suite's), BPDA through the defense, and the unrolled defense.
+
+    The known points matter: an attack through the defense can be weaker than the strong
+    suite, and a reactive defense is only as good as its worst case.
+    """
     threat = config.threat()
-    robust = correct(defended_bpda, x_adv_plain, y, batch_size=64)
-    broken: dict[str, int] = {"plain": int((~robust).sum())}
+    robust = torch.ones(len(y), dtype=torch.bool)
+    broken: dict[str, int] = {}
+    for name, points in zip(("plain", "strong"), known, strict=False):
+        still = correct(defended_bpda, points, y, batch_size=64)
+        broken[name] = int((robust & ~still).sum())
+        robust &= still
     for mode, bs in (("bpda", 64), ("unrolled", 16)):
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0:
