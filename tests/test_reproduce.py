@@ -127,3 +127,35 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
         assert f"| {kind} | none |" in md  # each model without a defensive perturbation
     with open(out / "results.csv") as fh:
         assert {row["model"] for row in csv.DictReader(fh)} == {"standard", "fgsm-rs"}
+
+
+def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
+    from defpert.report import headline
+
+    threat = {"norm": "linf", "eps": 0.2, "steps": 20, "step_size": 0.01}
+
+    def result(model, defense, kind, strong, adaptive=None, inner=0):
+        acc = {"original": 0.99, "original_attacked": 0.9, "original_attacked_strong": 0.8,
+               "defensive": 1.0, "defensive_attacked": 0.95, "defensive_attacked_strong": strong}  # fmt: skip
+        r = {"threat": threat, "model": model, "defense": defense, "defense_kind": kind, "n": 1000,
+             "accuracy": acc, "strong": {"n": 500},
+             "defense_budget": {"steps": 20, **({"inner_steps": inner} if inner else {})}}  # fmt: skip
+        if adaptive is not None:
+            acc["adaptive"], r["adaptive"] = adaptive, {"n": 200}
+        return r
+
+    results = {"linf": [result("standard", "minmax", "proactive", 0.3, inner=5),
+                        result("standard", "hedge", "reactive", 0.95, adaptive=0.1)],
+               "linf-pgd": [result("pgd", "ce", "proactive", 0.85)]}  # fmt: skip
+    md = "\n".join(headline(results, {"standard": {"training_seconds": 100.0},
+                                      "pgd": {"training_seconds": 900.0}}))  # fmt: skip
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| pgd", "ce", "85.0%"], ["| standard", "none", "80.0%"], ["| pgd", "none", "80.0%"],
+        ["| standard", "minmax", "30.0%"], ["| standard", "hedge", "10.0%"],  # adaptive, not 95%
+    ]  # fmt: skip
+    assert rows[0].endswith("| 500 | 95.0% | 100.0% | 900 | 20 |")
+    assert rows[3].endswith("| 120 |") and rows[4].split(" | ")[3] == "200"  # minmax 20 x (1 + 5)
+    assert (
+        "Highest strong-attack accuracy: **85.0%**, pgd model with defensive perturbation ce" in md
+    )

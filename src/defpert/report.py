@@ -87,6 +87,11 @@ def _threat_title(r: Mapping[str, Any]) -> str:
 
 
 # fmt: off
+def _defense_steps(budget: Mapping[str, Any]) -> int:
+    """Gradient steps a defensive perturbation spends per image (minmax: its inner attack too)."""
+    return int(budget["steps"]) * (1 + int(budget.get("inner_steps", 0)))
+
+
 def headline(
     results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]],
     models: Mapping[str, Mapping[str, Any]],
@@ -96,19 +101,23 @@ def headline(
     A reactive defense is part of the model at test time, so only an attack through it
     (the adaptive attack) measures it; it is ranked by that number.
     """
-    by_norm: dict[str, list[tuple[float, str, str, float, float]]] = {}
+    by_norm: dict[str, list[tuple[float, str, str, float, float, int, int]]] = {}
     for results in results_by_threat.values():
         for r in results:
             a, kind = r["accuracy"], r.get("model", "standard")
             if "original_attacked_strong" not in a:
                 continue
             rows = by_norm.setdefault(_threat_title({**r, "model": "standard"}), [])
+            n_strong = r.get("strong", {}).get("n", r["n"])
             if not any(row[1] == kind and row[2] == "none" for row in rows):
-                rows.append((a["original_attacked_strong"], kind, "none", a["original"], a["original_attacked"]))
+                rows.append((a["original_attacked_strong"], kind, "none", a["original"],
+                             a["original_attacked"], n_strong, 0))
             reactive = r["defense_kind"] == "reactive"
             worst = a.get("adaptive") if reactive else a["defensive_attacked_strong"]
+            n = r.get("adaptive", {}).get("n", n_strong) if reactive else n_strong
             if worst is not None:
-                rows.append((worst, kind, r["defense"], a["defensive"], a["defensive_attacked"]))
+                rows.append((worst, kind, r["defense"], a["defensive"], a["defensive_attacked"],
+                             n, _defense_steps(r["defense_budget"])))
     lines = []
     for title, rows in by_norm.items():
         rows.sort(key=lambda row: -row[0])
@@ -116,13 +125,14 @@ def headline(
         lines += [f"## Headline: {title}", "",
                   f"Highest strong-attack accuracy: **{best[0]:.1%}**, {best[1]} model with "
                   f"defensive perturbation {best[2]}. Reactive defenses are ranked by the "
-                  "adaptive attack through them.", "",
-                  "| model | defensive perturbation | strong (reactive: adaptive) attack | weak attack | clean | training seconds |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for strong, kind, defense, clean, weak in rows:
+                  "adaptive attack through them. Cost: the model's training time, and the "
+                  "gradient steps the defensive perturbation spends on each image.", "",
+                  "| model | defensive perturbation | strong (reactive: adaptive) attack | n | weak attack | clean | training seconds | steps per image |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for strong, kind, defense, clean, weak, n, steps in rows:
             secs = models.get(kind, {}).get("training_seconds")
             cost = f"{secs:.0f}" if isinstance(secs, (int, float)) else "–"
-            lines.append(f"| {kind} | {defense} | {strong:.1%} | {weak:.1%} | {clean:.1%} | {cost} |")
+            lines.append(f"| {kind} | {defense} | {strong:.1%} | {n} | {weak:.1%} | {clean:.1%} | {cost} | {steps} |")
         lines.append("")
     return lines
 # fmt: on
