@@ -309,6 +309,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "unknown adversarial training 'trades'",
     ),
     (
+        "reproduce --adv-epochs 0",
+        None,
+        ["reproduce", "--dataset", "digits", "--adv-epochs", "0"],
+        "--adv-epochs must be at least 1",
+    ),
+    (
         "unknown learning-rate schedule",
         None,
         ["train", "--dataset", "digits", "--lr-schedule", "step"],

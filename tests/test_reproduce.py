@@ -110,7 +110,7 @@ def test_report_figures_load_in_headless_chromium(quick_run):
 def test_several_models_side_by_side_with_a_headline(tmp_path):
     out = tmp_path / "run"
     argv = ["reproduce", "--quick", "--dataset", "digits", "--models", "standard,fgsm-rs",
-            "--defense", "ce,hedge", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--defense", "ce,hedge", "--adv-epochs", "15", "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"standard", "fgsm-rs"}
@@ -118,7 +118,8 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
     assert set(metrics["rq1"]) == {"linf", "l2", "linf-fgsm-rs", "l2-fgsm-rs"}
     card = json.loads((out / "model-fgsm-rs" / "model.json").read_text())
     assert card["threat_trained_against"]["eps"] == 0.3
-    assert card["training"]["lr_schedule"] == "cyclic" and card["training"]["adv_warmup"] > 0
+    assert card["training"]["lr_schedule"] == "cyclic" and card["training"]["adv_warmup"] == 3
+    assert card["epochs"] == 15  # --adv-epochs
     md = (out / "report.md").read_text()
     assert "threat models for digits: linf eps 0.2" in md  # the defaults used, stated
     assert "adversarial training: linf eps 0.3" in md

@@ -46,6 +46,10 @@ def add_study_parsers(sub: Any) -> None:
                     help="comma-separated defensive perturbation methods, or 'all'")  # fmt: skip
     rp.add_argument("--models", default="standard",
                     help="comma-separated: how each compared model is trained: standard, fgsm-rs, pgd")  # fmt: skip
+    rp.add_argument("--epochs", type=int,
+                    help="training epochs of the standard model (default: 3; --quick: 1)")  # fmt: skip
+    rp.add_argument("--adv-epochs", type=int,
+                    help="training epochs of the adversarially trained models (default: 10; --quick: 1)")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
                     help="replace a study of other settings in --out (default: refuse)")  # fmt: skip
     _add_common(rp)
@@ -126,6 +130,11 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
             raise DefpertError("--defense must include ce, the original study's method")
     if not config.models:
         raise DefpertError("--models needs at least one of: standard, fgsm-rs, pgd")
+    for flag, value in (("--epochs", args.epochs), ("--adv-epochs", args.adv_epochs)):
+        if value is not None and value < 1:
+            raise DefpertError(f"{flag} must be at least 1, got {value}")
+    config.epochs = args.epochs or config.epochs
+    config.adv_epochs = args.adv_epochs or config.adv_epochs
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
