@@ -298,7 +298,9 @@ def run_dp(
                 say(f"adaptive attack through the {method} defense ({n_adaptive} examples)")
                 known = [x_adv[:n_adaptive]]
                 if x_strong is not None:  # the strong suite's points where it ran
-                    known.append(torch.cat([x_strong, x_adv[len(x_strong) :]])[:n_adaptive])
+                    known.append(
+                        torch.cat([x_strong[:n_adaptive], x_adv[len(x_strong) : n_adaptive]])
+                    )
                 adaptive = store.record(f"adaptive-{method}", partial(
                     _adaptive, model, defended, defense, x[:n_adaptive], y[:n_adaptive],
                     known, config))  # fmt: skip
