@@ -315,6 +315,18 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "--adv-epochs must be at least 1",
     ),
     (
+        "reproduce --limit 0",
+        None,
+        ["reproduce", "--dataset", "digits", "--limit", "0"],
+        "--limit must be at least 1",
+    ),
+    (
+        "reproduce --strong-limit 0",
+        None,
+        ["reproduce", "--dataset", "digits", "--strong-limit", "0"],
+        "--strong-limit must be at least 1",
+    ),
+    (
         "unknown learning-rate schedule",
         None,
         ["train", "--dataset", "digits", "--lr-schedule", "step"],

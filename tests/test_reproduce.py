@@ -110,9 +110,12 @@ def test_report_figures_load_in_headless_chromium(quick_run):
 def test_several_models_side_by_side_with_a_headline(tmp_path):
     out = tmp_path / "run"
     argv = ["reproduce", "--quick", "--dataset", "digits", "--models", "standard,fgsm-rs",
-            "--defense", "ce,hedge", "--adv-epochs", "15", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--defense", "ce,hedge", "--adv-epochs", "15", "--limit", "120", "--strong-limit", "40",
+            "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    for results in metrics["rq1"].values():  # --limit and --strong-limit
+        assert {(r["n"], r["strong"]["n"]) for r in results} == {(120, 40)}
     assert set(metrics["models"]) == {"standard", "fgsm-rs"}
     assert metrics["models"]["fgsm-rs"]["training"] == "adversarial-fgsm-rs"
     assert set(metrics["rq1"]) == {"linf", "l2", "linf-fgsm-rs", "l2-fgsm-rs"}
@@ -122,6 +125,7 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
     assert card["epochs"] == 15  # --adv-epochs
     md = (out / "report.md").read_text()
     assert "threat models for digits: linf eps 0.2" in md  # the defaults used, stated
+    assert "test examples: 120; strong attack on 40," in md
     assert "adversarial training: linf eps 0.3" in md
     assert md.count("## Headline:") == 2
     for kind in ("standard", "fgsm-rs"):

@@ -50,6 +50,10 @@ def add_study_parsers(sub: Any) -> None:
                     help="training epochs of the standard model (default: 3; --quick: 1)")  # fmt: skip
     rp.add_argument("--adv-epochs", type=int,
                     help="training epochs of the adversarially trained models (default: 10; --quick: 1)")  # fmt: skip
+    rp.add_argument("--limit", type=int,
+                    help="test images of the study (default: all; --quick: 300)")  # fmt: skip
+    rp.add_argument("--strong-limit", type=int,
+                    help="test images for the strong attack (default: 1000; --quick: 100)")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
                     help="replace a study of other settings in --out (default: refuse)")  # fmt: skip
     _add_common(rp)
@@ -130,11 +134,14 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
             raise DefpertError("--defense must include ce, the original study's method")
     if not config.models:
         raise DefpertError("--models needs at least one of: standard, fgsm-rs, pgd")
-    for flag, value in (("--epochs", args.epochs), ("--adv-epochs", args.adv_epochs)):
+    for flag, value in (("--epochs", args.epochs), ("--adv-epochs", args.adv_epochs),
+                        ("--limit", args.limit), ("--strong-limit", args.strong_limit)):  # fmt: skip
         if value is not None and value < 1:
             raise DefpertError(f"{flag} must be at least 1, got {value}")
     config.epochs = args.epochs or config.epochs
     config.adv_epochs = args.adv_epochs or config.adv_epochs
+    config.limit = args.limit or config.limit
+    config.strong_limit = args.strong_limit or config.strong_limit
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,

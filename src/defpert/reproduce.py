@@ -3,6 +3,7 @@
     defpert reproduce --quick            # a few hundred test images, one epoch: minutes
     defpert reproduce                    # the full 10,000-image test set
     defpert reproduce --dataset fashion-mnist
+    defpert reproduce --limit 2000 --strong-limit 500   # a slice of the test set, cheaper strong attack
 
 Stages (each saved in the run directory and reused when its config is unchanged, so an
 interrupted run resumes): train the model, RQ1 for each threat model and every defense
@@ -311,11 +312,12 @@ def _write_report(
 ) -> None:
     from defpert.report import html_report, markdown, write_csv
 
+    n = next(iter(results_by_threat.values()))[0]["n"]
     summary = [
         f"dataset: {config.dataset}; model: {config.model}, {config.epochs} epochs, seed {config.seed}, "
         f"test accuracy {metrics['model']['test_accuracy']:.2%}",
-        f"test examples: {next(iter(results_by_threat.values()))[0]['n']}; strong attack on "
-        f"{config.strong_limit}, adaptive attack on {config.adaptive_limit} (at most)",
+        f"test examples: {n}; strong attack on {min(config.strong_limit, n)}, adaptive attack "
+        f"on {min(config.adaptive_limit, n)} (at most)",
         f"device: {metrics['device']}; generated {metrics['date']}",
     ]
     summary.append(f"threat models for {config.dataset}: " + "; ".join(
