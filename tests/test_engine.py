@@ -219,3 +219,25 @@ def test_hedge_objective_ignores_labels():
     assert torch.equal(
         hedge(logits, torch.zeros(5, dtype=torch.long)), hedge(logits, torch.arange(5))
     )
+
+
+def test_adaptive_attack_runs_bpda_as_long_as_the_strong_suite(digits_model, xy, monkeypatch):
+    from defpert import rq1
+
+    calls = []
+    real_pgd = rq1.pgd
+
+    def spy(model, x, y, **kw):
+        calls.append((model.mode, kw["steps"], kw["loss"]))
+        return real_pgd(model, x, y, **kw)
+
+    monkeypatch.setattr(rq1, "pgd", spy)
+    x, y = xy[0][:40], xy[1][:40]
+    config = rq1.DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, strong_steps=12)
+    defense = config.defense("hedge")
+    defended = DefendedModel(digits_model, defense, mode="bpda")
+    result = rq1._adaptive(digits_model, defended, defense, x, y, [x], config)
+    assert calls[0] == ("bpda", 12, "margin")  # the strong suite's length, not the weak's
+    assert all(call == ("unrolled", 3, "ce") for call in calls[1:])
+    assert result["accuracy"] <= accuracy(defended, x, y)
+    assert sum(result["info"]["broken_by"].values()) == round((1 - result["accuracy"]) * 40)

@@ -164,7 +164,8 @@ def markdown(
         "cross-entropy and with the CW margin (random restarts), APGD-CE, APGD-DLR and Square,",
         "on the first `strong n` examples. *Adaptive attack* attacks through a reactive",
         "defense: the worst case of the weak and strong attacks' points passed through it, BPDA",
-        "and the unrolled defense. Trust the strong and adaptive numbers.",
+        f"(PGD-{strong_steps}, CW margin) and the unrolled defense (the weak attack's PGD). Trust",
+        "the strong and adaptive numbers.",
         "",
     ]
     for threat, results in results_by_threat.items():

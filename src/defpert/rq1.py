@@ -370,7 +370,9 @@ def _adaptive(
     strong suite's), BPDA through the defense, and the unrolled defense.
 
     The known points matter: an attack through the defense can be weaker than the strong
-    suite, and a reactive defense is only as good as its worst case.
+    suite, and a reactive defense is only as good as its worst case. BPDA runs as long as
+    the strong suite's PGD (``strong_steps``, CW margin loss): on a robust model the weak
+    attack's 20 steps through the defense leave points that 100 steps break.
     """
     threat = config.threat()
     robust = torch.ones(len(y), dtype=torch.bool)
@@ -379,13 +381,15 @@ def _adaptive(
         still = correct(defended_bpda, points, y, batch_size=64)
         broken[name] = int((robust & ~still).sum())
         robust &= still
-    for mode, bs in (("bpda", 64), ("unrolled", 16)):
+    bpda = ("bpda", 64, config.strong_steps, 2.5 * threat.eps / config.strong_steps, "margin")
+    unrolled = ("unrolled", 16, config.steps, config.step_size, "ce")
+    for mode, bs, steps, step_size, loss in (bpda, unrolled):
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0:
             break
         through = DefendedModel(model, defense, mode=mode)
-        cand = pgd(through, x[idx], y[idx], threat=threat, steps=config.steps,
-                   step_size=config.step_size, batch_size=bs)  # fmt: skip
+        cand = pgd(through, x[idx], y[idx], threat=threat, steps=steps, step_size=step_size,
+                   loss=loss, batch_size=bs)  # fmt: skip
         still = correct(defended_bpda, cand, y[idx], batch_size=64)
         robust[idx[~still]] = False
         broken[mode] = int((~still).sum())
