@@ -126,6 +126,11 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
     md = (out / "report.md").read_text()
     assert "threat models for digits: linf eps 0.2" in md  # the defaults used, stated
     assert "test examples: 120; strong attack on 40," in md
+    compute = metrics["compute_seconds"]  # the total cost of the study, stage by stage
+    assert set(compute) == {"train standard", "train fgsm-rs", "rq1 linf", "rq1 l2",
+                            "rq1 linf-fgsm-rs", "rq1 l2-fgsm-rs", "sweep", "total"}  # fmt: skip
+    assert compute["total"] == pytest.approx(sum(v for k, v in compute.items() if k != "total"))
+    assert min(compute.values()) > 0 and f"compute time: {compute['total']:.0f} s in all" in md
     assert "adversarial training: linf eps 0.3" in md
     assert md.count("## Headline:") == 2
     for kind in ("standard", "fgsm-rs"):

@@ -224,6 +224,10 @@ def _reproduce(
     # 4. figures and 5. report
     figures = _figures(run, model, card, config, results_by_threat, sweep_rows, say)
     seconds = time.perf_counter() - started
+    compute = {f"train {k}": m["training_seconds"] or 0.0 for k, m in trained.items()}
+    for name in (*(f"rq1-{key}" for key in results_by_threat), "sweep"):
+        compute[name.replace("-", " ", 1)] = read_json(run / "stages" / f"{name}.json")["seconds"]
+    compute["total"] = sum(compute.values())
     metrics = {
         "dataset": config.dataset,
         "model": trained[config.models[0]],
@@ -231,6 +235,7 @@ def _reproduce(
         "rq1": results_by_threat,
         "sweep": sweep_rows,
         "seconds_this_invocation": seconds,
+        "compute_seconds": compute,
         "device": str(dev),
         "environment": environment(dev),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -338,6 +343,12 @@ def _write_report(
         summary.append("models: " + "; ".join(
             f"{k} (test accuracy {m['test_accuracy']:.2%}, trained in {m['training_seconds']:.0f} s)"
             for k, m in metrics["models"].items()))  # fmt: skip
+    compute = metrics["compute_seconds"]
+    summary.append(
+        f"compute time: {compute['total']:.0f} s in all ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in compute.items() if k != "total")
+        + "; each stage counted once however often the study was resumed)"
+    )
     rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
     md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows,
                   strong_steps=config.strong_steps, models=metrics["models"])  # fmt: skip
