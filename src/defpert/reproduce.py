@@ -347,7 +347,7 @@ def _write_report(
     summary.append(
         f"compute time: {compute['total']:.0f} s in all ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in compute.items() if k != "total")
-        + "; each stage counted once however often the study was resumed)"
+        + "; a stage finished after an interruption counts its last run only)"
     )
     rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
     md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows,
