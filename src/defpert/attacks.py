@@ -23,7 +23,7 @@ from torch import nn
 
 from defpert import distributed
 from defpert.devices import default_chunk_size, model_device
-from defpert.engine import Schedule, frozen_parameters, perturb
+from defpert.engine import Schedule, frozen_parameters, madry_step_size, perturb
 from defpert.evaluate import correct
 from defpert.objectives import get_objective
 from defpert.threat import ThreatModel
@@ -118,7 +118,7 @@ def strong_attack(
         absorb(f"given[{i}]" if i else "weak", cand[idx], idx)
 
     generator = torch.Generator().manual_seed(seed)
-    step_size = 2.5 * threat.eps / cfg.steps
+    step_size = madry_step_size(threat.eps, cfg.steps)
     for loss in ("ce", "margin"):
         for restart in range(cfg.restarts):
             idx = robust.nonzero().squeeze(1)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from defpert.engine import Schedule, perturb, perturb_batch
+from defpert.engine import Schedule, madry_step_size, perturb, perturb_batch
 from defpert.errors import DefpertError
 from defpert.evaluate import predict
 from defpert.objectives import Objective, cross_entropy, hedge, margin
@@ -76,7 +76,7 @@ class Defense:
 
     def _inner(self) -> _InnerAttack:
         steps = self.inner_steps
-        return _InnerAttack(self.threat, Schedule(steps, 2.5 * self.threat.eps / steps))
+        return _InnerAttack(self.threat, Schedule(steps, madry_step_size(self.threat.eps, steps)))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,11 @@ from defpert.threat import ThreatModel, clip_to_box, validate_schedule
 InnerPoint = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def madry_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s step rule, 2.5 eps / steps: enough to cross the ball from any start."""
+    return 2.5 * eps / steps
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How to optimise: number of steps, step length, direction, random start."""

@@ -81,6 +81,7 @@ class ReproduceConfig:
 
     def train_config(self, kind: str) -> Any:
         """How the model of a kind (standard, fgsm-rs, pgd) is trained for this study."""
+        from defpert.engine import madry_step_size
         from defpert.train import ADV_EPS, TrainConfig, recipe
 
         if kind not in MODEL_KINDS:
@@ -92,7 +93,7 @@ class ReproduceConfig:
         eps = ADV_EPS.get(self.dataset, 0.3)
         return TrainConfig(dataset=self.dataset, model=self.model, seed=self.seed,
                            adversarial=adversarial, adv_eps=eps, adv_steps=self.adv_steps,
-                           adv_step_size=2.5 * eps / self.adv_steps,
+                           adv_step_size=madry_step_size(eps, self.adv_steps),
                            **recipe(adversarial, epochs=epochs))  # fmt: skip
 
     @classmethod

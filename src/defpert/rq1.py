@@ -35,7 +35,7 @@ from defpert.attacks import StrongConfig, StrongResult, pgd, strong_attack
 from defpert.data import SPLITS, Split
 from defpert.defenses import DEFENSES, DefendedModel, Defense, defend
 from defpert.devices import check_precision, model_device
-from defpert.engine import Schedule
+from defpert.engine import Schedule, madry_step_size
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy, correct
 from defpert.models import environment
@@ -381,7 +381,8 @@ def _adaptive(
         still = correct(defended_bpda, points, y, batch_size=64)
         broken[name] = int((robust & ~still).sum())
         robust &= still
-    bpda = ("bpda", 64, config.strong_steps, 2.5 * threat.eps / config.strong_steps, "margin")
+    strong_step = madry_step_size(threat.eps, config.strong_steps)
+    bpda = ("bpda", 64, config.strong_steps, strong_step, "margin")
     unrolled = ("unrolled", 16, config.steps, config.step_size, "ce")
     for mode, bs, steps, step_size, loss in (bpda, unrolled):
         idx = robust.nonzero().squeeze(1)
