@@ -23,10 +23,10 @@ import torch
 from _common import emit, flops_per_image_step, interleaved, machine, median, peak_gflops
 from torch import nn
 
-from defpert.attacks import art_classifier, pgd
+from defpert.attacks import pgd
 from defpert.devices import pick_device
 from defpert.models import build_model
-from defpert.reference import textbook_model, textbook_pgd
+from defpert.reference import art_classifier, textbook_model, textbook_pgd
 from defpert.threat import L2Ball, LinfBall
 
 SETTINGS = {"linf": (LinfBall(0.2), 0.01), "l2": (L2Ball(2.5), 0.075)}

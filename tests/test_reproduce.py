@@ -41,11 +41,17 @@ def test_writes_every_file(quick_run):
     with open(quick_run / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10
-    for row in rows:
-        assert (
-            float(row["original_attacked_strong"]) <= float(row["original_attacked"]) + 1e-9
-            or row["strong_n"] != row["n"]
-        )
+    for results in metrics["rq1"].values():
+        for r in results:  # the strong attack never beats the weak one on the same examples
+            weak_same = r["strong"]["weak_on_same_examples"]["original_attacked"]
+            assert r["accuracy"]["original_attacked_strong"] <= weak_same + 1e-9
+            if r["defense_kind"] == "reactive":
+                assert "defensive_attacked" not in r["accuracy"]  # no number without a threat model
+                assert r["accuracy"]["adaptive"] <= r["accuracy"]["defensive"] + 1e-9
+                assert "bare_strong_adaptive_examples" in r["accuracy"]
+    for row in metrics["sweep"]:
+        assert row["original_attacked_strong"] <= row["original_attacked_strong_n"] + 1e-9
+        assert row["defensive_attacked_strong"] <= row["defensive_attacked_strong_n"] + 1e-9
     md = (quick_run / "report.md").read_text()
     assert (
         "weak attack" in md.lower() and "strong attack" in md.lower() and "adaptive" in md.lower()

@@ -39,14 +39,14 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=False,
                    help="start the weak PGD at a random point of the ball")  # fmt: skip
-    p.add_argument("--strong", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run the strong worst-case attack suite")  # fmt: skip
+    add_strong_arguments(p)
     p.add_argument("--strong-limit", type=int, default=1000, help="examples for the strong attack")
     p.add_argument("--strong-steps", type=int, default=100)
-    p.add_argument("--strong-restarts", type=int, default=2)
-    p.add_argument("--square-queries", type=int, default=200, help="queries of ART's Square attack")
-    p.add_argument("--art", action=argparse.BooleanOptionalAction, default=True,
-                   help="include ART's APGD-CE, APGD-DLR and Square in the strong suite")  # fmt: skip
+    p.add_argument("--strong-restarts", type=int, help="PGD runs per loss (default: the tier's)")
+    p.add_argument("--square-queries", type=int,
+                   help="queries of the Square attack (default: the tier's; standard: 5000)")  # fmt: skip
+    p.add_argument("--adaptive-square-queries", type=int,
+                   help="queries of Square through a reactive defense (default: --square-queries)")  # fmt: skip
     p.add_argument("--adaptive-limit", type=int, default=200,
                    help="examples for the adaptive attack on reactive defenses")  # fmt: skip
     p.add_argument("--batch-size", type=int,
@@ -68,6 +68,20 @@ def add_dp_parser(sub: Any) -> None:
 DP_OUTPUTS = ("versions", "partial", "metrics.json", "metrics-train.json", "metrics-val.json")
 
 
+def add_strong_arguments(p: argparse.ArgumentParser) -> None:
+    """``--strong TIER`` and ``--no-strong``, shared by dp, sweep and reproduce."""
+    p.add_argument("--strong", default="standard", metavar="TIER",
+                   help="strong worst-case suite: quick, standard (AutoAttack's standard "
+                   "version plus PGD-100; default) or plus")  # fmt: skip
+    p.add_argument("--no-strong", dest="strong", action="store_const", const="",
+                   help="skip the strong suite")  # fmt: skip
+
+
+def strong_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The DPConfig fields set by ``--strong`` / ``--no-strong``."""
+    return {"strong": bool(args.strong), "strong_tier": args.strong or "standard"}
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -87,9 +101,10 @@ def run_dp_command(args: argparse.Namespace) -> int:
     )
     config = DPConfig(
         norm=args.norm, eps=args.eps, step_size=args.step_size, steps=args.steps,
-        defenses=defenses, random_start=args.random_start, strong=args.strong,
+        defenses=defenses, random_start=args.random_start, **strong_settings(args),
         strong_limit=args.strong_limit, strong_steps=args.strong_steps,
-        strong_restarts=args.strong_restarts, square_queries=args.square_queries, use_art=args.art, adaptive_limit=args.adaptive_limit,
+        strong_restarts=args.strong_restarts, square_queries=args.square_queries,
+        adaptive_limit=args.adaptive_limit, adaptive_square_queries=args.adaptive_square_queries,
         defense_eps=args.defense_eps, defense_steps=args.defense_steps,
         defense_step_size=args.defense_step_size, seed=args.seed, batch_size=args.batch_size,
         precision=args.precision,

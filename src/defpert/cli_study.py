@@ -16,6 +16,7 @@ def _say(message: str) -> None:
 
 def add_study_parsers(sub: Any) -> None:
     from defpert.cli import _add_common
+    from defpert.cli_dp import add_strong_arguments
 
     sw = sub.add_parser(
         "sweep", help="accuracy versus eps, original and defensive, weak and strong"
@@ -28,7 +29,7 @@ def add_study_parsers(sub: Any) -> None:
     sw.add_argument("--dataset", default="mnist")
     sw.add_argument("--limit", type=int, default=1000)
     sw.add_argument("--strong-limit", type=int, default=200)
-    sw.add_argument("--strong", action=argparse.BooleanOptionalAction, default=True)
+    add_strong_arguments(sw)
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--device", default="auto")
     sw.add_argument("--out", default="runs/sweep")
@@ -54,6 +55,10 @@ def add_study_parsers(sub: Any) -> None:
                     help="test images of the study (default: all; --quick: 300)")  # fmt: skip
     rp.add_argument("--strong-limit", type=int,
                     help="test images for the strong attack (default: 1000; --quick: 100)")  # fmt: skip
+    rp.add_argument("--strong", default=None, metavar="TIER",
+                    help="strong suite tier: quick, standard or plus (default: standard; --quick: quick)")  # fmt: skip
+    rp.add_argument("--square-queries", type=int,
+                    help="queries of the Square attack, also through a reactive defense (default: the tier's)")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
                     help="replace a study of other settings in --out (default: refuse)")  # fmt: skip
     _add_common(rp)
@@ -61,6 +66,7 @@ def add_study_parsers(sub: Any) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     from defpert.cli import _dataset_path
+    from defpert.cli_dp import strong_settings
     from defpert.data import get_spec, load_split
     from defpert.devices import pick_device
     from defpert.figures import accuracy_curves
@@ -76,7 +82,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         raise DefpertError(f"--limit must be at least 1, got {args.limit}")
     base = DPConfig(norm=args.norm, eps=eps_values[0], steps=args.steps,
                     step_size=STEP_FRACTION.get(args.norm, 0.05) * eps_values[0],
-                    defenses=(args.defense,), strong=args.strong, strong_limit=args.strong_limit,
+                    defenses=(args.defense,), **strong_settings(args), strong_limit=args.strong_limit,
                     seed=args.seed, adaptive_limit=0)  # fmt: skip
     for eps in eps_values:
         DPConfig(**{**vars(base), "eps": eps}).validate()
@@ -142,6 +148,14 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     config.adv_epochs = args.adv_epochs or config.adv_epochs
     config.limit = args.limit or config.limit
     config.strong_limit = args.strong_limit or config.strong_limit
+    if args.strong is not None:
+        from defpert.attacks import check_tier
+
+        config.strong_tier = check_tier(args.strong)
+    if args.square_queries is not None:
+        if args.square_queries < 1:
+            raise DefpertError(f"--square-queries must be at least 1, got {args.square_queries}")
+        config.square_queries = args.square_queries
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
     data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,

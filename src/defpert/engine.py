@@ -115,7 +115,8 @@ def perturb_batch(
     """One batch, on whatever device ``x`` is on; returns ``x + delta``.
 
     With ``create_graph`` the result stays differentiable with respect to ``x`` (the
-    unrolled defense that an adaptive attack differentiates through).
+    unrolled defense that an adaptive attack differentiates through); each step is then
+    the threat model's straight-through step, so an L-inf sign step passes a gradient.
     """
     with torch.enable_grad(), frozen_parameters(model):
         return _run_steps(
@@ -209,6 +210,7 @@ def _run_steps(
             logits = model(point)
         loss = objective(logits.float(), labels).sum()
         (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
-        delta = threat.project(delta + threat.step(sign * grad, schedule.step_size))
+        step = threat.straight_through_step if create_graph else threat.step
+        delta = threat.project(delta + step(sign * grad, schedule.step_size))
         delta = clip_to_box(x, delta)
     return (x + delta) if create_graph else (x + delta).detach()

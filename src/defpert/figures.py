@@ -76,8 +76,12 @@ def accuracy_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Fi
     """Accuracy versus eps for original and defensive data, weak (solid) and strong (dashed).
 
     ``rows`` are :func:`defpert.sweep.run_sweep` results: ``eps`` plus the accuracy keys.
+    Where the strong attack ran, the weak curve is drawn on the strong attack's examples
+    too, so the two curves compare the same examples.
     """
     eps = [r["eps"] for r in rows]
+    rows = [{**r, **{k: r[f"{k}_strong_n"] for k in ("original_attacked", "defensive_attacked")
+                     if f"{k}_strong_n" in r}} for r in rows]  # fmt: skip
     fig = Figure(figsize=(5.6, 3.8), layout="constrained")
     ax = fig.subplots()
     styles = {

@@ -67,7 +67,8 @@ class ReproduceConfig:
     limit: int | None = None
     strong_limit: int = 1000
     strong_steps: int = 100
-    square_queries: int = 200
+    strong_tier: str = "standard"  # the strong suite (attacks.strong): quick, standard, plus
+    square_queries: int | None = None  # None: the tier's (standard: 5,000)
     adaptive_limit: int = 200
     sweep_limit: int = 1000
     sweep_strong_limit: int = 200
@@ -106,7 +107,8 @@ class ReproduceConfig:
             cfg.epochs = cfg.adv_epochs = 40
         if quick:
             cfg.epochs = 1 if spec.name != "digits" else 20
-            cfg.limit, cfg.strong_limit, cfg.strong_steps, cfg.square_queries = 300, 100, 50, 50
+            cfg.limit, cfg.strong_limit, cfg.strong_steps = 300, 100, 50
+            cfg.strong_tier, cfg.square_queries = "quick", 200
             cfg.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
             cfg.tsne_per_class, cfg.adv_steps, cfg.adv_epochs = 20, 10, cfg.epochs
         return cfg
@@ -116,7 +118,10 @@ def _stage(
     path: Path, config: dict[str, Any], compute: Callable[[], Any], report: Report, name: str
 ) -> Any:
     """Reuse ``path`` if it was computed with the same config; otherwise compute and save."""
-    config = json.loads(json.dumps(config))  # compare as saved: tuples become lists
+    from defpert.store import code_version
+
+    # compare as saved (tuples become lists); results of other code are never reused
+    config = json.loads(json.dumps({**config, "code": code_version()}))
     if path.is_file():
         saved = read_json(path)
         if saved.get("config") == config:
@@ -196,7 +201,8 @@ def _reproduce(
         for threat in config.threats:
             dp = DPConfig(**threat, defenses=tuple(config.defenses), strong_limit=config.strong_limit,
                           strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
-                          square_queries=config.square_queries, seed=config.seed)  # fmt: skip
+                          strong_tier=config.strong_tier, square_queries=config.square_queries,
+                          seed=config.seed)  # fmt: skip
             key = _suffixed(threat["norm"], kind)
             stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
             results = _stage(
@@ -211,8 +217,8 @@ def _reproduce(
     # 3. accuracy versus eps (first threat model's norm, the ce defense)
     first = config.threats[0]
     sweep_base = DPConfig(**first, defenses=("ce",), strong_limit=config.sweep_strong_limit,
-                          strong_steps=config.strong_steps, square_queries=config.square_queries,
-                          adaptive_limit=0, seed=config.seed)  # fmt: skip
+                          strong_steps=config.strong_steps, strong_tier=config.strong_tier,
+                          square_queries=config.square_queries, adaptive_limit=0, seed=config.seed)  # fmt: skip
     sweep_data = test.head(config.sweep_limit)
     sweep_rows = _stage(
         run / "stages" / "sweep.json",

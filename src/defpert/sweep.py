@@ -45,6 +45,9 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """One row per eps: ``{"eps", "original", "original_attacked", "defensive_attacked", ...}``.
 
+    ``original_attacked_strong_n`` and ``defensive_attacked_strong_n`` are the weak attack's
+    accuracies on the strong attack's examples, the numbers to compare the strong ones with.
+
     With ``out``, each radius's data versions are saved under ``out/eps-<eps>`` as they
     complete, and a rerun after an interruption reuses them.
     """
@@ -58,6 +61,8 @@ def run_sweep(
             report(f"sweep: {base.norm} eps={eps}")
         where = Path(out) / f"eps-{eps:g}" if out is not None else None
         result = run_dp(model, data, cfg, progress=progress, out=where)[0]
+        strong = result["strong"]
+        same = {f"{k}_strong_n": v for k, v in strong.get("weak_on_same_examples", {}).items()}
         rows.append({"eps": eps, "step_size": cfg.step_size, "defense": result["defense"],
-                     **result["accuracy"]})  # fmt: skip
+                     "n": result["n"], "strong_n": strong.get("n"), **result["accuracy"], **same})  # fmt: skip
     return rows

@@ -54,6 +54,15 @@ class ThreatModel(ABC):
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         """The closest point of the ball to ``delta``."""
 
+    def straight_through_step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        """:meth:`step` in the forward pass, differentiable in the backward pass.
+
+        An attack that differentiates through a defense's steps needs their derivative;
+        where the step has none (the L-inf sign), the backward pass treats it as the
+        identity (a straight-through estimator).
+        """
+        return self.step(grad, step_size)
+
     @abstractmethod
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-example norm of ``delta`` (B,)."""
@@ -78,6 +87,9 @@ class LinfBall(ThreatModel):
 
     def step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
         return step_size * grad.sign()
+
+    def straight_through_step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        return step_size * (grad.sign().detach() + grad - grad.detach())
 
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.clamp(-self.eps, self.eps)

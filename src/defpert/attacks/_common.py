@@ -1,0 +1,32 @@
+"""Helpers shared by the attacks: chunking, gradients of a per-example loss, the box."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from defpert.threat import ThreatModel, clip_to_box
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` rows covering ``range(n)``."""
+    for lo in range(0, n, size):
+        yield slice(lo, min(lo + size, n))
+
+
+def project(threat: ThreatModel, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """The closest point to ``point`` in the threat model's ball around ``x`` and in [0, 1]."""
+    return x + clip_to_box(x, threat.project(point - x))
+
+
+def rows(mask: torch.Tensor) -> torch.Tensor:
+    """Indices (K,) of the true entries of a boolean mask (B,)."""
+    return mask.nonzero().squeeze(1)
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits without a graph, as float32."""
+    with torch.no_grad():
+        return model(x).float()

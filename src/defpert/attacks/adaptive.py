@@ -1,0 +1,152 @@
+"""The adaptive attack on a test-time (reactive) defense, after Croce et al. (ICML 2022,
+"Evaluating the adversarial robustness of adaptive test-time defenses").
+
+A reactive defense optimises every input at test time, so it is part of the model, and its
+robustness is the worst case per example over attacks *through* it. The cascade, each
+stage run only on the examples the defended model still classifies correctly:
+
+1. ``clean``: the unperturbed input (a defense can break clean points by itself);
+2. transfer: points found against the bare model (the weak attack's, the strong suite's),
+   passed through the defense;
+3. BPDA (Athalye et al., 2018): the defense is run in the forward pass and treated as the
+   identity in the backward pass, with PGD on the CW margin and APGD on cross-entropy and
+   DLR, each with random restarts and EOT over the defense's randomness (defpert's
+   defenses have none, so EOT draws one sample and says so);
+4. ``unrolled``: PGD differentiating through every defense step (for L-inf through a
+   straight-through sign, whose true derivative is zero);
+5. Square through the defense: black-box, so it needs no gradient of the defense at all.
+
+Every candidate is classified by the exact defended model (defense, then classifier).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from defpert.attacks._common import project
+from defpert.attacks.apgd import apgd
+from defpert.attacks.pgd import pgd
+from defpert.attacks.square import square
+from defpert.defenses import DefendedModel, Defense
+from defpert.engine import madry_step_size
+from defpert.errors import DefpertError
+from defpert.evaluate import correct
+from defpert.threat import ThreatModel
+
+# A defense runs its own steps inside every forward pass: small chunks keep memory flat.
+ADAPTIVE_CHUNK = 64
+UNROLLED_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Lengths of the adaptive attack's stages."""
+
+    steps: int = 100  # BPDA PGD and APGD iterations
+    restarts: int = 2  # APGD runs per loss (random starts)
+    eot: int = 1  # gradient samples per step; >1 only helps against a randomised defense
+    unrolled_steps: int = 20
+    unrolled_step_size: float | None = None  # None: Madry's rule for unrolled_steps
+    square_queries: int = 5000  # 0 skips the black-box stage
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "restarts", "eot", "unrolled_steps"):
+            if getattr(self, name) < 1:
+                raise DefpertError(f"adaptive attack: {name} must be at least 1")
+        if self.square_queries < 0:
+            raise DefpertError("adaptive attack: square_queries must be 0 or more")
+
+
+def adaptive_attack(
+    model: nn.Module,
+    defense: Defense,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    threat: ThreatModel,
+    known: dict[str, torch.Tensor] | None = None,
+    config: AdaptiveConfig | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Worst case per example through ``defense`` (see the module docstring).
+
+    ``known`` maps a name to points (N, C, H, W) found against the bare model. Returns
+    ``{"accuracy", "n", "robust" (list of bools), "broken_by", "seconds", "config"}``.
+    """
+    cfg = config or AdaptiveConfig()
+    x, y = x.detach().cpu(), y.detach().cpu()
+    exact = DefendedModel(model, defense, mode="bpda")  # its forward pass is the exact defense
+    robust = torch.ones(len(y), dtype=torch.bool)
+    broken_by: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+
+    def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
+        still = correct(
+            exact, project(threat, x[idx], candidate), y[idx], batch_size=ADAPTIVE_CHUNK
+        )
+        robust[idx[~still]] = False
+        broken_by[name] = broken_by.get(name, 0) + int((~still).sum())
+
+    generator = torch.Generator().manual_seed(seed)
+    bpda = DefendedModel(model, defense, mode="bpda")
+    unrolled = DefendedModel(model, defense, mode="unrolled")
+    unrolled_step = cfg.unrolled_step_size or madry_step_size(threat.eps, cfg.unrolled_steps)
+    stages: list[tuple[str, Any]] = [("clean", lambda xi, yi: xi)]
+    for name, points in (known or {}).items():
+        stages.append((f"transfer-{name}", _rows_of(points)))
+    stages += [
+        ("bpda-pgd-margin", lambda xi, yi: pgd(
+            bpda, xi, yi, threat=threat, steps=cfg.steps,
+            step_size=madry_step_size(threat.eps, cfg.steps), loss="margin",
+            batch_size=ADAPTIVE_CHUNK)),
+        ("bpda-apgd-ce", lambda xi, yi: apgd(
+            bpda, xi, yi, threat=threat, steps=cfg.steps, loss="ce", restarts=cfg.restarts,
+            eot=cfg.eot, generator=generator, batch_size=ADAPTIVE_CHUNK)),
+        ("bpda-apgd-dlr", lambda xi, yi: apgd(
+            bpda, xi, yi, threat=threat, steps=cfg.steps, loss="dlr", restarts=cfg.restarts,
+            eot=cfg.eot, generator=generator, batch_size=ADAPTIVE_CHUNK)),
+        ("unrolled", lambda xi, yi: pgd(
+            unrolled, xi, yi, threat=threat, steps=cfg.unrolled_steps, step_size=unrolled_step,
+            loss="ce", batch_size=UNROLLED_CHUNK)),
+    ]  # fmt: skip
+    if cfg.square_queries:
+        stages.append((f"square-{cfg.square_queries}", lambda xi, yi: square(
+            exact, xi, yi, threat=threat, queries=cfg.square_queries, generator=generator,
+            batch_size=ADAPTIVE_CHUNK * 4)))  # fmt: skip
+    for name, run in stages:
+        idx = robust.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        started = time.perf_counter()
+        candidate = run(x[idx], y[idx]) if not isinstance(run, _rows_of) else run(idx)
+        absorb(name, candidate, idx)
+        seconds[name] = round(time.perf_counter() - started, 3)
+    return {
+        "accuracy": float(robust.float().mean()) if len(robust) else float("nan"),
+        "n": len(y),
+        "robust": robust.tolist(),
+        "broken_by": broken_by,
+        "seconds": seconds,
+        "config": {
+            **asdict(cfg),
+            "unrolled_step_size": unrolled_step,
+            "eot_note": "the defense is deterministic: one EOT sample"
+            if cfg.eot == 1
+            else f"{cfg.eot} EOT samples",
+        },  # fmt: skip
+    }
+
+
+class _rows_of:  # noqa: N801 - used like a function
+    """Known points, looked up by example index rather than recomputed."""
+
+    def __init__(self, points: torch.Tensor) -> None:
+        self.points = points.detach().cpu()
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.points[idx]

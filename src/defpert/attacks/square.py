@@ -1,0 +1,193 @@
+"""Square Attack (Andriushchenko et al., ECCV 2020): a black-box, score-based random search.
+
+It never looks at a gradient, so it is what catches a model whose gradients are masked,
+zero or misleading (a quantiser, a defense that optimises at test time). Each query changes
+one random square window of the current perturbation and keeps the change if the margin
+``z_y - max_{j != y} z_j`` fell; the window shrinks on AutoAttack's schedule as queries are
+spent.
+
+Batched across examples as AutoAttack's ``square.py`` (MIT licence) is: one window position
+per query, shared by every example of a chunk, so a query is one forward pass of the whole
+chunk, not a Python loop per example (ART's Square loops per example and draws from
+Python's unseeded ``random`` at L2). All randomness comes from a seeded CPU generator.
+
+>>> x_adv = square(model, x, y, threat=LinfBall(0.3), queries=5000)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from defpert.attacks._common import chunks, logits_of, rows
+from defpert.devices import model_device
+from defpert.errors import DefpertError
+from defpert.threat import ThreatModel
+
+# Square's queries are forward passes only; large chunks amortise the per-query overhead.
+SQUARE_CHUNK = 1000
+
+
+def square(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    threat: ThreatModel,
+    queries: int = 5000,
+    restarts: int = 1,
+    p_init: float = 0.8,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Square Attack (margin loss, untargeted); returns one point of the ball per example (CPU).
+
+    ``x`` (N, C, H, W) in [0, 1], ``y`` (N,). Each restart runs only on examples not yet
+    misclassified.
+    """
+    if queries < 1 or restarts < 1:
+        raise DefpertError("Square needs at least 1 query and 1 restart")
+    device = model_device(model)
+    g = generator or torch.Generator().manual_seed(0)
+    x, y = x.detach().cpu(), y.detach().cpu()
+    out = x.clone()
+    for part in chunks(len(x), batch_size or SQUARE_CHUNK):
+        xb, yb = x[part].to(device), y[part].to(device)
+        best = xb.clone()
+        unbroken = logits_of(model, xb).argmax(1) == yb
+        for _ in range(restarts):
+            idx = rows(unbroken)
+            if len(idx) == 0:
+                break
+            run = _linf_run if threat.norm == "linf" else _l2_run
+            adv = run(model, xb[idx], yb[idx], threat.eps, queries, p_init, g)
+            best[idx] = adv
+            unbroken[idx] = logits_of(model, adv).argmax(1) == yb[idx]
+        out[part] = best.cpu()
+    return out
+
+
+def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` (B,): negative means misclassified."""
+    logits = logits_of(model, x)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - others.amax(dim=1)
+
+
+def _p_schedule(p_init: float, i: int, queries: int) -> float:
+    """AutoAttack's schedule of the window's share of the image, rescaled to ``queries``."""
+    it = int(i / queries * 10000)
+    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32),
+                       (4000, 64), (6000, 128), (8000, 256)):  # fmt: skip
+        if it <= bound:
+            return p_init / div
+    return p_init / 512
+
+
+def _signs(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (torch.randint(0, 2, shape, generator=g) * 2 - 1).float().to(device)
+
+
+def _randint(high: int, g: torch.Generator) -> int:
+    """A uniform integer in [0, high) (0 when ``high`` is 0, as for a window the image's size)."""
+    return int(torch.randint(0, max(high, 1), (1,), generator=g))
+
+
+def _linf_run(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
+    g: torch.Generator,
+) -> torch.Tensor:  # fmt: skip
+    n, c, h, w = x.shape
+    best = (x + eps * _signs((n, c, 1, w), g, x.device)).clamp(0, 1)  # vertical stripes
+    margin = _margin(model, best, y)
+    for i in range(queries):
+        idx = rows(margin > 0)
+        if len(idx) == 0:
+            break
+        side = min(max(int(round(math.sqrt(_p_schedule(p_init, i, queries) * h * w))), 1), h, w)
+        vh, vw = _randint(h - side, g), _randint(w - side, g)
+        change = torch.zeros(c, h, w, device=x.device)
+        change[:, vh : vh + side, vw : vw + side] = 2.0 * eps * _signs((c, 1, 1), g, x.device)
+        xi = x[idx]
+        cand = torch.minimum(torch.maximum(best[idx] + change, xi - eps), xi + eps).clamp(0, 1)
+        new = _margin(model, cand, y[idx])
+        better = new < margin[idx]
+        margin[idx] = torch.where(better, new, margin[idx])
+        best[idx[better]] = cand[better]
+    return best
+
+
+def _window_profile(s: int, device: torch.device, g: torch.Generator) -> torch.Tensor:
+    """AutoAttack's L2 window: two half-windows of nested squares, opposite signs, unit norm."""
+
+    def rectangles(a: int, b: int) -> torch.Tensor:
+        d = torch.zeros(a, b, device=device)
+        top, left = a // 2, b // 2
+        for k in range(max(a // 2 + 1, b // 2 + 1)):
+            d[max(top, 0) : min(top + 2 * k + 1, a), max(left, 0) : min(left + 2 * k + 1, b)] += (
+                1.0 / (k + 1) ** 2
+            )
+            top, left = top - 1, left - 1
+        return d / d.norm()
+
+    d = torch.zeros(s, s, device=device)
+    d[: s // 2] = rectangles(s // 2, s)
+    d[s // 2 :] = -rectangles(s - s // 2, s)
+    d = d / d.norm()
+    return d.t() if bool(torch.rand(1, generator=g) > 0.5) else d
+
+
+def _l2_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+def _l2_run(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
+    g: torch.Generator,
+) -> torch.Tensor:  # fmt: skip
+    n, c, h, w = x.shape
+    delta = torch.zeros_like(x)
+    s = h // 5
+    start = (h - s * 5) // 2
+    for vh in range(start, start + s * (h // s), s):
+        for vw in range(start, start + s * (w // s), s):
+            profile = _window_profile(s, x.device, g).view(1, 1, s, s)
+            patch = delta[:, :, vh : vh + s, vw : vw + s]
+            if patch.shape[-2:] == (s, s):
+                delta[:, :, vh : vh + s, vw : vw + s] += profile * _signs((n, c, 1, 1), g, x.device)
+    best = (x + delta / (_l2_norm(delta) + 1e-12) * eps).clamp(0, 1)
+    margin = _margin(model, best, y)
+    for i in range(queries):
+        idx = rows(margin > 0)
+        if len(idx) == 0:
+            break
+        xi, cur = x[idx], best[idx] - x[idx]
+        side = max(int(round(math.sqrt(_p_schedule(p_init, i, queries) * h * w))), 3)
+        side = min(side + (side % 2 == 0), h, w)
+        vh, vw = _randint(h - side, g), _randint(w - side, g)
+        vh2, vw2 = _randint(h - side, g), _randint(w - side, g)
+        window = (slice(None), slice(None), slice(vh, vh + side), slice(vw, vw + side))
+        window2 = (slice(None), slice(None), slice(vh2, vh2 + side), slice(vw2, vw2 + side))
+        mask = torch.zeros_like(cur)
+        mask[window] = 1.0
+        mask[window2] = 1.0
+        norm_window = cur[window].pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
+        norm_image = _l2_norm(cur)
+        norm_windows = (cur * mask).pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
+        new = _window_profile(side, x.device, g).view(1, 1, side, side) * _signs(
+            (len(idx), c, 1, 1), g, x.device
+        )
+        new = new + cur[window] / (norm_window + 1e-12)
+        room = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
+        new = new / (new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt() + 1e-12) * room
+        cur[window2] = 0.0
+        cur[window] = new
+        cand = (xi + cur / (_l2_norm(cur) + 1e-12) * eps).clamp(0, 1)
+        value = _margin(model, cand, y[idx])
+        better = value < margin[idx]
+        margin[idx] = torch.where(better, value, margin[idx])
+        best[idx[better]] = cand[better]
+    return best

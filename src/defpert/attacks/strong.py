@@ -1,0 +1,209 @@
+"""The strong suite: the worst case per example over a cascade of attacks, in three tiers.
+
+Each attack runs only on the examples still classified correctly (AutoAttack's cascade),
+and a point found earlier (e.g. by the weak attack) is kept, so the strong accuracy never
+exceeds the weak one on the same examples.
+
+* ``quick``: APGD-CE, APGD-T (3 target classes), Square with 1,000 queries: a screen for
+  tests and first looks, not a robustness claim.
+* ``standard`` (default): AutoAttack's standard version, APGD-CE, APGD-T (9 targets),
+  FAB-T (9 targets), Square with 5,000 queries, plus PGD-100 with cross-entropy and with
+  the CW margin (one run from the clean input, then random restarts).
+* ``plus``: ``standard`` with AutoAttack's plus additions: APGD-CE and APGD-DLR with 5
+  restarts, untargeted FAB with 5 restarts, Square with 5 restarts, PGD with 5 restarts.
+
+Every random draw comes from one generator seeded by ``seed``; no global RNG is touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from defpert.attacks._common import project
+from defpert.attacks.apgd import apgd
+from defpert.attacks.fab import fab
+from defpert.attacks.pgd import pgd
+from defpert.attacks.square import square
+from defpert.engine import madry_step_size
+from defpert.errors import DefpertError
+from defpert.evaluate import correct
+from defpert.threat import ThreatModel
+
+TIERS = ("quick", "standard", "plus")
+
+# An attack of the cascade: (model, x, y, threat, generator) -> candidate points.
+Attack = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, ThreatModel, torch.Generator], torch.Tensor
+]
+
+
+def check_tier(name: str) -> str:
+    """Refuse an unknown tier name in one line."""
+    if name not in TIERS:
+        raise DefpertError(
+            f"unknown strong-attack tier {name!r}; choose one of: {', '.join(TIERS)}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class StrongConfig:
+    """The strong suite: a tier, and overrides of its lengths (None: the tier's)."""
+
+    tier: str = "standard"
+    steps: int = 100  # PGD, APGD and FAB iterations
+    restarts: int | None = None  # PGD runs per loss: 1 from the clean input, then random starts
+    square_queries: int | None = None
+    batch_size: int | None = None  # None: the engine's default chunk for the device
+
+    def __post_init__(self) -> None:
+        check_tier(self.tier)
+        for name in ("steps", "restarts", "square_queries", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DefpertError(f"strong suite: {name} must be at least 1, got {value}")
+
+    @property
+    def queries(self) -> int:
+        return self.square_queries or (1000 if self.tier == "quick" else 5000)
+
+    def plan(self) -> list[tuple[str, Attack]]:
+        """The cascade, in order: (name, attack)."""
+        steps, bs, q = self.steps, self.batch_size, self.queries
+        plus = self.tier == "plus"
+        many = 5 if plus else 1
+
+        def pgd_attack(loss: str) -> Attack:
+            runs = self.restarts or (5 if plus else 2)
+
+            def run(m: nn.Module, x: torch.Tensor, y: torch.Tensor, t: ThreatModel,
+                    g: torch.Generator) -> torch.Tensor:  # fmt: skip
+                return _pgd_restarts(m, x, y, t, g, steps, loss, runs, bs)
+
+            return run
+
+        def apgd_attack(loss: str, restarts: int = 1, targets: int = 9) -> Attack:
+            return lambda m, x, y, t, g: apgd(m, x, y, threat=t, steps=steps, loss=loss,
+                                              restarts=restarts, targets=targets, generator=g,
+                                              batch_size=bs)  # fmt: skip
+
+        def fab_attack(targeted: bool, restarts: int = 1) -> Attack:
+            return lambda m, x, y, t, g: fab(m, x, y, threat=t, steps=steps, targeted=targeted,
+                                             restarts=restarts, generator=g, batch_size=bs)  # fmt: skip
+
+        def square_attack(restarts: int) -> Attack:
+            return lambda m, x, y, t, g: square(m, x, y, threat=t, queries=q, restarts=restarts,
+                                                generator=g)  # fmt: skip
+
+        if self.tier == "quick":
+            return [("apgd-ce", apgd_attack("ce")),
+                    ("apgd-t", apgd_attack("dlr-targeted", targets=3)),
+                    (f"square-{q}", square_attack(1))]  # fmt: skip
+        plan: list[tuple[str, Attack]] = [("apgd-ce", apgd_attack("ce", many))]
+        if plus:
+            plan.append(("apgd-dlr", apgd_attack("dlr", many)))
+        plan += [("apgd-t", apgd_attack("dlr-targeted")),
+                 (f"pgd-ce-{steps}", pgd_attack("ce")),
+                 (f"pgd-margin-{steps}", pgd_attack("margin")),
+                 ("fab-t", fab_attack(True))]  # fmt: skip
+        if plus:
+            plan.append(("fab", fab_attack(False, many)))
+        plan.append((f"square-{q}", square_attack(many)))
+        return plan
+
+    def describe(self) -> dict[str, Any]:
+        """The suite as data, for JSON and the report: the tier, lengths and attack names."""
+        return {**asdict(self), "square_queries": self.queries,
+                "attacks": [name for name, _ in self.plan()]}  # fmt: skip
+
+
+def _pgd_restarts(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, g: torch.Generator,
+    steps: int, loss: str, runs: int, batch_size: int | None,
+) -> torch.Tensor:  # fmt: skip
+    """PGD from the clean input, then from random starts, each on the examples still unbroken."""
+    best = x.clone()
+    unbroken = correct(model, x, y)
+    for run in range(runs):
+        idx = unbroken.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        cand = pgd(model, x[idx], y[idx], threat=threat, steps=steps,
+                   step_size=madry_step_size(threat.eps, steps), loss=loss,
+                   random_start=run > 0, generator=g, batch_size=batch_size)  # fmt: skip
+        best[idx] = cand
+        unbroken[idx] = correct(model, cand, y[idx])
+    return best
+
+
+@dataclass
+class StrongResult:
+    """Worst case over the suite: the adversarial inputs, which examples survived, and how."""
+
+    adversarial: torch.Tensor
+    robust: torch.Tensor  # (N,) bool: still correct after every attack
+    broken_by: dict[str, int] = field(default_factory=dict)  # attack name -> newly broken
+    max_perturbation: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # attack name -> wall time
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.robust.float().mean()) if len(self.robust) else float("nan")
+
+
+def strong_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    threat: ThreatModel,
+    config: StrongConfig | None = None,
+    seed: int = 0,
+    known_adversarial: list[torch.Tensor] | None = None,
+    progress: bool = False,
+) -> StrongResult:
+    """Worst case per example over the tier's cascade (see the module docstring).
+
+    ``known_adversarial`` are candidates found earlier (e.g. by the weak attack); an example
+    they already break counts as broken. Candidates are re-projected onto the ball and the
+    box before they count, so no point outside the threat model is ever reported.
+    """
+    cfg = config or StrongConfig()
+    x, y = x.detach().cpu(), y.detach().cpu()
+    worst = x.clone()
+    robust = correct(model, x, y)
+    broken_by: dict[str, int] = {"clean": int((~robust).sum())}
+    seconds: dict[str, float] = {}
+
+    def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
+        candidate = project(threat, x[idx], candidate)
+        still = correct(model, candidate, y[idx])
+        newly = idx[~still]
+        worst[newly] = candidate[~still]
+        robust[newly] = False
+        broken_by[name] = broken_by.get(name, 0) + len(newly)
+
+    for i, cand in enumerate(known_adversarial or []):
+        idx = robust.nonzero().squeeze(1)
+        absorb(f"given[{i}]" if i else "weak", cand[idx], idx)
+
+    generator = torch.Generator().manual_seed(seed)
+    plan = cfg.plan()
+    with tqdm(plan, desc=f"strong ({cfg.tier})", disable=not progress, leave=False) as bar:
+        for name, attack in bar:
+            idx = robust.nonzero().squeeze(1)
+            bar.set_postfix_str(f"{name}: {len(idx)} unbroken")
+            if len(idx) == 0:
+                break
+            started = time.perf_counter()
+            absorb(name, attack(model, x[idx], y[idx], threat, generator), idx)
+            seconds[name] = round(time.perf_counter() - started, 3)
+    size = threat.size(worst - x)
+    return StrongResult(worst, robust, broken_by, float(size.max()) if len(size) else 0.0, seconds)

@@ -1,0 +1,85 @@
+"""``DPConfig``: everything that determines a ``defpert dp`` result, validated in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from defpert.attacks.adaptive import AdaptiveConfig
+from defpert.attacks.strong import StrongConfig, check_tier
+from defpert.defenses import DEFENSES, Defense
+from defpert.devices import check_precision
+from defpert.engine import Schedule
+from defpert.errors import DefpertError
+from defpert.threat import ThreatModel, make_threat
+
+
+@dataclass
+class DPConfig:
+    """Everything that determines a ``defpert dp`` result."""
+
+    norm: str = "linf"
+    eps: float = 0.2
+    step_size: float = 0.01
+    steps: int = 20
+    defenses: tuple[str, ...] = ("ce",)
+    random_start: bool = False
+    strong: bool = True
+    strong_tier: str = "standard"  # quick, standard or plus (attacks.strong)
+    strong_limit: int = 1000
+    strong_steps: int = 100
+    strong_restarts: int | None = None  # None: the tier's
+    square_queries: int | None = None  # None: the tier's (standard: 5,000)
+    adaptive_limit: int = 200
+    adaptive_square_queries: int | None = None  # None: the strong suite's
+    defense_eps: float | None = None  # default: the attack's eps
+    defense_steps: int | None = None
+    defense_step_size: float | None = None
+    seed: int = 0
+    batch_size: int | None = None  # None: the engine's default chunk for the device
+    precision: str = "fp32"  # of the weak attack and the defenses; accuracies are fp32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def threat(self) -> ThreatModel:
+        return make_threat(self.norm, self.eps)
+
+    def defense(self, method: str) -> Defense:
+        return Defense(
+            method=method,
+            threat=make_threat(self.norm, self.defense_eps or self.eps),
+            steps=self.defense_steps or self.steps,
+            step_size=self.defense_step_size or self.step_size,
+        )
+
+    def strong_config(self) -> StrongConfig:
+        return StrongConfig(tier=self.strong_tier, steps=self.strong_steps,
+                            restarts=self.strong_restarts, square_queries=self.square_queries,
+                            batch_size=self.batch_size)  # fmt: skip
+
+    def adaptive_config(self) -> AdaptiveConfig:
+        """The adaptive attack: as long as the strong suite, the defense unrolled for the weak
+        attack's length."""
+        queries = self.adaptive_square_queries
+        return AdaptiveConfig(steps=self.strong_steps, unrolled_steps=self.steps,
+                              unrolled_step_size=self.step_size,
+                              square_queries=self.strong_config().queries if queries is None else queries,
+                              restarts=1 if self.strong_tier == "quick" else 2)  # fmt: skip
+
+    def validate(self) -> None:
+        check_precision(self.precision)
+        check_tier(self.strong_tier)
+        self.threat()
+        Schedule(self.steps, self.step_size)
+        for method in self.defenses:
+            self.defense(method)
+        if not self.defenses:
+            raise DefpertError(f"name at least one defense: {', '.join(DEFENSES)}")
+        for name in ("strong_limit", "strong_steps", "strong_restarts", "square_queries",
+                     "batch_size"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DefpertError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.adaptive_limit < 0:
+            raise DefpertError("--adaptive-limit must be 0 or more")
+        if self.adaptive_square_queries is not None and self.adaptive_square_queries < 0:
+            raise DefpertError("--adaptive-square-queries must be 0 or more")

@@ -1,0 +1,118 @@
+"""Where a study's finished pieces live, and what they were computed from.
+
+A stored result is reused only when its fingerprint matches: the settings, the data, the
+model's weights *and the code* (the package version and a hash of defpert's own source
+files). Results of other code are recomputed, never reused, so a changed attack cannot
+silently leave old numbers in a new report.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from defpert import __version__, distributed
+from defpert.runs import read_json, write_atomic, write_json
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """``{"version", "source_sha256"}``: the package version and a hash of its ``.py`` files."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        digest.update(path.read_bytes())
+    return {"version": __version__, "source_sha256": digest.hexdigest()}
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state (names and values): which weights a result came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_version(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Save one data version as ``.npz`` with ``images`` (N, C, H, W) float32 and ``labels``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=images.numpy().astype(np.float32), labels=labels.numpy())
+
+    write_atomic(path, write)
+
+
+class Store:
+    """Finished pieces of a ``dp`` run, saved as each completes and reused by a rerun.
+
+    Each data version (``versions/<split>/...npz``) and each strong or adaptive result
+    (``partial/<split>/...json``) is one piece, written atomically. ``fingerprint``
+    records what the pieces were computed from (config, data, model weights; the code is
+    added here); pieces of another fingerprint are discarded, never mixed in. Without a
+    run directory nothing is saved or reused.
+    """
+
+    def __init__(
+        self, run: Path | None, split: str, labels: torch.Tensor, fingerprint: dict[str, Any]
+    ) -> None:
+        self.labels = labels
+        self.versions = run / "versions" / split if run is not None else None
+        self.partial = run / "partial" / split if run is not None else None
+        if run is None or self.partial is None or self.versions is None:
+            return
+        stamp = self.partial / "fingerprint.json"
+        fingerprint = json.loads(json.dumps({**fingerprint, "code": code_version()}))
+        if not stamp.is_file() or read_json(stamp) != fingerprint:
+            if distributed.is_main():
+                for old in (self.versions, self.partial):
+                    shutil.rmtree(old, ignore_errors=True)
+            distributed.barrier()
+            write_json(stamp, fingerprint)
+
+    def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The saved data version ``name``, or ``compute()`` saved under that name."""
+        if self.versions is None:
+            return compute()
+        saved = self.saved(name)
+        if saved is not None:
+            return saved
+        images = compute()
+        self.save(name, images)
+        return images
+
+    def saved(self, name: str) -> torch.Tensor | None:
+        """A saved data version, or None."""
+        path = self.versions / f"{name}.npz" if self.versions is not None else None
+        if path is None or not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            return torch.from_numpy(saved["images"])
+
+    def save(self, name: str, images: torch.Tensor) -> None:
+        """Save a data version of the first ``len(images)`` examples."""
+        if self.versions is not None:
+            save_version(self.versions / f"{name}.npz", images, self.labels[: len(images)])
+
+    def record(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The saved JSON result ``name``, or ``compute()`` saved under that name."""
+        if self.partial is None:
+            return compute()
+        path = self.partial / f"{name}.json"
+        if path.is_file():
+            return dict(read_json(path))
+        result = compute()
+        write_json(path, result)
+        return result

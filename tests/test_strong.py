@@ -1,0 +1,153 @@
+"""The strong suite (tiers, cascade, seeds) and the adaptive attack through a reactive defense."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from defpert.attacks import StrongConfig, apgd, fab, square, strong_attack
+from defpert.attacks import strong as strong_module
+from defpert.attacks.adaptive import AdaptiveConfig, adaptive_attack
+from defpert.defenses import DefendedModel, Defense
+from defpert.errors import DefpertError
+from defpert.evaluate import accuracy, correct
+from defpert.reference import GradientMasked
+from defpert.threat import L2Ball, LinfBall
+
+THREATS = [LinfBall(0.1), L2Ball(0.6)]
+# Each tier with shortened lengths: the tier's attacks, in seconds on the digits.
+SHORT = {"steps": 10, "square_queries": 100}
+
+
+@pytest.fixture(scope="module")
+def xy(digits_test):
+    return digits_test.images[:60], digits_test.labels[:60]
+
+
+@pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
+@pytest.mark.parametrize("tier", ["quick", "standard", "plus"])
+def test_each_tier_runs_and_repeats_for_a_seed(digits_model, xy, threat, tier):
+    x, y = xy
+    cfg = StrongConfig(tier=tier, **SHORT)
+    first = strong_attack(digits_model, x, y, threat=threat, config=cfg, seed=3)
+    again = strong_attack(digits_model, x, y, threat=threat, config=cfg, seed=3)
+    assert torch.equal(first.adversarial, again.adversarial)
+    assert first.broken_by == again.broken_by
+    assert first.accuracy < accuracy(digits_model, x, y) - 0.2  # it really attacks
+    assert first.max_perturbation <= threat.eps + 1e-5
+    assert ((first.adversarial >= 0) & (first.adversarial <= 1)).all()
+    assert torch.equal(first.robust, correct(digits_model, first.adversarial, y))
+    names = [name for name, _ in cfg.plan()]
+    assert set(first.broken_by) <= {"clean", *names}
+    if tier != "quick":
+        assert {"apgd-ce", "apgd-t", "fab-t"} <= set(names) and "square-100" in names
+
+
+def test_cascade_attacks_only_unbroken_examples(digits_model, xy, monkeypatch):
+    x, y = xy
+    threat = LinfBall(0.1)
+    seen: list[tuple[str, int, int]] = []
+    real_plan = StrongConfig.plan
+
+    def spied_plan(self):
+        def spy(name, attack):
+            def run(m, xi, yi, t, g):
+                # every example handed to an attack is still classified correctly
+                still = int(correct(m, xi, yi).sum())
+                seen.append((name, len(xi), still))
+                return attack(m, xi, yi, t, g)
+
+            return run
+
+        return [(name, spy(name, attack)) for name, attack in real_plan(self)]
+
+    monkeypatch.setattr(strong_module.StrongConfig, "plan", spied_plan)
+    weak = apgd(digits_model, x, y, threat=threat, steps=5)
+    result = strong_attack(digits_model, x, y, threat=threat, known_adversarial=[weak],
+                           config=StrongConfig(tier="standard", **SHORT))  # fmt: skip
+    assert seen, "no attack ran"
+    robust_before = int(correct(digits_model, weak, y).sum())
+    assert seen[0][1] == robust_before  # the first attack sees only what the weak left
+    for (_, n, still), nxt in zip(seen, seen[1:] + [None], strict=True):
+        assert n == still
+        if nxt is not None:
+            assert nxt[1] <= n
+    assert int(result.robust.sum()) <= robust_before
+
+
+@pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
+def test_each_attack_stays_in_the_ball(digits_model, xy, threat):
+    x, y = xy
+    g = torch.Generator().manual_seed(0)
+    for adv in (
+        apgd(
+            digits_model, x, y, threat=threat, steps=10, loss="dlr-targeted", targets=2, generator=g
+        ),
+        fab(digits_model, x, y, threat=threat, steps=10, targets=2, generator=g),
+        square(digits_model, x, y, threat=threat, queries=50, generator=g),
+    ):
+        assert (threat.size(adv - x) <= threat.eps + 1e-5).all()
+        assert ((adv >= 0) & (adv <= 1)).all()
+        assert accuracy(digits_model, adv, y) < accuracy(digits_model, x, y)
+
+
+def test_square_breaks_a_model_with_zero_gradients(digits_model, xy):
+    x, y = xy
+    masked = GradientMasked(digits_model, levels=16)
+    threat = LinfBall(0.15)
+    clean = accuracy(masked, x, y)
+    blind = accuracy(masked, apgd(masked, x, y, threat=threat, steps=20), y)
+    assert blind >= clean - 0.05  # only its random start moves anything
+    assert accuracy(masked, square(masked, x, y, threat=threat, queries=300), y) < blind - 0.2
+
+
+def test_unknown_tier_is_refused():
+    with pytest.raises(DefpertError, match="unknown strong-attack tier 'huge'"):
+        StrongConfig(tier="huge")
+
+
+def test_adaptive_attack_breaks_a_defense_gradients_cannot(digits_model, xy):
+    # The classifier hides its gradients behind a quantiser, so BPDA, APGD and the unrolled
+    # defense get zero gradients; only the black-box stage through the defense can break it.
+    x, y = xy[0][:40], xy[1][:40]
+    masked = GradientMasked(digits_model, levels=16)
+    defense = Defense("hedge", LinfBall(0.1), steps=3, step_size=0.03)
+    threat = LinfBall(0.15)
+    short = {"steps": 10, "restarts": 1, "unrolled_steps": 3}
+    blind = adaptive_attack(masked, defense, x, y, threat=threat,
+                            config=AdaptiveConfig(**short, square_queries=0))  # fmt: skip
+    full = adaptive_attack(masked, defense, x, y, threat=threat,
+                           config=AdaptiveConfig(**short, square_queries=300))  # fmt: skip
+    clean = accuracy(DefendedModel(masked, defense, mode="bpda"), x, y)
+    assert blind["accuracy"] >= clean - 0.1  # random starts only
+    assert full["accuracy"] < blind["accuracy"] - 0.2
+    assert full["broken_by"]["square-300"] > 0
+    assert sum(full["broken_by"].values()) == round((1 - full["accuracy"]) * len(y))
+
+
+def test_adaptive_attack_counts_the_clean_input_and_transfer(digits_model, xy):
+    x, y = xy[0][:40], xy[1][:40]
+    defense = Defense("hedge", LinfBall(0.1), steps=3, step_size=0.03)
+    threat = LinfBall(0.15)
+    wrong = torch.zeros_like(x)  # a blank image: misclassified for most labels
+    result = adaptive_attack(digits_model, defense, x, y, threat=threat, known={"given": x + 0.0},
+                             config=AdaptiveConfig(steps=5, restarts=1, unrolled_steps=2,
+                                                   square_queries=0))  # fmt: skip
+    defended = DefendedModel(digits_model, defense, mode="bpda")
+    assert result["broken_by"]["clean"] == int((~correct(defended, x, y)).sum())
+    assert result["broken_by"]["transfer-given"] == 0  # the same points, already counted
+    del wrong
+    assert result["accuracy"] < accuracy(defended, x, y)
+    assert result["config"]["eot"] == 1 and "deterministic" in result["config"]["eot_note"]
+
+
+def test_unrolled_linf_defense_passes_a_gradient(digits_model, xy):
+    # The L-inf sign step has zero derivative; the straight-through step must not.
+    x = xy[0][:8].clone().requires_grad_(True)
+    defense = Defense("hedge", LinfBall(0.1), steps=2, step_size=0.05)
+    unrolled = DefendedModel(digits_model, defense, mode="unrolled")
+    bpda = DefendedModel(digits_model, defense, mode="bpda")
+    g_unrolled = torch.autograd.grad(unrolled(x)[:, 0].sum(), x)[0]
+    x2 = x.detach().clone().requires_grad_(True)
+    g_bpda = torch.autograd.grad(bpda(x2)[:, 0].sum(), x2)[0]
+    assert (g_unrolled - g_bpda).abs().max() > 1e-4  # differs from BPDA by more than rounding
