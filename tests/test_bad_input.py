@@ -290,6 +290,42 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "--square-queries must be at least 1",
     ),
     (
+        "--strong with an unknown tier",
+        None,
+        [*D[:3], "--strong", "huge", "--limit", "20"],
+        "unknown strong-attack tier 'huge'; choose one of: quick, standard, plus",
+    ),
+    (
+        "reproduce --strong with an unknown tier",
+        None,
+        ["reproduce", "--quick", "--dataset", "digits", "--strong", "full", "--out", "{tmp}/r"],
+        "unknown strong-attack tier 'full'",
+    ),
+    (
+        "--budget-from with an unknown value",
+        None,
+        [*D, "--budget-from", "natural"],
+        "unknown --budget-from 'natural'; choose one of: defended, original",
+    ),
+    (
+        "--budget-from original with a defense budget above 2 eps",
+        None,
+        [*D, "--budget-from", "original", "--defense-eps", "0.5"],
+        "--budget-from original needs a defense budget of at most 2 eps",
+    ),
+    (
+        "reproduce --budget-from with an unknown value",
+        None,
+        ["reproduce", "--quick", "--dataset", "digits", "--budget-from", "x", "--out", "{tmp}/r"],
+        "unknown --budget-from 'x'",
+    ),
+    (
+        "--adaptive-square-queries negative",
+        None,
+        [*D, "--adaptive-square-queries", "-1"],
+        "--adaptive-square-queries must be 0 or more",
+    ),
+    (
         "--adaptive-limit negative",
         None,
         [*D, "--adaptive-limit", "-1"],

@@ -51,11 +51,11 @@ def test_cascade_attacks_only_unbroken_examples(digits_model, xy, monkeypatch):
 
     def spied_plan(self):
         def spy(name, attack):
-            def run(m, xi, yi, t, g):
+            def run(m, xi, yi, t, g, a):
                 # every example handed to an attack is still classified correctly
                 still = int(correct(m, xi, yi).sum())
                 seen.append((name, len(xi), still))
-                return attack(m, xi, yi, t, g)
+                return attack(m, xi, yi, t, g, a)
 
             return run
 
@@ -151,3 +151,36 @@ def test_unrolled_linf_defense_passes_a_gradient(digits_model, xy):
     x2 = x.detach().clone().requires_grad_(True)
     g_bpda = torch.autograd.grad(bpda(x2)[:, 0].sum(), x2)[0]
     assert (g_unrolled - g_bpda).abs().max() > 1e-4  # differs from BPDA by more than rounding
+
+
+@pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
+def test_both_balls_projection_is_feasible_and_keeps_feasible_points(threat):
+    from defpert.threat import clip_to_both_balls
+
+    g = torch.Generator().manual_seed(0)
+    natural = torch.rand(64, 1, 8, 8, generator=g)
+    defended = (natural + threat.random_init(natural.shape, g)).clamp(0, 1)  # within eps
+    wild = 3 * threat.random_init(natural.shape, g)
+    delta = clip_to_both_balls(defended, wild, natural, threat)
+    point = defended + delta
+    assert (threat.size(point - defended) <= threat.eps * (1 + 1e-5)).all()
+    assert (threat.size(point - natural) <= threat.eps * (1 + 1e-5)).all()
+    assert ((point >= 0) & (point <= 1)).all()
+    again = clip_to_both_balls(defended, delta, natural, threat)  # a feasible point stays put
+    assert torch.allclose(again, delta, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget_from", ["defended", "original"])
+def test_budget_from_sets_the_distance_to_the_natural_image(digits_model, digits_test, budget_from):
+    from defpert.rq1 import DPConfig, run_dp
+
+    config = DPConfig(norm="linf", eps=0.1, steps=5, step_size=0.03, defenses=("ce",),
+                      strong_tier="quick", strong_steps=5, square_queries=20, strong_limit=20,
+                      adaptive_limit=0, budget_from=budget_from)  # fmt: skip
+    (result,) = run_dp(digits_model, digits_test.head(40), config)
+    far = result["max_from_natural"]
+    assert result["threat"]["budget_from"] == budget_from
+    if budget_from == "original":
+        assert max(far.values()) <= 0.1 + 1e-5
+    else:  # man-in-the-middle: the defended point's budget adds to the attack's
+        assert far["weak"] > 0.1 + 1e-3

@@ -47,6 +47,9 @@ def add_dp_parser(sub: Any) -> None:
                    help="queries of the Square attack (default: the tier's; standard: 5000)")  # fmt: skip
     p.add_argument("--adaptive-square-queries", type=int,
                    help="queries of Square through a reactive defense (default: --square-queries)")  # fmt: skip
+    p.add_argument("--budget-from", default="defended",
+                   help="where an attack on a defended point measures its eps from: defended "
+                   "(man-in-the-middle, default) or original (within eps of the natural image too)")  # fmt: skip
     p.add_argument("--adaptive-limit", type=int, default=200,
                    help="examples for the adaptive attack on reactive defenses")  # fmt: skip
     p.add_argument("--batch-size", type=int,
@@ -70,7 +73,7 @@ DP_OUTPUTS = ("versions", "partial", "metrics.json", "metrics-train.json", "metr
 
 def add_strong_arguments(p: argparse.ArgumentParser) -> None:
     """``--strong TIER`` and ``--no-strong``, shared by dp, sweep and reproduce."""
-    p.add_argument("--strong", default="standard", metavar="TIER",
+    p.add_argument("--strong", default="standard", nargs="?", const="standard", metavar="TIER",
                    help="strong worst-case suite: quick, standard (AutoAttack's standard "
                    "version plus PGD-100; default) or plus")  # fmt: skip
     p.add_argument("--no-strong", dest="strong", action="store_const", const="",
@@ -105,6 +108,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
         strong_limit=args.strong_limit, strong_steps=args.strong_steps,
         strong_restarts=args.strong_restarts, square_queries=args.square_queries,
         adaptive_limit=args.adaptive_limit, adaptive_square_queries=args.adaptive_square_queries,
+        budget_from=args.budget_from,
         defense_eps=args.defense_eps, defense_steps=args.defense_steps,
         defense_step_size=args.defense_step_size, seed=args.seed, batch_size=args.batch_size,
         precision=args.precision,

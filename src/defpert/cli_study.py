@@ -57,6 +57,8 @@ def add_study_parsers(sub: Any) -> None:
                     help="test images for the strong attack (default: 1000; --quick: 100)")  # fmt: skip
     rp.add_argument("--strong", default=None, metavar="TIER",
                     help="strong suite tier: quick, standard or plus (default: standard; --quick: quick)")  # fmt: skip
+    rp.add_argument("--budget-from", default="defended",
+                    help="an attack on a defended point measures eps from: defended (default) or original")  # fmt: skip
     rp.add_argument("--square-queries", type=int,
                     help="queries of the Square attack, also through a reactive defense (default: the tier's)")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
@@ -152,6 +154,13 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         from defpert.attacks import check_tier
 
         config.strong_tier = check_tier(args.strong)
+    from defpert.dp_config import BUDGET_FROM
+
+    if args.budget_from not in BUDGET_FROM:
+        raise DefpertError(
+            f"unknown --budget-from {args.budget_from!r}; choose one of: {', '.join(BUDGET_FROM)}"
+        )
+    config.budget_from = args.budget_from
     if args.square_queries is not None:
         if args.square_queries < 1:
             raise DefpertError(f"--square-queries must be at least 1, got {args.square_queries}")

@@ -13,6 +13,10 @@ from defpert.engine import Schedule
 from defpert.errors import DefpertError
 from defpert.threat import ThreatModel, make_threat
 
+# Where an attack on a proactively defended point measures its budget from: the defended
+# point (man-in-the-middle, Moon et al. 2022) or also the natural image (both balls).
+BUDGET_FROM = ("defended", "original")
+
 
 @dataclass
 class DPConfig:
@@ -32,6 +36,7 @@ class DPConfig:
     square_queries: int | None = None  # None: the tier's (standard: 5,000)
     adaptive_limit: int = 200
     adaptive_square_queries: int | None = None  # None: the strong suite's
+    budget_from: str = "defended"  # BUDGET_FROM
     defense_eps: float | None = None  # default: the attack's eps
     defense_steps: int | None = None
     defense_step_size: float | None = None
@@ -81,5 +86,16 @@ class DPConfig:
                 raise DefpertError(f"--{name.replace('_', '-')} must be at least 1")
         if self.adaptive_limit < 0:
             raise DefpertError("--adaptive-limit must be 0 or more")
+        if self.budget_from not in BUDGET_FROM:
+            raise DefpertError(
+                f"unknown --budget-from {self.budget_from!r}; choose one of: {', '.join(BUDGET_FROM)}"
+            )
+        defense_eps = self.defense_eps or self.eps
+        if self.budget_from == "original" and defense_eps > 2 * self.eps:
+            raise DefpertError(
+                f"--budget-from original needs a defense budget of at most 2 eps ({2 * self.eps:g}): "
+                f"with {defense_eps:g} a defended point can lie farther than 2 eps from the natural "
+                "image, and no point is within eps of both"
+            )
         if self.adaptive_square_queries is not None and self.adaptive_square_queries < 0:
             raise DefpertError("--adaptive-square-queries must be 0 or more")

@@ -23,7 +23,7 @@ from defpert import distributed
 from defpert.devices import autocast, default_chunk_size, model_device
 from defpert.errors import DefpertError
 from defpert.objectives import Objective
-from defpert.threat import ThreatModel, clip_to_box, validate_schedule
+from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box, validate_schedule
 
 # Maps (model, point, labels) to the point where the objective is evaluated. The min-max
 # defense uses it to evaluate the loss at an inner attack's point (Danskin's theorem: the
@@ -63,6 +63,7 @@ def perturb(
     progress: bool = False,
     desc: str = "pgd",
     precision: str = "fp32",
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run projected gradient ascent or descent; return the perturbed inputs (CPU, detached).
 
@@ -72,6 +73,9 @@ def perturb(
     start is drawn for all of ``x`` at once from ``generator``, so the result does not
     depend on ``batch_size``. ``precision="bf16"`` computes the model's forward and
     backward passes under bfloat16 autocast (the perturbation itself stays float32).
+    ``anchor`` (B, C, H, W), when given, is a second centre: every iterate also stays
+    within eps of it (the attack's budget measured from the natural image as well as from
+    the defended point ``x``).
     """
     device = model_device(model)
     if batch_size is None:
@@ -94,6 +98,7 @@ def perturb(
                 model, x[lo:hi].to(device), labels[lo:hi].to(device),
                 threat=threat, objective=objective, schedule=schedule,
                 delta0=delta0, inner=inner, precision=precision,
+                anchor=anchor[lo:hi].to(device) if anchor is not None else None,
             ).cpu()  # fmt: skip
             bar.update(min((hi - lo) * schedule.steps * ranks, bar.total - bar.n))
     return distributed.share_rows(out, bounds)
@@ -111,6 +116,7 @@ def perturb_batch(
     inner: InnerPoint | None = None,
     create_graph: bool = False,
     precision: str = "fp32",
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One batch, on whatever device ``x`` is on; returns ``x + delta``.
 
@@ -120,7 +126,17 @@ def perturb_batch(
     """
     with torch.enable_grad(), frozen_parameters(model):
         return _run_steps(
-            model, x, labels, threat, objective, schedule, delta0, inner, create_graph, precision
+            model,
+            x,
+            labels,
+            threat,
+            objective,
+            schedule,
+            delta0,
+            inner,
+            create_graph,
+            precision,
+            anchor,
         )
 
 
@@ -195,9 +211,15 @@ def _run_steps(
     inner: InnerPoint | None,
     create_graph: bool,
     precision: str,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     sign = 1.0 if schedule.ascend else -1.0
-    delta = torch.zeros_like(x) if delta0 is None else clip_to_box(x, threat.project(delta0))
+
+    def feasible(delta: torch.Tensor) -> torch.Tensor:
+        delta = clip_to_box(x, threat.project(delta))
+        return delta if anchor is None else clip_to_both_balls(x, delta, anchor, threat)
+
+    delta = feasible(torch.zeros_like(x) if delta0 is None else delta0)
     for _ in range(schedule.steps):
         if not create_graph:
             delta = delta.detach().requires_grad_(True)
@@ -211,6 +233,5 @@ def _run_steps(
         loss = objective(logits.float(), labels).sum()
         (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
         step = threat.straight_through_step if create_graph else threat.step
-        delta = threat.project(delta + step(sign * grad, schedule.step_size))
-        delta = clip_to_box(x, delta)
+        delta = feasible(delta + step(sign * grad, schedule.step_size))
     return (x + delta) if create_graph else (x + delta).detach()

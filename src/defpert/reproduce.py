@@ -69,6 +69,7 @@ class ReproduceConfig:
     strong_steps: int = 100
     strong_tier: str = "standard"  # the strong suite (attacks.strong): quick, standard, plus
     square_queries: int | None = None  # None: the tier's (standard: 5,000)
+    budget_from: str = "defended"  # dp_config.BUDGET_FROM
     adaptive_limit: int = 200
     sweep_limit: int = 1000
     sweep_strong_limit: int = 200
@@ -202,7 +203,7 @@ def _reproduce(
             dp = DPConfig(**threat, defenses=tuple(config.defenses), strong_limit=config.strong_limit,
                           strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
                           strong_tier=config.strong_tier, square_queries=config.square_queries,
-                          seed=config.seed)  # fmt: skip
+                          budget_from=config.budget_from, seed=config.seed)  # fmt: skip
             key = _suffixed(threat["norm"], kind)
             stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
             results = _stage(

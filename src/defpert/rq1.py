@@ -80,11 +80,15 @@ def run_dp(
     started = time.perf_counter()
     bs = config.batch_size
 
-    def attack(images: torch.Tensor) -> torch.Tensor:
+    def attack(images: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
         return pgd(model, images, y, threat=threat, steps=config.steps, step_size=config.step_size,
                    random_start=config.random_start,
                    generator=torch.Generator().manual_seed(config.seed), batch_size=bs,
-                   progress=progress, precision=config.precision)  # fmt: skip
+                   progress=progress, precision=config.precision, anchor=anchor)  # fmt: skip
+
+    # An attack on a defended point measures its budget from it (man-in-the-middle), or
+    # with --budget-from original from the natural image as well.
+    natural = x if config.budget_from == "original" else None
 
     say(f"attacking the original data: PGD-{config.steps} {threat.norm} eps={threat.eps}")
     store.version("original", lambda: x)
@@ -99,10 +103,13 @@ def run_dp(
     strong_cfg = config.strong_config()
     kept: dict[str, torch.Tensor] = {}
 
-    def strong(images: torch.Tensor, attacked: torch.Tensor, keep: str = "") -> dict[str, Any]:
+    def strong(
+        images: torch.Tensor, attacked: torch.Tensor, keep: str = "", anchored: bool = False
+    ) -> dict[str, Any]:
         result = strong_attack(
             model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg,
             seed=config.seed, known_adversarial=[attacked[:n_strong]], progress=progress,
+            anchor=natural[:n_strong] if anchored and natural is not None else None,
         )  # fmt: skip
         if keep:  # saved before the summary, so a saved summary always has its points
             kept[keep] = result.adversarial
@@ -122,7 +129,7 @@ def run_dp(
 
     threat_info = {"norm": threat.norm, "eps": threat.eps, "step_size": config.step_size,
                    "steps": config.steps, "random_start": config.random_start,
-                   "budget_from": "defended"}  # fmt: skip
+                   "budget_from": config.budget_from}  # fmt: skip
     results = []
     for method in config.defenses:
         defense = config.defense(method)
@@ -145,8 +152,10 @@ def run_dp(
                            "max_perturbation": {"original": original_strong["max_perturbation"]}}  # fmt: skip
         adaptive_info: dict[str, Any] = {}
         if not defense.reactive:
-            # The attack's budget is measured from the defended point (man-in-the-middle).
-            x_def_adv = store.version(f"{method}/defensive-attacked", partial(attack, x_def))
+            # The budget is measured from the defended point (and the natural image: natural).
+            x_def_adv = store.version(
+                f"{method}/defensive-attacked", partial(attack, x_def, natural)
+            )
             acc["defensive_attacked"] = accuracy(model, x_def_adv, y)
             distance["weak"] = float(threat.size(x_def_adv - x).max()) if len(x) else 0.0
             if original_strong is not None:
@@ -249,7 +258,11 @@ def format_table(results: list[dict[str, Any]]) -> str:
     lines = [
         f"{first['dataset']} {first['split']}, n={first['n']}: PGD {t['norm']} eps={t['eps']} "
         f"step={t['step_size']} steps={t['steps']}; the attack's budget is measured from the "
-        f"{'defended point (man-in-the-middle)' if t.get('budget_from') == 'defended' else 'natural image'}",
+        + (
+            "defended point (man-in-the-middle)"
+            if t.get("budget_from") == "defended"
+            else "natural image and the defended point (within eps of both)"
+        ),
     ]
     if suite:
         lines.append(f"strong attack: tier {suite['tier']}, worst case per example over "

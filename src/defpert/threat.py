@@ -143,3 +143,33 @@ def validate_schedule(steps: int, step_size: float) -> None:
         raise DefpertError(f"steps must be at least 1, got {steps}")
     if not (math.isfinite(step_size) and step_size > 0):
         raise DefpertError(f"step size must be positive, got {step_size}")
+
+
+def clip_to_both_balls(
+    x: torch.Tensor, delta: torch.Tensor, anchor: torch.Tensor, threat: ThreatModel
+) -> torch.Tensor:
+    """The part of ``delta`` that keeps ``x + delta`` within eps of ``anchor`` too, and in [0, 1].
+
+    The attack's budget measured from the natural image ``anchor`` as well as from its
+    defended version ``x``: the point must lie in the intersection of the two balls. For
+    L-inf the intersection is a box and the projection is exact. For L2, alternating
+    projections approach it, and a last pull towards the midpoint of the two centres (in
+    both balls and in the box) makes the point feasible without fail.
+    """
+    eps = threat.eps
+    if threat.norm == "linf":
+        low = torch.maximum(torch.maximum(x, anchor) - eps, torch.zeros_like(x))
+        high = torch.minimum(torch.minimum(x, anchor) + eps, torch.ones_like(x))
+        return torch.minimum(torch.maximum(x + delta, low), high) - x
+    point = x + delta
+    for _ in range(10):
+        point = anchor + clip_to_box(anchor, threat.project(point - anchor))
+        point = x + clip_to_box(x, threat.project(point - x))
+    middle = (x + anchor) / 2
+    scale = torch.ones(len(x), device=x.device)
+    for centre in (x, anchor):  # the largest t in [0, 1] with middle + t (point - middle) inside
+        d, c = (point - middle).flatten(1), (middle - centre).flatten(1)
+        a, b, cc = (d * d).sum(1), 2 * (d * c).sum(1), (c * c).sum(1) - eps**2
+        root = (-b + (b * b - 4 * a * cc).clamp_min(0).sqrt()) / (2 * a).clamp_min(1e-30)
+        scale = torch.minimum(scale, torch.where(a > 0, root.clamp(0, 1), torch.ones_like(root)))
+    return middle + scale.view(-1, *([1] * (x.dim() - 1))) * (point - middle) - x

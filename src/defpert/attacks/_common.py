@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from defpert.threat import ThreatModel, clip_to_box
+from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
@@ -16,9 +16,13 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(lo, min(lo + size, n))
 
 
-def project(threat: ThreatModel, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
-    """The closest point to ``point`` in the threat model's ball around ``x`` and in [0, 1]."""
-    return x + clip_to_box(x, threat.project(point - x))
+def project(
+    threat: ThreatModel, x: torch.Tensor, point: torch.Tensor, anchor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The closest point to ``point`` in the threat model's ball around ``x`` and in [0, 1]
+    (and, given an ``anchor``, a point within eps of it too: see ``clip_to_both_balls``)."""
+    delta = clip_to_box(x, threat.project(point - x))
+    return x + (delta if anchor is None else clip_to_both_balls(x, delta, anchor, threat))
 
 
 def rows(mask: torch.Tensor) -> torch.Tensor:

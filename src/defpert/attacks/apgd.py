@@ -77,6 +77,7 @@ def apgd(
     eot: int = 1,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """APGD on ``loss``; returns a point of the ball per example (CPU).
 
@@ -84,7 +85,8 @@ def apgd(
     the point of highest loss. ``restarts`` runs from fresh random starts only on examples
     not yet broken; with ``loss="dlr-targeted"`` the restarts run for each of ``targets``
     target classes (the 2nd, 3rd, ... most likely class of the clean input). ``eot``
-    averages each gradient over that many forward passes, for a randomised model.
+    averages each gradient over that many forward passes, for a randomised model. With an
+    ``anchor``, every iterate also stays within eps of it (see ``clip_to_both_balls``).
     """
     if loss not in APGD_LOSSES:
         raise DefpertError(f"unknown APGD loss {loss!r}; choose one of: {', '.join(APGD_LOSSES)}")
@@ -96,8 +98,9 @@ def apgd(
     out = x.clone()
     for part in chunks(len(x), size):
         xb, yb = x[part].to(device), y[part].to(device)
+        ab = anchor[part].to(device) if anchor is not None else None
         out[part] = _apgd_chunk(
-            model, xb, yb, threat, steps, loss, restarts, targets, eot, generator
+            model, xb, yb, threat, steps, loss, restarts, targets, eot, generator, ab
         ).cpu()
     return out
 
@@ -113,6 +116,7 @@ def _apgd_chunk(
     targets: int,
     eot: int,
     generator: torch.Generator | None,
+    anchor: torch.Tensor | None,
 ) -> torch.Tensor:
     clean_logits = logits_of(model, x)
     unbroken = clean_logits.argmax(1) == y
@@ -126,8 +130,9 @@ def _apgd_chunk(
                 return best
             target = target_all[idx] if target_all is not None else None
             delta0 = threat.random_init(x[idx].shape, generator).to(x.device)
+            a = anchor[idx] if anchor is not None else None
             adv, broken, high = _single_run(
-                model, x[idx], y[idx], target, threat, steps, loss, delta0, eot
+                model, x[idx], y[idx], target, threat, steps, loss, delta0, eot, a
             )
             best[idx] = torch.where(broken.view(-1, 1, 1, 1), adv, high)
             unbroken[idx[broken]] = False
@@ -144,6 +149,7 @@ def _single_run(
     loss: str,
     delta0: torch.Tensor,
     eot: int,
+    anchor: torch.Tensor | None = None,
     rho: float = 0.75,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from ``x + delta0``: (first misclassified points, which broke, best-loss points)."""
@@ -161,7 +167,7 @@ def _single_run(
     n = len(x)
     checkpoint = max(int(0.22 * steps), 1)
     shrink, floor = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
-    x_adv = project(threat, x, x + delta0)
+    x_adv = project(threat, x, x + delta0, anchor)
     grad, logits, values = gradient(x_adv)
     broken = logits.argmax(1) != y
     x_broken = x_adv.clone()
@@ -174,9 +180,9 @@ def _single_run(
     for i in range(steps):
         with torch.no_grad():
             momentum = 0.75 if i > 0 else 1.0
-            z = project(threat, x, x_adv + threat.step(grad, step))  # type: ignore[arg-type]
+            z = project(threat, x, x_adv + threat.step(grad, step), anchor)  # type: ignore[arg-type]
             moved = x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev)
-            x_prev, x_adv = x_adv, project(threat, x, moved)
+            x_prev, x_adv = x_adv, project(threat, x, moved, anchor)
         grad, logits, values = gradient(x_adv)
         wrong = logits.argmax(1) != y
         x_broken[wrong & ~broken] = x_adv[wrong & ~broken]

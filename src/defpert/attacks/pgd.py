@@ -25,11 +25,13 @@ def pgd(
     batch_size: int | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Untargeted PGD (Madry et al., 2018): ascend ``loss`` inside the threat model's ball.
 
     ``x`` is (N, C, H, W) in [0, 1], ``y`` (N,) the true labels; returns the adversarial
-    inputs (N, C, H, W) in [0, 1] with ``threat.size(x_adv - x) <= eps``.
+    inputs (N, C, H, W) in [0, 1] with ``threat.size(x_adv - x) <= eps`` (and within eps
+    of ``anchor`` too, where given).
 
     >>> x_adv = pgd(model, x, y, threat=LinfBall(0.2), steps=20, step_size=0.01)
     """
@@ -37,5 +39,5 @@ def pgd(
     return perturb(
         model, x, y, threat=threat, objective=get_objective(loss), schedule=schedule,
         generator=generator, batch_size=batch_size, progress=progress, desc=f"pgd-{loss}",
-        precision=precision,
+        precision=precision, anchor=anchor,
     )  # fmt: skip

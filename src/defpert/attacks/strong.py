@@ -38,9 +38,10 @@ from defpert.threat import ThreatModel
 
 TIERS = ("quick", "standard", "plus")
 
-# An attack of the cascade: (model, x, y, threat, generator) -> candidate points.
+# An attack of the cascade: (model, x, y, threat, generator, anchor) -> candidate points.
 Attack = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, ThreatModel, torch.Generator], torch.Tensor
+    [nn.Module, torch.Tensor, torch.Tensor, ThreatModel, torch.Generator, "torch.Tensor | None"],
+    torch.Tensor,
 ]
 
 
@@ -84,22 +85,22 @@ class StrongConfig:
             runs = self.restarts or (5 if plus else 2)
 
             def run(m: nn.Module, x: torch.Tensor, y: torch.Tensor, t: ThreatModel,
-                    g: torch.Generator) -> torch.Tensor:  # fmt: skip
-                return _pgd_restarts(m, x, y, t, g, steps, loss, runs, bs)
+                    g: torch.Generator, a: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                return _pgd_restarts(m, x, y, t, g, steps, loss, runs, bs, a)
 
             return run
 
         def apgd_attack(loss: str, restarts: int = 1, targets: int = 9) -> Attack:
-            return lambda m, x, y, t, g: apgd(m, x, y, threat=t, steps=steps, loss=loss,
-                                              restarts=restarts, targets=targets, generator=g,
-                                              batch_size=bs)  # fmt: skip
+            return lambda m, x, y, t, g, a: apgd(m, x, y, threat=t, steps=steps, loss=loss,
+                                                 restarts=restarts, targets=targets, generator=g,
+                                                 batch_size=bs, anchor=a)  # fmt: skip
 
         def fab_attack(targeted: bool, restarts: int = 1) -> Attack:
-            return lambda m, x, y, t, g: fab(m, x, y, threat=t, steps=steps, targeted=targeted,
+            return lambda m, x, y, t, g, a: fab(m, x, y, threat=t, steps=steps, targeted=targeted,
                                              restarts=restarts, generator=g, batch_size=bs)  # fmt: skip
 
         def square_attack(restarts: int) -> Attack:
-            return lambda m, x, y, t, g: square(m, x, y, threat=t, queries=q, restarts=restarts,
+            return lambda m, x, y, t, g, a: square(m, x, y, threat=t, queries=q, restarts=restarts,
                                                 generator=g)  # fmt: skip
 
         if self.tier == "quick":
@@ -126,7 +127,7 @@ class StrongConfig:
 
 def _pgd_restarts(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, g: torch.Generator,
-    steps: int, loss: str, runs: int, batch_size: int | None,
+    steps: int, loss: str, runs: int, batch_size: int | None, anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """PGD from the clean input, then from random starts, each on the examples still unbroken."""
     best = x.clone()
@@ -137,7 +138,8 @@ def _pgd_restarts(
             break
         cand = pgd(model, x[idx], y[idx], threat=threat, steps=steps,
                    step_size=madry_step_size(threat.eps, steps), loss=loss,
-                   random_start=run > 0, generator=g, batch_size=batch_size)  # fmt: skip
+                   random_start=run > 0, generator=g, batch_size=batch_size,
+                   anchor=anchor[idx] if anchor is not None else None)  # fmt: skip
         best[idx] = cand
         unbroken[idx] = correct(model, cand, y[idx])
     return best
@@ -168,22 +170,27 @@ def strong_attack(
     seed: int = 0,
     known_adversarial: list[torch.Tensor] | None = None,
     progress: bool = False,
+    anchor: torch.Tensor | None = None,
 ) -> StrongResult:
     """Worst case per example over the tier's cascade (see the module docstring).
 
     ``known_adversarial`` are candidates found earlier (e.g. by the weak attack); an example
     they already break counts as broken. Candidates are re-projected onto the ball and the
-    box before they count, so no point outside the threat model is ever reported.
+    box before they count, so no point outside the threat model is ever reported. With an
+    ``anchor`` (the natural images of defended inputs ``x``), a point must also lie within
+    eps of the anchor: the budget measured from the natural image as well. Gradient attacks
+    optimise inside that intersection; FAB's and Square's points are projected onto it.
     """
     cfg = config or StrongConfig()
     x, y = x.detach().cpu(), y.detach().cpu()
+    anchor = anchor.detach().cpu() if anchor is not None else None
     worst = x.clone()
     robust = correct(model, x, y)
     broken_by: dict[str, int] = {"clean": int((~robust).sum())}
     seconds: dict[str, float] = {}
 
     def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
-        candidate = project(threat, x[idx], candidate)
+        candidate = project(threat, x[idx], candidate, anchor[idx] if anchor is not None else None)
         still = correct(model, candidate, y[idx])
         newly = idx[~still]
         worst[newly] = candidate[~still]
@@ -203,7 +210,8 @@ def strong_attack(
             if len(idx) == 0:
                 break
             started = time.perf_counter()
-            absorb(name, attack(model, x[idx], y[idx], threat, generator), idx)
+            a = anchor[idx] if anchor is not None else None
+            absorb(name, attack(model, x[idx], y[idx], threat, generator, a), idx)
             seconds[name] = round(time.perf_counter() - started, 3)
     size = threat.size(worst - x)
     return StrongResult(worst, robust, broken_by, float(size.max()) if len(size) else 0.0, seconds)
