@@ -15,7 +15,7 @@ from defpert.cli import main
 from defpert.runs import claim_run
 
 DP = ["dp", "--dataset", "digits", "--defense", "all", "--strong-limit", "80", "--strong-steps",
-      "20", "--square-queries", "20", "--adaptive-limit", "20", "--json", "--no-progress"]  # fmt: skip
+      "20", "--strong", "quick", "--square-queries", "20", "--adaptive-limit", "20", "--json", "--no-progress"]  # fmt: skip
 
 
 def start_dp(checkpoint: Path, out: Path) -> subprocess.Popen[str]:
@@ -66,8 +66,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path)
     stdout_resumed, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-2000:]
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())  # reused, not redone
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds_total"} for r in rs]  # noqa: E731
-    assert strip(json.loads(stdout_resumed)) == strip(json.loads(stdout_whole))
+    assert without_times(json.loads(stdout_resumed)) == without_times(json.loads(stdout_whole))
     a, b = saved_arrays(tmp_path / "whole"), saved_arrays(tmp_path / "killed")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -96,10 +95,12 @@ def test_run_of_other_settings_is_refused_unless_overwrite(capsys, digits_cnn, t
     assert (tmp_path / "r" / "versions" / "test" / "adversarial.npz").read_bytes() != first
 
 
-def test_same_command_twice_gives_identical_arrays(digits_cnn, tmp_path):
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_same_command_twice_gives_identical_arrays(digits_cnn, tmp_path, norm):
     runs = []
+    eps = ["-e", "0.2", "-a", "0.01"] if norm == "linf" else ["-e", "1.0", "-a", "0.05"]
     for name in ("a", "b"):
-        args = ["dp", "--dataset", "digits", "--defense", "ce,hedge", "--random-start",
+        args = ["dp", "--dataset", "digits", "-p", norm, *eps, "--defense", "ce,hedge", "--random-start",
                 "--strong-limit", "30", "--strong-steps", "10", "--square-queries", "10",
                 "--adaptive-limit", "10", "--checkpoint", str(digits_cnn), "--out", str(tmp_path / name)]  # fmt: skip
         assert main(args) == 0
@@ -110,8 +111,16 @@ def test_same_command_twice_gives_identical_arrays(digits_cnn, tmp_path):
     for m in metrics:  # the seed, library versions and device are recorded with the result
         assert m["config"]["seed"] == 0 and m["environment"]["device"] == "cpu"
         assert {"torch", "numpy", "defpert"} <= set(m["environment"]["library_versions"])
-    drop = lambda m: [{k: v for k, v in r.items() if k != "seconds_total"} for r in m["results"]]  # noqa: E731
-    assert drop(metrics[0]) == drop(metrics[1])
+    assert without_times(metrics[0]["results"]) == without_times(metrics[1]["results"])
+
+
+def without_times(obj):
+    """A result without its wall times (every key that names seconds), which vary by run."""
+    if isinstance(obj, dict):
+        return {k: without_times(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [without_times(v) for v in obj]
+    return obj
 
 
 def test_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -209,7 +218,6 @@ def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, tmp_path
     resumed = start_dp(digits_cnn, tmp_path / "two")  # one process this time
     out_resumed, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-2000:]
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds_total"} for r in rs]  # noqa: E731
-    assert strip(json.loads(out_resumed)) == strip(json.loads(out_one))
+    assert without_times(json.loads(out_resumed)) == without_times(json.loads(out_one))
     a, b = saved_arrays(tmp_path / "one"), saved_arrays(tmp_path / "two")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -282,8 +282,8 @@ def _figures(
     sweep_rows: list[dict[str, Any]],
     say: Report,
 ) -> dict[str, Path]:
-    from defpert.cli_tsne import load_npz
     from defpert.figures import accuracy_curves, image_grid
+    from defpert.store import load_npz
     from defpert.tsne import draw_tsne
 
     figs: dict[str, Path] = {}

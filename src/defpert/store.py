@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from defpert import __version__, distributed
+from defpert.errors import DefpertError
 from defpert.runs import read_json, write_atomic, write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -53,6 +54,40 @@ def save_version(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None
             np.savez(fh, images=images.numpy().astype(np.float32), labels=labels.numpy())
 
     write_atomic(path, write)
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``images``/``labels`` (or ``x``/``y``) from an ``.npz`` without unpickling."""
+    p = Path(path)
+    if not p.is_file():
+        raise DefpertError(f"{p} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            keys = set(f.files)
+            xk = next((k for k in ("images", "x", "inputs") if k in keys), None)
+            yk = next((k for k in ("labels", "y") if k in keys), None)
+            if xk is None or yk is None:
+                raise DefpertError(
+                    f"{p} needs arrays 'images' and 'labels' (found: {', '.join(sorted(keys))})"
+                )
+            x, y = f[xk], f[yk]
+    except DefpertError:
+        raise
+    except ValueError as exc:
+        raise DefpertError(
+            f"{p} is not a plain .npz file (pickled objects are refused): {exc}"
+        ) from None
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError...
+        raise DefpertError(f"{p} is not a readable .npz file: {exc}") from None
+    if y.ndim != 1 or len(y) != len(x):
+        raise DefpertError(f"{p}: labels must be (N,) for N={len(x)} inputs, found shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DefpertError(f"{p}: labels must be integers, found {y.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise DefpertError(
+            f"{p}: images must be finite numbers (found NaN, infinite or non-numeric values)"
+        )
+    return x, y
 
 
 class Store:

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from defpert.errors import DefpertError
+from defpert.store import load_npz
 
 VERSION_FILES = {
     "original": "original.npz",
@@ -25,7 +24,7 @@ VERSION_FILES = {
 
 
 def add_tsne_parser(sub: Any) -> None:
-    from defpert.cli import _add_common
+    from defpert.cli.common import add_common
 
     p = sub.add_parser("tsne", help="t-SNE plot of data versions (RQ2)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -43,41 +42,7 @@ def add_tsne_parser(sub: Any) -> None:
     p.add_argument("--layout", default="panels", help="panels or markers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="figure path (default: RUN/figures/tsne-<space>.png or FILE.png)")
-    _add_common(p)
-
-
-def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``images``/``labels`` (or ``x``/``y``) from an ``.npz`` without unpickling."""
-    p = Path(path)
-    if not p.is_file():
-        raise DefpertError(f"{p} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            keys = set(f.files)
-            xk = next((k for k in ("images", "x", "inputs") if k in keys), None)
-            yk = next((k for k in ("labels", "y") if k in keys), None)
-            if xk is None or yk is None:
-                raise DefpertError(
-                    f"{p} needs arrays 'images' and 'labels' (found: {', '.join(sorted(keys))})"
-                )
-            x, y = f[xk], f[yk]
-    except DefpertError:
-        raise
-    except ValueError as exc:
-        raise DefpertError(
-            f"{p} is not a plain .npz file (pickled objects are refused): {exc}"
-        ) from None
-    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError...
-        raise DefpertError(f"{p} is not a readable .npz file: {exc}") from None
-    if y.ndim != 1 or len(y) != len(x):
-        raise DefpertError(f"{p}: labels must be (N,) for N={len(x)} inputs, found shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DefpertError(f"{p}: labels must be integers, found {y.dtype}")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise DefpertError(
-            f"{p}: images must be finite numbers (found NaN, infinite or non-numeric values)"
-        )
-    return x, y
+    add_common(p)
 
 
 def _run_versions(run: Path, names: list[str], defense: str | None, split: str) -> dict[str, Any]:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
+from defpert.cli.common import say
 from defpert.errors import DefpertError
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def add_study_parsers(sub: Any) -> None:
-    from defpert.cli import _add_common
-    from defpert.cli_dp import add_strong_arguments
+    from defpert.cli.common import add_common
+    from defpert.cli.dp import add_strong_arguments
 
     sw = sub.add_parser(
         "sweep", help="accuracy versus eps, original and defensive, weak and strong"
@@ -35,7 +31,7 @@ def add_study_parsers(sub: Any) -> None:
     sw.add_argument("--out", default="runs/sweep")
     sw.add_argument("--overwrite", action="store_true",
                     help="replace the results of other settings in --out (default: refuse)")  # fmt: skip
-    _add_common(sw)
+    add_common(sw)
 
     rp = sub.add_parser("reproduce", help="the whole study with a report, in one command")
     rp.add_argument("--dataset", default="mnist")
@@ -63,12 +59,12 @@ def add_study_parsers(sub: Any) -> None:
                     help="queries of the Square attack, also through a reactive defense (default: the tier's)")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
                     help="replace a study of other settings in --out (default: refuse)")  # fmt: skip
-    _add_common(rp)
+    add_common(rp)
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from defpert.cli import _dataset_path
-    from defpert.cli_dp import strong_settings
+    from defpert.cli.common import dataset_path
+    from defpert.cli.dp import strong_settings
     from defpert.data import get_spec, load_split
     from defpert.devices import pick_device
     from defpert.figures import accuracy_curves
@@ -90,9 +86,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         DPConfig(**{**vars(base), "eps": eps}).validate()
     ensure_dir(args.out)
     device = pick_device(args.device)
-    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     checkpoint = args.checkpoint or default_checkpoint(spec.name, data_dir=data_dir, device=device,
-                                                       progress=args.progress, report=_say)  # fmt: skip
+                                                       progress=args.progress, report=say)  # fmt: skip
     model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
     data = load_split(spec.name, "test", data_dir, progress=args.progress).head(args.limit)
     run_config = {"command": "sweep", "checkpoint": str(checkpoint),
@@ -102,9 +98,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     with claim_run(
         args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=outputs
     ) as out:
-        rows = run_sweep(
-            model, data, base, eps_values, progress=args.progress, report=_say, out=out
-        )
+        rows = run_sweep(model, data, base, eps_values, progress=args.progress, report=say, out=out)
         write_json(
             out / "sweep.json", {"rows": rows, "config": vars(base), "checkpoint": str(checkpoint)}
         )
@@ -126,7 +120,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_reproduce_command(args: argparse.Namespace) -> int:
-    from defpert.cli import _dataset_path
+    from defpert.cli.common import dataset_path
     from defpert.reproduce import ReproduceConfig, reproduce
 
     config = ReproduceConfig.for_dataset(args.dataset, quick=args.quick, seed=args.seed)
@@ -166,9 +160,9 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
             raise DefpertError(f"--square-queries must be at least 1, got {args.square_queries}")
         config.square_queries = args.square_queries
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
-    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
-                        progress=args.progress, report=_say, overwrite=args.overwrite)  # fmt: skip
+                        progress=args.progress, report=say, overwrite=args.overwrite)  # fmt: skip
     from defpert.report import COLUMNS
 
     for key, results in metrics["rq1"].items():

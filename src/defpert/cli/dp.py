@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
+from defpert.cli.common import say
 from defpert.errors import DefpertError
 
 
 def add_dp_parser(sub: Any) -> None:
-    from defpert.cli import _add_common
+    from defpert.cli.common import add_common
     from defpert.defenses import DEFENSES
 
     p = sub.add_parser("dp", help="attack, defensive perturbation, attack again (RQ1)")
@@ -64,7 +64,7 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of other settings in --out (default: refuse)")  # fmt: skip
-    _add_common(p)
+    add_common(p)
 
 
 # What a dp run writes (removed by --overwrite before a run of other settings).
@@ -85,12 +85,8 @@ def strong_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"strong": bool(args.strong), "strong_tier": args.strong or "standard"}
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def run_dp_command(args: argparse.Namespace) -> int:
-    from defpert.cli import _dataset_path
+    from defpert.cli.common import dataset_path
     from defpert.data import SPLITS, get_spec, load_split
     from defpert.defenses import DEFENSES
     from defpert.devices import native_bf16, pick_device
@@ -121,11 +117,11 @@ def run_dp_command(args: argparse.Namespace) -> int:
         raise DefpertError(f"--limit must be at least 1, got {args.limit}")
     device = pick_device(args.device)
     if config.precision == "bf16" and not native_bf16(device):
-        _say(f"note: {device} has no native bfloat16 here; bf16 will be slower than fp32")
-    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+        say(f"note: {device} has no native bfloat16 here; bf16 will be slower than fp32")
+    data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     ensure_dir(args.out)  # fail before any training if the output cannot be written
     checkpoint = args.checkpoint or default_checkpoint(
-        spec.name, data_dir=data_dir, device=device, progress=args.progress, report=_say
+        spec.name, data_dir=data_dir, device=device, progress=args.progress, report=say
     )
     model, card = load_checkpoint(
         checkpoint, expect_input_shape=spec.input_shape, map_location=device
@@ -141,7 +137,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
         args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=DP_OUTPUTS
     ) as out:
         for i, split_name in enumerate(splits):
-            data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=_say)
+            data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=say)
             data = data.head(args.limit)
             cfg = (
                 config
@@ -149,7 +145,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
                 else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
             )
             results = run_dp(model, data, cfg, out=out, split_name=split_name,
-                             progress=args.progress, report=_say)  # fmt: skip
+                             progress=args.progress, report=say)  # fmt: skip
             if i == 0:
                 if args.json:
                     payload: Any = results[0] if len(results) == 1 else results

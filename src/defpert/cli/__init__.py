@@ -13,51 +13,26 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
+from defpert.cli.common import Parser, add_common, dataset_path, progress_default, say
 from defpert.errors import DefpertError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and still exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _progress_default() -> bool:
-    return sys.stderr.isatty()
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir", help="dataset directory (default: $DEFPERT_DATA or the user cache)"
-    )
-    p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
-        help="show progress bars (default: when stderr is a terminal)",
-    )  # fmt: skip
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="defpert", description="Defensive perturbations for image classifiers.")
+    parser = Parser(prog="defpert", description="Defensive perturbations for image classifiers.")
     from defpert import __version__
 
     parser.add_argument("--version", action="version", version=f"defpert {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     data = sub.add_parser("data", help="manage datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     fetch = data_sub.add_parser("fetch", help="fetch and verify a dataset's IDX files")
     fetch.add_argument("dataset", help="mnist or fashion-mnist (digits needs no fetch)")
     fetch.add_argument(
         "--from", dest="source", metavar="DIR", help="a directory holding the IDX files"
     )
-    _add_common(fetch)
+    add_common(fetch)
 
     tr = sub.add_parser("train", help="train a classifier and report its test accuracy")
     tr.add_argument("--dataset", default="mnist")
@@ -90,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="runs/train", help="run directory (created as needed)")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace a model of another config in --out (default: refuse)")  # fmt: skip
-    _add_common(tr)
+    add_common(tr)
 
-    from defpert.cli_dp import add_dp_parser
-    from defpert.cli_study import add_study_parsers
-    from defpert.cli_tsne import add_tsne_parser
+    from defpert.cli.dp import add_dp_parser
+    from defpert.cli.study import add_study_parsers
+    from defpert.cli.tsne import add_tsne_parser
 
     add_dp_parser(sub)
     add_tsne_parser(sub)
@@ -105,16 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from defpert.data import fetch
 
-    fetch(args.dataset, args.data_dir and _dataset_path(args.data_dir, args.dataset),
-          source=args.source, progress=args.progress, report=_say)  # fmt: skip
+    fetch(args.dataset, args.data_dir and dataset_path(args.data_dir, args.dataset),
+          source=args.source, progress=args.progress, report=say)  # fmt: skip
     return 0
-
-
-def _dataset_path(data_dir: str, dataset: str) -> str:
-    """``--data-dir`` names the root; each dataset lives in its own sub-directory."""
-    from defpert.data import get_spec
-
-    return f"{data_dir}/{get_spec(dataset).name}"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -133,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     get_spec(config.dataset)  # unknown names fail before any work
     build_model(config.model)
     config.validate()
-    data_dir = args.data_dir and _dataset_path(args.data_dir, args.dataset)
+    data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     result = train(config, out=args.out, data_dir=data_dir, device=args.device,
                    progress=args.progress, overwrite=args.overwrite)  # fmt: skip
     m = result.metrics
@@ -152,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (status 2), --help and --version (status 0)
         return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "progress", None) is None:
-        args.progress = _progress_default()
+        args.progress = progress_default()
     from defpert import distributed
 
     try:
@@ -175,14 +143,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         if args.command in ("sweep", "reproduce"):
-            from defpert import cli_study
+            from defpert.cli import study
 
-            return getattr(cli_study, f"run_{args.command}_command")(args)
+            return getattr(study, f"run_{args.command}_command")(args)
         if args.command == "tsne":
-            from defpert.cli_tsne import run_tsne_command
+            from defpert.cli.tsne import run_tsne_command
 
             return run_tsne_command(args)
-        from defpert.cli_dp import run_dp_command
+        from defpert.cli.dp import run_dp_command
 
         return run_dp_command(args)
     except DefpertError as exc:
