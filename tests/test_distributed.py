@@ -21,7 +21,7 @@ def defpert(*argv: str, processes: int = 1) -> subprocess.CompletedProcess[str]:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process, as torchrun sets
     done = subprocess.run(
-        [sys.executable, *launcher, *argv], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, *launcher, *argv], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -36,7 +36,9 @@ def test_two_processes_give_the_single_process_results(digits_cnn, tmp_path):
     assert [r["accuracy"] for r in results_one] == [r["accuracy"] for r in results_two]
     assert results_one[0]["accuracy"]["original_attacked"] < results_one[0]["accuracy"]["original"]
     saved = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.npz"))
-    assert len(saved) == 13  # original, adversarial, strong, 2 per defense (defended and attacked, or defended and defended-adversarial)
+    assert (
+        len(saved) == 13
+    )  # original, adversarial, strong, 2 per defense (defended and attacked, or defended and defended-adversarial)
     for rel in saved:
         a, b = np.load(tmp_path / "one" / rel), np.load(tmp_path / "two" / rel)
         assert np.array_equal(a["images"], b["images"]), rel

@@ -47,13 +47,12 @@ def saved_arrays(run: Path) -> dict[str, np.ndarray]:
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path):
     whole = start_dp(digits_cnn, tmp_path / "whole")
-    stdout_whole, err = whole.communicate(timeout=600)
+    stdout_whole, err = whole.communicate()
     assert whole.returncode == 0, err[-2000:]
 
     killed = start_dp(digits_cnn, tmp_path / "killed")
     marker = tmp_path / "killed" / "versions" / "test" / "minmax" / "defensive.npz"
-    deadline = time.monotonic() + 600
-    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and killed.poll() is None:  # killed by progress, never by time
         time.sleep(0.05)
     assert killed.poll() is None, "the run finished before it could be interrupted"
     killed.send_signal(signal.SIGKILL)
@@ -63,7 +62,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path)
     assert len(done_before) >= 4  # original, adversarial and two ce/margin versions at least
 
     resumed = start_dp(digits_cnn, tmp_path / "killed")
-    stdout_resumed, err = resumed.communicate(timeout=600)
+    stdout_resumed, err = resumed.communicate()
     assert resumed.returncode == 0, err[-2000:]
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())  # reused, not redone
     assert without_times(json.loads(stdout_resumed)) == without_times(json.loads(stdout_whole))
@@ -152,8 +151,7 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = subprocess.Popen([*args, "--out", str(tmp_path / "k")], stderr=subprocess.PIPE)
     state = tmp_path / "k" / "train-state.pt"
-    deadline = time.monotonic() + 300
-    while not state.exists() and killed.poll() is None and time.monotonic() < deadline:
+    while not state.exists() and killed.poll() is None:  # killed by progress, never by time
         time.sleep(0.01)
     time.sleep(0.3)  # a few more epochs
     assert killed.poll() is None, "training finished before it could be interrupted"
@@ -200,7 +198,7 @@ def test_tsne_names_cannot_leave_the_run_directory(capsys, tmp_path):
 
 def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, tmp_path):
     one = start_dp(digits_cnn, tmp_path / "one")
-    out_one, err = one.communicate(timeout=600)
+    out_one, err = one.communicate()
     assert one.returncode == 0, err[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
@@ -208,15 +206,14 @@ def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, tmp_path
     two = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                            start_new_session=True)  # fmt: skip
     marker = tmp_path / "two" / "versions" / "test" / "margin" / "defensive.npz"
-    deadline = time.monotonic() + 600
-    while not marker.exists() and two.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and two.poll() is None:  # killed by progress, never by time
         time.sleep(0.05)
     assert two.poll() is None, "the run finished before it could be interrupted"
     os.killpg(two.pid, signal.SIGKILL)  # the launcher and both workers
     two.communicate()
     assert_only_complete_files(tmp_path / "two")
     resumed = start_dp(digits_cnn, tmp_path / "two")  # one process this time
-    out_resumed, err = resumed.communicate(timeout=600)
+    out_resumed, err = resumed.communicate()
     assert resumed.returncode == 0, err[-2000:]
     assert without_times(json.loads(out_resumed)) == without_times(json.loads(out_one))
     a, b = saved_arrays(tmp_path / "one"), saved_arrays(tmp_path / "two")

@@ -218,8 +218,15 @@ def markdown(
     for threat, results in results_by_threat.items():
         first = results[0]
         lines += [f"## RQ1: {_threat_title(first)}", ""]
+        adaptive_n = next(
+            (r["adaptive"]["n"] for r in results if r.get("adaptive", {}).get("n")), "–"
+        )
+        t = first["threat"]
+        budget = ("the defended point (man-in-the-middle)" if t.get("budget_from", "defended") == "defended"
+                  else "the natural image and the defended point")  # fmt: skip
         lines.append(
-            f"n = {first['n']} test examples; strong n = {first.get('strong', {}).get('n', '–')}."
+            f"n = {first['n']} test examples; strong n = {first.get('strong', {}).get('n', '–')}; "
+            f"adaptive n = {adaptive_n}. An attack on a defended point measures its eps from {budget}."
         )
         lines.append("")
         lines.append("| defense | kind | " + " | ".join(h for _, h in COLUMNS) + " |")

@@ -70,6 +70,9 @@ class ReproduceConfig:
     strong_tier: str = "standard"  # the strong suite (attacks.strong): quick, standard, plus
     square_queries: int | None = None  # None: the tier's (standard: 5,000)
     budget_from: str = "defended"  # dp_config.BUDGET_FROM
+    adaptive_square_queries: int | None = (
+        None  # Square through a reactive defense; None: the suite's
+    )
     adaptive_limit: int = 200
     sweep_limit: int = 1000
     sweep_strong_limit: int = 200
@@ -109,7 +112,7 @@ class ReproduceConfig:
         if quick:
             cfg.epochs = 1 if spec.name != "digits" else 20
             cfg.limit, cfg.strong_limit, cfg.strong_steps = 300, 100, 50
-            cfg.strong_tier, cfg.square_queries = "quick", 200
+            cfg.strong_tier, cfg.square_queries, cfg.adaptive_square_queries = "quick", 200, 50
             cfg.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
             cfg.tsne_per_class, cfg.adv_steps, cfg.adv_epochs = 20, 10, cfg.epochs
         return cfg
@@ -203,7 +206,8 @@ def _reproduce(
             dp = DPConfig(**threat, defenses=tuple(config.defenses), strong_limit=config.strong_limit,
                           strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
                           strong_tier=config.strong_tier, square_queries=config.square_queries,
-                          budget_from=config.budget_from, seed=config.seed)  # fmt: skip
+                          budget_from=config.budget_from, seed=config.seed,
+                          adaptive_square_queries=config.adaptive_square_queries)  # fmt: skip
             key = _suffixed(threat["norm"], kind)
             stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
             results = _stage(

@@ -158,7 +158,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     if args.square_queries is not None:
         if args.square_queries < 1:
             raise DefpertError(f"--square-queries must be at least 1, got {args.square_queries}")
-        config.square_queries = args.square_queries
+        config.square_queries = config.adaptive_square_queries = args.square_queries
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
