@@ -146,7 +146,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         ["dp", *M],
         "t10k-images",
     ),
-    (".npz that is not a zip file", raw_file(b"hello"), T, "is not a plain .npz file"),
+    (
+        ".npz that is not a zip file",
+        raw_file(b"hello"),
+        T,
+        "is not an .npz file (not a zip archive",
+    ),
     (".npz that is empty (0 bytes)", raw_file(b""), T, "is not a readable .npz file"),
     (
         ".npz holding pickled objects",
@@ -188,6 +193,18 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ),
     # checkpoints
     ("checkpoint directory missing", None, [*D, "--checkpoint", "{tmp}/none"], "does not exist"),
+    (
+        "checkpoint that is a text file",
+        raw_file(b"# notes"),
+        [*D, "--checkpoint", "{tmp}/v.npz"],
+        "is a file, not a defpert checkpoint",
+    ),
+    (
+        "data fetch --from a directory that does not exist",
+        None,
+        ["data", "fetch", "mnist", "--from", "{tmp}/nonexistent"],
+        "--from",
+    ),
     (
         "checkpoint directory without model.json",
         raw_file(b""),

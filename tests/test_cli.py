@@ -287,3 +287,16 @@ def test_console_script_error_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_default_output_directories_are_named_by_the_settings(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    common = ["dp", "--dataset", "digits", "--checkpoint", str(digits_run), "--limit", "10",
+              "--no-strong", "-k", "2"]  # fmt: skip
+    assert main([*common, "-p", "linf", "-e", "0.2", "-a", "0.05"]) == 0
+    assert main([*common, "-p", "l2", "-e", "1.0", "-a", "0.1", "--json"]) == 0  # no collision
+    assert (tmp_path / "runs/dp-digits-linf-eps0.2-k2/metrics.json").is_file()
+    assert (tmp_path / "runs/dp-digits-l2-eps1-k2/metrics.json").is_file()
+    assert f"model: {digits_run}" in capsys.readouterr().err  # the checkpoint used is named

@@ -283,6 +283,8 @@ def fetch(
     if not spec.fetchable:
         say(f"{name}: ships with scikit-learn, nothing to fetch")
         return directory
+    if source is not None and not Path(source).is_dir():
+        raise DefpertError(f"--from {source}: no such directory")
     if is_fetched(name, data_dir):
         say(f"{name}: already in {directory}")
         return directory

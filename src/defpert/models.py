@@ -170,6 +170,11 @@ def read_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run = Path(run_dir)
     if not run.exists():
         raise DefpertError(f"checkpoint {run} does not exist")
+    if run.is_file() and run.name not in ("model.json", "model.safetensors"):
+        raise DefpertError(
+            f"{run} is a file, not a defpert checkpoint: give the run directory that holds "
+            "model.safetensors and model.json"
+        )
     card_path = run / "model.json" if run.is_dir() else run.with_name("model.json")
     if not card_path.is_file():
         raise DefpertError(f"{run} is not a defpert checkpoint (no model.json)")
@@ -199,6 +204,8 @@ def load_checkpoint(
     run = Path(run_dir)
     if not run.exists():
         raise DefpertError(f"checkpoint {run} does not exist")
+    if run.is_file() and run.name not in ("model.json", "model.safetensors"):
+        read_card(run)  # says what is wrong with the file
     run = run if run.is_dir() else run.parent
     card = read_card(run)
     shape = tuple(int(s) for s in card["input_shape"])

@@ -61,6 +61,10 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise DefpertError(f"{p} does not exist")
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    if magic and not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise DefpertError(f"{p} is not an .npz file (not a zip archive of arrays)")
     try:
         with np.load(p, allow_pickle=False) as f:
             keys = set(f.files)

@@ -60,7 +60,8 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--save-splits", action="store_true",
                    help="also save the versions of the training and validation splits")  # fmt: skip
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/dp", help="run directory (created as needed)")
+    p.add_argument("--out", help="run directory, created as needed (default: named by the "
+                   "settings, e.g. runs/dp-mnist-linf-eps0.2-k20)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of other settings in --out (default: refuse)")  # fmt: skip
@@ -78,6 +79,14 @@ def add_strong_arguments(p: argparse.ArgumentParser) -> None:
                    "version plus PGD-100; default) or plus")  # fmt: skip
     p.add_argument("--no-strong", dest="strong", action="store_const", const="",
                    help="skip the strong suite")  # fmt: skip
+
+
+def default_out(command: str, dataset: str, config: Any) -> str:
+    """A run directory named by the settings, so commands of other settings never collide."""
+    name = f"runs/{command}-{dataset}-{config.norm}"
+    if command == "dp":
+        name += f"-eps{config.eps:g}-k{config.steps}"
+    return name
 
 
 def strong_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,6 +128,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
     if config.precision == "bf16" and not native_bf16(device):
         say(f"note: {device} has no native bfloat16 here; bf16 will be slower than fp32")
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
+    args.out = args.out or default_out("dp", spec.name, config)
     ensure_dir(args.out)  # fail before any training if the output cannot be written
     checkpoint = args.checkpoint or default_checkpoint(
         spec.name, data_dir=data_dir, device=device, progress=args.progress, report=say
@@ -126,6 +136,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(
         checkpoint, expect_input_shape=spec.input_shape, map_location=device
     )
+    say(f"model: {checkpoint}; results: {args.out}")
     run_config = {"command": "dp", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint),
                   "dataset": spec.name, "split": args.split, "limit": args.limit,

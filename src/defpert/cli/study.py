@@ -28,7 +28,7 @@ def add_study_parsers(sub: Any) -> None:
     add_strong_arguments(sw)
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--device", default="auto")
-    sw.add_argument("--out", default="runs/sweep")
+    sw.add_argument("--out", help="run directory (default: runs/sweep-<dataset>-<norm>)")
     sw.add_argument("--overwrite", action="store_true",
                     help="replace the results of other settings in --out (default: refuse)")  # fmt: skip
     add_common(sw)
@@ -64,7 +64,7 @@ def add_study_parsers(sub: Any) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
-    from defpert.cli.dp import strong_settings
+    from defpert.cli.dp import default_out, strong_settings
     from defpert.data import get_spec, load_split
     from defpert.devices import pick_device
     from defpert.figures import accuracy_curves
@@ -84,12 +84,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                     seed=args.seed, adaptive_limit=0)  # fmt: skip
     for eps in eps_values:
         DPConfig(**{**vars(base), "eps": eps}).validate()
+    args.out = args.out or default_out("sweep", spec.name, base)
     ensure_dir(args.out)
     device = pick_device(args.device)
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     checkpoint = args.checkpoint or default_checkpoint(spec.name, data_dir=data_dir, device=device,
                                                        progress=args.progress, report=say)  # fmt: skip
     model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
+    say(f"model: {checkpoint}; results: {args.out}")
     data = load_split(spec.name, "test", data_dir, progress=args.progress).head(args.limit)
     run_config = {"command": "sweep", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint), "eps": eps_values,
