@@ -200,6 +200,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "is a file, not a defpert checkpoint",
     ),
     (
+        "data fetch --data-dir that is a file",
+        raw_file(b"# notes"),
+        ["data", "fetch", "mnist", "--data-dir", "{tmp}/v.npz"],
+        "cannot create directory",
+    ),
+    (
         "data fetch --from a directory that does not exist",
         None,
         ["data", "fetch", "mnist", "--from", "{tmp}/nonexistent"],

@@ -288,6 +288,7 @@ def fetch(
     if is_fetched(name, data_dir):
         say(f"{name}: already in {directory}")
         return directory
+    ensure_dir(directory)  # an impossible data directory fails before any download
 
     attempts: list[tuple[str, Callable[[], dict[str, bytes]]]] = []
     if source is not None:

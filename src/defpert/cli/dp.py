@@ -136,7 +136,6 @@ def run_dp_command(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(
         checkpoint, expect_input_shape=spec.input_shape, map_location=device
     )
-    say(f"model: {checkpoint}; results: {args.out}")
     run_config = {"command": "dp", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint),
                   "dataset": spec.name, "split": args.split, "limit": args.limit,
@@ -150,6 +149,8 @@ def run_dp_command(args: argparse.Namespace) -> int:
         for i, split_name in enumerate(splits):
             data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=say)
             data = data.head(args.limit)
+            if i == 0:  # once the inputs are known to be good
+                say(f"model: {checkpoint}; results: {out}")
             cfg = (
                 config
                 if i == 0

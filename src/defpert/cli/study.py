@@ -91,8 +91,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or default_checkpoint(spec.name, data_dir=data_dir, device=device,
                                                        progress=args.progress, report=say)  # fmt: skip
     model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
-    say(f"model: {checkpoint}; results: {args.out}")
     data = load_split(spec.name, "test", data_dir, progress=args.progress).head(args.limit)
+    say(f"model: {checkpoint}; results: {args.out}")
     run_config = {"command": "sweep", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint), "eps": eps_values,
                   "limit": args.limit, "base": vars(base)}  # fmt: skip
