@@ -105,6 +105,23 @@ def compare(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return row
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's table: one line per model and peer."""
+    lines = ["| model | threat | n | clean | defpert `standard` | AutoAttack (iterations) | defpert - AutoAttack | only defpert robust / only AutoAttack robust | seconds: defpert / AutoAttack |",
+             "|---|---|---:|---:|---:|---|---:|---|---|"]  # fmt: skip
+    for r in rows:
+        for key in sorted(k for k in r if k.startswith("autoattack_")):
+            peer = r[key]
+            lines.append(
+                f"| {r['model']} | {r['norm']} {r['eps']} | {r['n']} | {r['clean']:.1%} | "
+                f"{r['defpert_standard']:.1%} | {peer['accuracy']:.1%} ({key.split('_')[1]}) | "
+                f"{peer['defpert_minus_autoattack_points']:+.1f} pp | "
+                f"{peer['robust_only_for_defpert']} / {peer['robust_only_for_autoattack']} | "
+                f"{r['defpert_seconds']:.0f} / {peer['seconds']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--standard", help="checkpoint directory of a standard cnn")
@@ -135,6 +152,7 @@ def main() -> None:
         peers = [int(v) for v in args.peers.split(",") if v]
         rows.append(compare(name, model, x, y, args.norm, eps[name], peers))
     emit({"benchmark": "autoattack_crosscheck", "cpu": cpu_description(), "rows": rows}, args.out)
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
