@@ -165,13 +165,18 @@ def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
                "linf-pgd": [result("pgd", "ce", "proactive", 0.85)]}  # fmt: skip
     md = "\n".join(headline(results, {"standard": {"training_seconds": 100.0},
                                       "pgd": {"training_seconds": 900.0}}))  # fmt: skip
-    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split(" | ")[:3] for r in rows] == [
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    strong_rows, reactive_rows = rows[1:5], rows[6:]  # each table after its header
+    assert [r.split(" | ")[:3] for r in strong_rows] == [
         ["| pgd", "ce", "85.0%"], ["| standard", "none", "80.0%"], ["| pgd", "none", "80.0%"],
-        ["| standard", "minmax", "30.0%"], ["| standard", "hedge", "10.0%"],  # adaptive, not 95%
+        ["| standard", "minmax", "30.0%"],
     ]  # fmt: skip
-    assert rows[0].endswith("| 500 | 95.0% | 100.0% | 900 | 20 |")
-    assert rows[3].endswith("| 120 |") and rows[4].split(" | ")[3] == "200"  # minmax 20 x (1 + 5)
+    # reactive defenses: ranked apart, by the adaptive attack (10 %, not 95 %), on their own n
+    assert [r.split(" | ")[:3] for r in reactive_rows] == [["| standard", "hedge", "10.0%"]]
+    assert reactive_rows[0].split(" | ")[3:5] == ["–", "200"]  # no bare number given: a dash
+    assert strong_rows[0].endswith("| 500 | 95.0% | 100.0% | 900 | 20 |")
+    assert strong_rows[3].endswith("| 120 |")  # minmax 20 x (1 + 5)
     assert (
-        "Highest strong-attack accuracy: **85.0%**, pgd model with defensive perturbation ce" in md
+        "Highest strong-attack accuracy: **85.0%** (n=500), pgd model with defensive perturbation ce"
+        in md
     )

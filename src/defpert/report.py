@@ -109,7 +109,7 @@ def headline(
     ``adaptive n`` examples), beside each bare model's strong accuracy on those examples.
     """
     strong: dict[str, list[tuple[float, str, str, float, float, int, int]]] = {}
-    reactive: dict[str, list[tuple[float, str, str, float, float, int, int]]] = {}
+    reactive: dict[str, list[tuple[float, str, str, float, float | None, int, int]]] = {}
     for results in results_by_threat.values():
         for r in results:
             a, kind = r["accuracy"], r.get("model", "standard")
@@ -126,7 +126,7 @@ def headline(
                 if "adaptive" in a:
                     reactive.setdefault(title, []).append(
                         (a["adaptive"], kind, r["defense"], a["defensive"],
-                         a.get("bare_strong_adaptive_examples", float("nan")),
+                         a.get("bare_strong_adaptive_examples"),
                          r["adaptive"]["n"], steps))
             else:
                 rows.append((a["defensive_attacked_strong"], kind, r["defense"], a["defensive"],
