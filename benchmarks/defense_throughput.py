@@ -6,7 +6,7 @@ defpert's ``defend`` against the textbook loop (the whole batch, a channels-firs
 with ReLU before pooling, trainable parameters) on the same weights, and, for the
 methods it can express (``ce``: PGD targeted at the true label; ``anti-adversary``:
 targeted at the model's own prediction), against torchattacks. Interleaved in one
-process, medians. An image-step is one outer step; ``minmax`` does 1 + 5 passes in each.
+process, medians. An image-step is one outer step; ``robustify`` does 1 + 10 passes in each (its inner PGD-10).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from _common import emit, interleaved, machine, median
 from pgd_throughput import mnist_batch
 
-from defpert.defenses import DEFENSES, Defense, defend
+from defpert.defenses import DEFENSES, LABEL_FREE, Defense, defend
 from defpert.engine import Schedule, perturb_batch
 from defpert.evaluate import predict
 from defpert.models import build_model
@@ -32,10 +32,9 @@ def textbook_defend(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, d: Defense
 ) -> torch.Tensor:
     """The same optimisation, whole batch at once, no engine levers."""
-    labels = predict(model, x) if d.reactive else y
-    inner = d._inner() if d.method == "minmax" else None
+    labels = predict(model, x) if d.method in LABEL_FREE else y
     return perturb_batch(model, x, labels, threat=d.threat, objective=d.objective,
-                         schedule=d.schedule, inner=inner)  # fmt: skip
+                         schedule=d.schedule, inner=d.inner_attack())  # fmt: skip
 
 
 def runs_for(

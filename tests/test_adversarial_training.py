@@ -24,8 +24,9 @@ def standard(digits_test):
 
 
 @pytest.mark.parametrize(
-    "adversarial", [{"adversarial": "fgsm-rs"}, {"adversarial": "pgd", "adv_steps": 7, "adv_step_size": 0.05}],
-    ids=["fgsm-rs", "pgd"],
+    "adversarial", [{"adversarial": "fgsm-rs"}, {"adversarial": "pgd", "adv_steps": 7, "adv_step_size": 0.05},
+                    {"adversarial": "trades", "adv_steps": 7, "adv_step_size": 0.05}],
+    ids=["fgsm-rs", "pgd", "trades"],
 )  # fmt: skip
 def test_adversarial_training_raises_accuracy_under_pgd(
     digits_test, standard, tmp_path, adversarial
@@ -38,15 +39,31 @@ def test_adversarial_training_raises_accuracy_under_pgd(
     model, card = load_checkpoint(tmp_path / "ck")
     assert card["training"]["kind"] == f"adversarial-{adversarial['adversarial']}"
     threat = card["threat_trained_against"]
-    assert threat["norm"] == "linf" and threat["eps"] == 0.15 and threat["random_start"]
+    assert threat["norm"] == "linf" and threat["eps"] == 0.15
+    assert threat["random_start"] == (adversarial["adversarial"] != "trades")  # trades: near x
+    assert ("trades_beta" in card["training"]) == (adversarial["adversarial"] == "trades")
     assert threat["steps"] == (1 if adversarial["adversarial"] == "fgsm-rs" else 7)
     assert json.loads((tmp_path / "ck" / "model.json").read_text())["training"] == card["training"]
     assert robust_accuracy(model, digits_test) == robust_accuracy(result.model, digits_test)
 
 
 def test_unknown_adversarial_training():
-    with pytest.raises(DefpertError, match="unknown adversarial training 'trades'"):
-        TrainConfig(dataset="digits", adversarial="trades").validate()
+    with pytest.raises(DefpertError, match="unknown adversarial training 'magic'"):
+        TrainConfig(dataset="digits", adversarial="magic").validate()
+    with pytest.raises(DefpertError, match="--trades-beta must be 0 or more"):
+        TrainConfig(dataset="digits", adversarial="trades", trades_beta=-1).validate()
+
+
+def test_trades_kl_is_zero_at_the_clean_output_and_positive_elsewhere():
+    import torch
+
+    from defpert.train import trades_kl
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    assert trades_kl(logits, logits).abs().max() < 1e-6
+    other = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.0, 0.0]])
+    p, q = logits.softmax(1), other.softmax(1)
+    assert torch.allclose(trades_kl(logits, other), (p * (p / q).log()).sum(1), atol=1e-6)
 
 
 def test_radius_warm_up_grows_linearly_to_the_training_radius():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-DP_ARGS = ["dp", "--dataset", "digits", "--defense", "all", "--strong-limit", "60",
+DP_ARGS = ["dp", "--dataset", "digits", "--defense", "all", "--inner-steps", "3", "--strong-limit", "60",
            "--strong-steps", "10", "--strong", "quick", "--square-queries", "20", "--adaptive-limit", "10",
            "--json", "--no-progress"]  # fmt: skip
 
@@ -37,7 +37,7 @@ def test_two_processes_give_the_single_process_results(digits_cnn, tmp_path):
     assert results_one[0]["accuracy"]["original_attacked"] < results_one[0]["accuracy"]["original"]
     saved = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.npz"))
     assert (
-        len(saved) == 13
+        len(saved) == 15
     )  # original, adversarial, strong, 2 per defense (defended and attacked, or defended and defended-adversarial)
     for rel in saved:
         a, b = np.load(tmp_path / "one" / rel), np.load(tmp_path / "two" / rel)
@@ -45,7 +45,7 @@ def test_two_processes_give_the_single_process_results(digits_cnn, tmp_path):
         assert np.array_equal(a["labels"], b["labels"]), rel
     # only rank 0 wrote: no leftover temporary files, one metrics file
     assert not list((tmp_path / "two").rglob("*.tmp"))
-    assert two.stdout.count('"defense":') == 5  # printed once, not once per process
+    assert two.stdout.count('"defense":') == 6  # printed once, not once per process
 
 
 def test_distributed_training_matches_single_process(tmp_path):

@@ -75,7 +75,7 @@ def test_attack_lowers_accuracy(digits_model, xy, threat):
     assert attacked < clean - 0.3
 
 
-@pytest.mark.parametrize("method", ["ce", "margin", "minmax"])
+@pytest.mark.parametrize("method", ["ce", "margin", "robustify"])
 def test_proactive_defense_raises_true_class_margin(digits_model, xy, method):
     x, y = xy
     d = Defense(method, LinfBall(0.1), steps=10, step_size=0.02)
@@ -148,7 +148,7 @@ def test_model_parameters_and_mode_untouched(digits_model, xy):
     model = copy.deepcopy(digits_model).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pgd(model, x, y, threat=LinfBall(0.1), steps=3, step_size=0.03)
-    defend(model, x, y, Defense("minmax", LinfBall(0.1), steps=2, step_size=0.05))
+    defend(model, x, y, Defense("robustify", LinfBall(0.1), steps=2, step_size=0.05))
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())

@@ -14,7 +14,7 @@ import pytest
 from defpert.cli import main
 from defpert.runs import claim_run
 
-DP = ["dp", "--dataset", "digits", "--defense", "all", "--strong-limit", "80", "--strong-steps",
+DP = ["dp", "--dataset", "digits", "--defense", "all", "--inner-steps", "3", "--strong-limit", "80", "--strong-steps",
       "20", "--strong", "quick", "--square-queries", "20", "--adaptive-limit", "20", "--json", "--no-progress"]  # fmt: skip
 
 
@@ -51,7 +51,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path)
     assert whole.returncode == 0, err[-2000:]
 
     killed = start_dp(digits_cnn, tmp_path / "killed")
-    marker = tmp_path / "killed" / "versions" / "test" / "minmax" / "defensive.npz"
+    marker = tmp_path / "killed" / "versions" / "test" / "robustify" / "defensive.npz"
     while not marker.exists() and killed.poll() is None:  # killed by progress, never by time
         time.sleep(0.05)
     assert killed.poll() is None, "the run finished before it could be interrupted"

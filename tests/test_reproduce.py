@@ -34,7 +34,7 @@ def test_writes_every_file(quick_run):
     assert {r["defense"] for r in metrics["rq1"]["linf"]} == {
         "ce",
         "margin",
-        "minmax",
+        "robustify",
         "anti-adversary",
         "hedge",
     }
@@ -155,12 +155,12 @@ def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
                "defensive": 1.0, "defensive_attacked": 0.95, "defensive_attacked_strong": strong}  # fmt: skip
         r = {"threat": threat, "model": model, "defense": defense, "defense_kind": kind, "n": 1000,
              "accuracy": acc, "strong": {"n": 500},
-             "defense_budget": {"steps": 20, **({"inner_steps": inner} if inner else {})}}  # fmt: skip
+             "defense_budget": {"steps": 20, **({"passes_per_step": 1 + inner} if inner else {})}}  # fmt: skip
         if adaptive is not None:
             acc["adaptive"], r["adaptive"] = adaptive, {"n": 200}
         return r
 
-    results = {"linf": [result("standard", "minmax", "proactive", 0.3, inner=5),
+    results = {"linf": [result("standard", "robustify", "proactive", 0.3, inner=5),
                         result("standard", "hedge", "reactive", 0.95, adaptive=0.1)],
                "linf-pgd": [result("pgd", "ce", "proactive", 0.85)]}  # fmt: skip
     md = "\n".join(headline(results, {"standard": {"training_seconds": 100.0},
@@ -169,13 +169,13 @@ def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
     strong_rows, reactive_rows = rows[1:5], rows[6:]  # each table after its header
     assert [r.split(" | ")[:3] for r in strong_rows] == [
         ["| pgd", "ce", "85.0%"], ["| standard", "none", "80.0%"], ["| pgd", "none", "80.0%"],
-        ["| standard", "minmax", "30.0%"],
+        ["| standard", "robustify", "30.0%"],
     ]  # fmt: skip
     # reactive defenses: ranked apart, by the adaptive attack (10 %, not 95 %), on their own n
     assert [r.split(" | ")[:3] for r in reactive_rows] == [["| standard", "hedge", "10.0%"]]
     assert reactive_rows[0].split(" | ")[3:5] == ["–", "200"]  # no bare number given: a dash
     assert strong_rows[0].endswith("| 500 | 95.0% | 100.0% | 900 | 20 |")
-    assert strong_rows[3].endswith("| 120 |")  # minmax 20 x (1 + 5)
+    assert strong_rows[3].endswith("| 120 |")  # robustify 20 x (1 + 5)
     assert (
         "Highest strong-attack accuracy: **85.0%** (n=500), pgd model with defensive perturbation ce"
         in md

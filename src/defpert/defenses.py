@@ -5,8 +5,12 @@ original study's setting):
 
 * ``ce`` descends cross-entropy to the true label (the original's method);
 * ``margin`` descends the CW logit margin (does not saturate on confident inputs);
-* ``minmax`` descends the loss at an inner PGD attack's point, aiming at robustness to
-  the attack rather than at confidence alone.
+* ``robustify`` (Moon et al., AAAI 2022, "Preemptive Image Robustification") descends
+  the *worst-case* loss within the attacker's ball: the gradient is taken at an inner PGD
+  attack's point (random start; Danskin's theorem) and averaged over its restarts, so the
+  defended point is robust to the attack rather than merely confident.
+* ``robustify-label-free`` is the same with the model's prediction in place of the true
+  label: what an uploader without labels can run.
 
 Reactive methods see no label and are applied to every incoming input, adversarial or
 not, so they are part of the model at test time:
@@ -22,7 +26,7 @@ in the backward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -33,11 +37,15 @@ from defpert.evaluate import predict
 from defpert.objectives import Objective, cross_entropy, hedge, margin
 from defpert.threat import ThreatModel
 
-PROACTIVE = ("ce", "margin", "minmax")
+PROACTIVE = ("ce", "margin", "robustify", "robustify-label-free")
 REACTIVE = ("anti-adversary", "hedge")
 DEFENSES = PROACTIVE + REACTIVE
-OBJECTIVE_OF: dict[str, Objective] = {"ce": cross_entropy, "margin": margin, "minmax": cross_entropy,
-                                      "anti-adversary": cross_entropy, "hedge": hedge}  # fmt: skip
+ROBUSTIFY = ("robustify", "robustify-label-free")
+LABEL_FREE = REACTIVE + ("robustify-label-free",)  # methods that never read the true label
+OBJECTIVE_OF: dict[str, Objective] = {
+    "ce": cross_entropy, "margin": margin, "robustify": cross_entropy,
+    "robustify-label-free": cross_entropy, "anti-adversary": cross_entropy, "hedge": hedge,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,14 +56,25 @@ class Defense:
     threat: ThreatModel
     steps: int
     step_size: float
-    inner_steps: int = 5  # minmax only: steps of the inner attack
+    # robustify only: the inner attack (PGD with a random start in the attacker's ball,
+    # default: the defense's own ball), its restarts averaged, the outer optimizer
+    inner_steps: int = 10
+    inner_restarts: int = 1
+    warm_start: bool = False  # start each inner attack where the last outer step's ended
+    optimizer: str = "steepest"
+    attack_threat: ThreatModel | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in DEFENSES:
             raise DefpertError(
                 f"unknown defense {self.method!r}; choose one of: {', '.join(DEFENSES)}"
             )
-        Schedule(self.steps, self.step_size)  # validates
+        Schedule(self.steps, self.step_size, optimizer=self.optimizer)  # validates
+        if self.inner_steps < 1:
+            raise DefpertError(f"--inner-steps must be at least 1, got {self.inner_steps}")
+        if self.inner_restarts < 1:
+            raise DefpertError(f"--inner-restarts must be at least 1, got {self.inner_restarts}")
 
     @property
     def reactive(self) -> bool:
@@ -72,25 +91,76 @@ class Defense:
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(self.steps, self.step_size, ascend=self.method == "hedge")
+        return Schedule(self.steps, self.step_size, ascend=self.method == "hedge",
+                        optimizer=self.optimizer)  # fmt: skip
 
-    def _inner(self) -> _InnerAttack:
+    @property
+    def passes_per_step(self) -> int:
+        """Forward-backward passes per outer step (per image)."""
+        if self.method not in ROBUSTIFY:
+            return 1
+        return 1 + self.inner_restarts * self.inner_steps
+
+    def inner_attack(self) -> InnerAttack | None:
+        """The attack whose point the robustifying defense descends from (None for others)."""
+        if self.method not in ROBUSTIFY:
+            return None
+        threat = self.attack_threat or self.threat
         steps = self.inner_steps
-        return _InnerAttack(self.threat, Schedule(steps, madry_step_size(self.threat.eps, steps)))
+        return InnerAttack(threat, Schedule(steps, madry_step_size(threat.eps, steps)),
+                           restarts=self.inner_restarts, warm_start=self.warm_start,
+                           seed=self.seed)  # fmt: skip
 
 
 @dataclass(frozen=True)
-class _InnerAttack:
-    """PGD from the current point; gives the min-max defense its evaluation point."""
+class InnerAttack:
+    """PGD with random starts from the current point: the robustifying defense's worst case.
+
+    Returns (restarts, B, C, H, W) points. With ``warm_start`` every outer step after the
+    first continues from the previous inner attack's offsets instead of a fresh random
+    start. Each example draws its random starts from its own generator, seeded by ``seed``
+    and the example's position (:meth:`for_chunk` gives a chunk's first position), so the
+    result depends neither on the chunk size nor on the number of processes.
+    """
 
     threat: ThreatModel
     schedule: Schedule
+    restarts: int = 1
+    warm_start: bool = False
+    seed: int = 0
+    first_index: int = 0
+    _generators: list[torch.Generator] = field(default_factory=list, compare=False, repr=False)
 
-    def __call__(self, model: nn.Module, point: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return perturb_batch(
-            model, point, labels, threat=self.threat, objective=cross_entropy,
-            schedule=self.schedule,
+    def for_chunk(self, first_index: int) -> InnerAttack:
+        """A copy for the chunk whose first example is at ``first_index``."""
+        return replace(self, first_index=first_index, _generators=[])
+
+    def __call__(
+        self,
+        model: nn.Module,
+        point: torch.Tensor,
+        labels: torch.Tensor,
+        previous: torch.Tensor | None,
+    ) -> torch.Tensor:
+        k, b = self.restarts, len(point)
+        if previous is not None and self.warm_start:
+            start = previous.flatten(0, 1)
+        else:
+            shape = torch.Size((k, *point.shape[1:]))
+            start = torch.stack([self.threat.random_init(shape, g) for g in self._streams(b)], 1)
+            start = start.flatten(0, 1).to(point.device)
+        found = perturb_batch(
+            model, point.repeat(k, 1, 1, 1), labels.repeat(k), threat=self.threat,
+            objective=cross_entropy, schedule=self.schedule, delta0=start,
         )  # fmt: skip
+        return found.view(k, b, *point.shape[1:])
+
+    def _streams(self, count: int) -> list[torch.Generator]:
+        """One generator per example, created at the first call and advanced after it."""
+        if len(self._generators) != count:
+            base = self.seed * 1_000_003 + self.first_index
+            self._generators[:] = [torch.Generator().manual_seed(base + i) for i in range(count)]
+        return self._generators
 
 
 def defend(
@@ -105,18 +175,19 @@ def defend(
 ) -> torch.Tensor:
     """Apply a defensive perturbation to ``x`` (N, C, H, W); returns the defensive inputs.
 
-    Proactive methods need the true labels ``y``; reactive methods ignore them.
+    Label-aware methods need the true labels ``y``; label-free ones (:data:`LABEL_FREE`)
+    never read them and use the model's prediction.
     """
     method = defense.method
-    if defense.reactive:
-        labels = predict(model, x)  # what a reactive method sees instead of the true label
+    if method in LABEL_FREE:
+        labels = predict(model, x)  # what a label-free method sees instead of the true label
     else:
         if y is None:
-            raise DefpertError(f"defense {method!r} is proactive and needs the true labels")
+            raise DefpertError(f"defense {method!r} needs the true labels")
         labels = y
     return perturb(
         model, x, labels, threat=defense.threat, objective=defense.objective, schedule=defense.schedule,
-        batch_size=batch_size, inner=defense._inner() if method == "minmax" else None,
+        batch_size=batch_size, inner=defense.inner_attack(),
         progress=progress, desc=f"defense-{method}", precision=precision,
     )  # fmt: skip
 

@@ -40,6 +40,10 @@ class DPConfig:
     defense_eps: float | None = None  # default: the attack's eps
     defense_steps: int | None = None
     defense_step_size: float | None = None
+    defense_optimizer: str = "steepest"  # engine.OPTIMIZERS
+    inner_steps: int = 10  # robustify: PGD steps of the inner attack (attacker's eps)
+    inner_restarts: int = 1  # robustify: random starts averaged per outer step
+    warm_start: bool = False  # robustify: inner attack continues from the last step's
     seed: int = 0
     batch_size: int | None = None  # None: the engine's default chunk for the device
     precision: str = "fp32"  # of the weak attack and the defenses; accuracies are fp32
@@ -54,7 +58,10 @@ class DPConfig:
             threat=make_threat(self.norm, self.defense_eps or self.eps),
             steps=self.defense_steps or self.steps,
             step_size=self.defense_step_size or self.step_size,
-        )
+            optimizer=self.defense_optimizer, inner_steps=self.inner_steps,
+            inner_restarts=self.inner_restarts, warm_start=self.warm_start,
+            attack_threat=self.threat(), seed=self.seed,
+        )  # fmt: skip
 
     def strong_config(self) -> StrongConfig:
         return StrongConfig(tier=self.strong_tier, steps=self.strong_steps,

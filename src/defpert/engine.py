@@ -25,10 +25,16 @@ from defpert.errors import DefpertError
 from defpert.objectives import Objective
 from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box, validate_schedule
 
-# Maps (model, point, labels) to the point where the objective is evaluated. The min-max
-# defense uses it to evaluate the loss at an inner attack's point (Danskin's theorem: the
-# gradient there is the gradient of the max).
-InnerPoint = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# Maps (model, point, labels, previous) to the points where the objective is evaluated,
+# shape (K, B, C, H, W): the robustifying defense evaluates the loss at K inner attacks'
+# points (Danskin's theorem: the gradient there is the gradient of the max) and averages.
+# ``previous`` holds the last step's inner offsets from the point (None at the first step),
+# so an inner attack may start where it ended (warm start).
+InnerPoint = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+# How a step is taken from the gradient: the threat model's steepest step (sign for L-inf,
+# the normalised gradient for L2), or Adam's or RMSprop's per-pixel scaled step.
+OPTIMIZERS = ("steepest", "adam", "rmsprop")
 
 
 def madry_step_size(eps: float, steps: int) -> float:
@@ -44,9 +50,14 @@ class Schedule:
     step_size: float
     ascend: bool = True
     random_start: bool = False
+    optimizer: str = "steepest"  # OPTIMIZERS
 
     def __post_init__(self) -> None:
         validate_schedule(self.steps, self.step_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise DefpertError(
+                f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
+            )
 
 
 def perturb(
@@ -94,10 +105,14 @@ def perturb(
         for i in distributed.my_chunks(len(bounds)):
             lo, hi = bounds[i]
             delta0 = start[lo:hi].to(device) if start is not None else None
+            # An inner attack with random starts draws them for this chunk from a generator
+            # seeded by the chunk's position, so every rank under torchrun draws the same.
+            for_chunk = getattr(inner, "for_chunk", None)
+            chunk_inner = for_chunk(lo) if for_chunk is not None else inner
             out[lo:hi] = perturb_batch(
                 model, x[lo:hi].to(device), labels[lo:hi].to(device),
                 threat=threat, objective=objective, schedule=schedule,
-                delta0=delta0, inner=inner, precision=precision,
+                delta0=delta0, inner=chunk_inner, precision=precision,
                 anchor=anchor[lo:hi].to(device) if anchor is not None else None,
             ).cpu()  # fmt: skip
             bar.update(min((hi - lo) * schedule.steps * ranks, bar.total - bar.n))
@@ -220,18 +235,66 @@ def _run_steps(
         return delta if anchor is None else clip_to_both_balls(x, delta, anchor, threat)
 
     delta = feasible(torch.zeros_like(x) if delta0 is None else delta0)
+    take_step = _stepper(threat, schedule, create_graph)
+    offsets: torch.Tensor | None = None  # the inner attacks' last offsets from the point
     for _ in range(schedule.steps):
         if not create_graph:
             delta = delta.detach().requires_grad_(True)
         elif not delta.requires_grad:
             delta = delta.requires_grad_(True)
         point = x + delta
-        if inner is not None:
-            point = point + (inner(model, point.detach(), labels) - point).detach()
+        inner_points = 1
+        if inner is None:
+            points, point_labels = point, labels
+        else:  # the gradient at each inner point flows to the outer point (Danskin)
+            found = inner(model, point.detach(), labels, offsets)
+            offsets = (found - point.detach()).detach()
+            points = (point + offsets).flatten(0, 1)
+            point_labels = labels.repeat(len(found))
+            inner_points = len(found)
         with autocast(x.device, precision):
-            logits = model(point)
-        loss = objective(logits.float(), labels).sum()
+            logits = model(points)
+        # summed over examples, averaged over each example's inner points
+        loss = objective(logits.float(), point_labels).sum() / inner_points
         (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
-        step = threat.straight_through_step if create_graph else threat.step
-        delta = feasible(delta + step(sign * grad, schedule.step_size))
+        delta = feasible(delta + take_step(sign * grad))
     return (x + delta) if create_graph else (x + delta).detach()
+
+
+def _stepper(
+    threat: ThreatModel, schedule: Schedule, create_graph: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The step a gradient turns into, per the schedule's optimizer.
+
+    Adam (betas 0.9, 0.999, bias-corrected) and RMSprop (alpha 0.99, as torch's) scale each
+    pixel by its own gradient history (:meth:`ThreatModel.scaled_step`); the step is then
+    projected like any other.
+    """
+    if schedule.optimizer == "steepest":
+        step = threat.straight_through_step if create_graph else threat.step
+        return lambda grad: step(grad, schedule.step_size)
+    return _ScaledStep(threat, schedule)
+
+
+class _ScaledStep:
+    """Adam's or RMSprop's step: each pixel scaled by its own gradient history."""
+
+    def __init__(self, threat: ThreatModel, schedule: Schedule) -> None:
+        self.threat, self.schedule = threat, schedule
+        self.t = 0
+        self.m: torch.Tensor | float = 0.0  # first moment (Adam)
+        self.v: torch.Tensor | float = 0.0  # second moment
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.detach()
+        self.t += 1
+        if self.schedule.optimizer == "rmsprop":
+            self.v = 0.99 * self.v + 0.01 * grad * grad
+            direction = grad / (torch.as_tensor(self.v).sqrt() + 1e-8)
+        else:
+            self.m = 0.9 * self.m + 0.1 * grad
+            self.v = 0.999 * self.v + 0.001 * grad * grad
+            m_hat = torch.as_tensor(self.m) / (1 - 0.9**self.t)
+            v_hat = torch.as_tensor(self.v) / (1 - 0.999**self.t)
+            direction = m_hat / (v_hat.sqrt() + 1e-8)
+        return self.threat.scaled_step(direction, self.schedule.step_size)

@@ -93,8 +93,8 @@ def _threat_title(r: Mapping[str, Any]) -> str:
 
 # fmt: off
 def _defense_steps(budget: Mapping[str, Any]) -> int:
-    """Gradient steps a defensive perturbation spends per image (minmax: its inner attack too)."""
-    return int(budget["steps"]) * (1 + int(budget.get("inner_steps", 0)))
+    """Gradient steps a defensive perturbation spends per image (robustify: its inner attacks too)."""
+    return int(budget["steps"]) * int(budget.get("passes_per_step", 1))
 
 
 def headline(

@@ -27,7 +27,6 @@ import torch
 from matplotlib.figure import Figure
 
 from defpert.data import get_spec, load_split
-from defpert.defenses import DEFENSES
 from defpert.devices import pick_device
 from defpert.errors import DefpertError
 from defpert.models import environment, load_checkpoint, read_card
@@ -51,7 +50,9 @@ THREATS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 # A study can compare models trained in several ways (``--models``).
-MODEL_KINDS = {"standard": "none", "fgsm-rs": "fgsm-rs", "pgd": "pgd"}
+# The study's defenses: every method once (robustify's label-free variant on request).
+STUDY_DEFENSES = ("ce", "margin", "robustify", "anti-adversary", "hedge")
+MODEL_KINDS = {"standard": "none", "fgsm-rs": "fgsm-rs", "pgd": "pgd", "trades": "trades"}
 SWEEP_EPS = {"mnist": [0.05, 0.1, 0.2, 0.3], "fashion-mnist": [0.025, 0.05, 0.1, 0.15],
              "digits": [0.05, 0.1, 0.2, 0.3]}  # fmt: skip
 
@@ -77,10 +78,11 @@ class ReproduceConfig:
     sweep_limit: int = 1000
     sweep_strong_limit: int = 200
     tsne_per_class: int = 100
-    defenses: tuple[str, ...] = DEFENSES
+    defenses: tuple[str, ...] = STUDY_DEFENSES
     threats: list[dict[str, Any]] = field(default_factory=list)
     sweep_eps: list[float] = field(default_factory=list)
     models: tuple[str, ...] = ("standard",)  # how each studied model is trained: MODEL_KINDS
+    inner_steps: int = 10  # robustify's inner PGD (at the attack's eps)
     adv_steps: int = 40  # PGD steps per batch for the "pgd" model (Madry et al.: 40)
     adv_epochs: int = 10  # adversarially trained models (the rest of the recipe: train.recipe)
 
@@ -115,6 +117,7 @@ class ReproduceConfig:
             cfg.strong_tier, cfg.square_queries, cfg.adaptive_square_queries = "quick", 200, 50
             cfg.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
             cfg.tsne_per_class, cfg.adv_steps, cfg.adv_epochs = 20, 10, cfg.epochs
+            cfg.inner_steps = 5
         return cfg
 
 
@@ -207,7 +210,8 @@ def _reproduce(
                           strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
                           strong_tier=config.strong_tier, square_queries=config.square_queries,
                           budget_from=config.budget_from, seed=config.seed,
-                          adaptive_square_queries=config.adaptive_square_queries)  # fmt: skip
+                          adaptive_square_queries=config.adaptive_square_queries,
+                          inner_steps=config.inner_steps)  # fmt: skip
             key = _suffixed(threat["norm"], kind)
             stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
             results = _stage(

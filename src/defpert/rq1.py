@@ -30,7 +30,7 @@ from torch import nn
 from defpert.attacks import StrongResult, pgd, strong_attack
 from defpert.attacks.adaptive import adaptive_attack
 from defpert.data import SPLITS, Split
-from defpert.defenses import defend
+from defpert.defenses import Defense, defend
 from defpert.devices import model_device
 from defpert.dp_config import DPConfig
 from defpert.errors import DefpertError
@@ -200,9 +200,7 @@ def run_dp(
             "threat": threat_info,
             "defense": method,
             "defense_kind": "reactive" if defense.reactive else "proactive",
-            "defense_budget": {"eps": defense.threat.eps, "steps": defense.steps,
-                               "step_size": defense.step_size,
-                               **({"inner_steps": defense.inner_steps} if method == "minmax" else {})},
+            "defense_budget": defense_budget(defense),
             "dataset": data.spec.name,
             "split": split_name,
             "n": len(x),
@@ -220,6 +218,19 @@ def run_dp(
                    {"results": results, "config": asdict(config),
                     "environment": environment(model_device(model))})  # fmt: skip
     return results
+
+
+def defense_budget(defense: Defense) -> dict[str, Any]:
+    """What a defense may change and what it spends, as stored beside its numbers."""
+    budget: dict[str, Any] = {"eps": defense.threat.eps, "steps": defense.steps,
+                              "step_size": defense.step_size,
+                              "passes_per_step": defense.passes_per_step}  # fmt: skip
+    inner = defense.inner_attack()
+    if inner is not None:
+        budget["inner"] = {"eps": inner.threat.eps, "steps": inner.schedule.steps,
+                           "step_size": inner.schedule.step_size, "restarts": inner.restarts,
+                           "warm_start": inner.warm_start, "optimizer": defense.optimizer}  # fmt: skip
+    return budget
 
 
 PRECISION_CHECK_N = 500

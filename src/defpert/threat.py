@@ -63,6 +63,12 @@ class ThreatModel(ABC):
         """
         return self.step(grad, step_size)
 
+    def scaled_step(self, direction: torch.Tensor, step_size: float) -> torch.Tensor:
+        """A step along an already scaled direction (Adam's, RMSprop's): its per-pixel
+        magnitudes kept, and its length set in this norm where per-pixel scaling has no
+        meaning for it."""
+        return self.step(direction, step_size)
+
     @abstractmethod
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-example norm of ``delta`` (B,)."""
@@ -90,6 +96,9 @@ class LinfBall(ThreatModel):
 
     def straight_through_step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
         return step_size * (grad.sign().detach() + grad - grad.detach())
+
+    def scaled_step(self, direction: torch.Tensor, step_size: float) -> torch.Tensor:
+        return step_size * direction  # each pixel's own scale, ~1 for Adam once warmed up
 
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.clamp(-self.eps, self.eps)

@@ -42,13 +42,22 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     limit: int | None = None  # train on the first N training images only
-    adversarial: str = "none"  # "pgd" (Madry et al.) or "fgsm-rs" (Wong et al.)
+    adversarial: str = "none"  # ADVERSARIAL: pgd (Madry), trades (Zhang), fgsm-rs (Wong)
     adv_norm: str = "linf"
     adv_eps: float | None = None  # default: ADV_EPS for the dataset
     adv_steps: int = 40  # pgd only
     adv_step_size: float = 0.01  # pgd only; fgsm-rs steps 1.25 eps
     adv_warmup: float = 0.0  # epochs over which the training radius grows from 0 to adv_eps
     lr_schedule: str = "cosine"  # "cosine" decay, or "cyclic": up to lr at half-way, then down
+    trades_beta: float = 6.0  # trades only: weight of the KL term (Zhang et al.: 1/lambda = 6)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine this model; those of another kind of training are
+        left out, so they never make two equal runs look different."""
+        kept = vars(self).copy()
+        if self.adversarial != "trades":
+            kept.pop("trades_beta")
+        return kept
 
     def adversary(self) -> tuple[ThreatModel, Schedule] | None:
         """The attack each training batch is replaced by (None for standard training)."""
@@ -63,7 +72,9 @@ class TrainConfig:
         threat = make_threat(self.adv_norm, eps)
         if self.adversarial == "fgsm-rs":  # one signed step of 1.25 eps from a random start
             return threat, Schedule(1, 1.25 * threat.eps, random_start=True)
-        return threat, Schedule(self.adv_steps, self.adv_step_size, random_start=True)
+        # TRADES starts next to the clean input (0.001 * Gaussian noise), PGD anywhere in the ball
+        random_start = self.adversarial == "pgd"
+        return threat, Schedule(self.adv_steps, self.adv_step_size, random_start=random_start)
 
     def validate(self) -> None:
         self.adversary()
@@ -83,6 +94,10 @@ class TrainConfig:
             raise DefpertError(
                 f"unknown --lr-schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
             )
+        if self.adversarial == "trades" and not self.trades_beta >= 0:
+            raise DefpertError(f"--trades-beta must be 0 or more, got {self.trades_beta}")
+        if self.adversarial != "none" and self.adv_steps < 1:
+            raise DefpertError(f"--adv-steps must be at least 1, got {self.adv_steps}")
         if not self.adv_warmup >= 0:
             raise DefpertError(f"--adv-warmup must be 0 or more epochs, got {self.adv_warmup}")
 
@@ -115,7 +130,7 @@ def train(
     config.validate()
     if out is None:
         return _train(config, None, data_dir, device, progress)
-    with claim_run(out, {"command": "train", **vars(config)}, overwrite=overwrite,
+    with claim_run(out, {"command": "train", **config.settings()}, overwrite=overwrite,
                    remove_on_overwrite=TRAIN_OUTPUTS) as run:  # fmt: skip
         return _train(config, run, data_dir, device, progress)
 
@@ -177,7 +192,7 @@ def _train(
         "epochs": config.epochs,
         "training": {
             "kind": "standard" if adversary is None else f"adversarial-{config.adversarial}",
-            **vars(config),
+            **config.settings(),
         },
         "threat_trained_against": None
         if adversary is None
@@ -186,7 +201,8 @@ def _train(
             "eps": adversary[0].eps,
             "steps": adversary[1].steps,
             "step_size": adversary[1].step_size,
-            "random_start": True,
+            "random_start": adversary[1].random_start,
+            **({"trades_beta": config.trades_beta} if config.adversarial == "trades" else {}),
         },
         "accuracy": {"test": test_acc, "val": metrics["val_accuracy"]},
         "environment": environment(dev),
@@ -246,11 +262,20 @@ def _fit(
             idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
             x = train_split.images[idx].to(device, non_blocking=True)
             y = train_split.labels[idx].to(device, non_blocking=True)
-            if adversary is not None:
-                done = (epoch - 1) * steps_per_epoch + step  # batches before this one
-                x = _adversarial_batch(model, x, y, *_warmed_up(adversary, done, warmup))
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            done = (epoch - 1) * steps_per_epoch + step  # batches before this one
+            now = None if adversary is None else _warmed_up(adversary, done, warmup)
+            if now is not None and config.adversarial == "trades":
+                x_adv = _trades_batch(model, x, *now)
+                logits, logits_adv = net(torch.cat([x, x_adv])).split(len(x))
+                loss = (
+                    F.cross_entropy(logits, y)
+                    + config.trades_beta * trades_kl(logits, logits_adv).mean()
+                )
+            else:
+                if now is not None:
+                    x = _adversarial_batch(model, x, y, *now)
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -381,7 +406,7 @@ def recipe(adversarial: str = "none", **given: Any) -> dict[str, Any]:
 
 # The radius adversarial training defends by default (Madry et al. used 0.3 on MNIST).
 ADV_EPS = {"mnist": 0.3, "fashion-mnist": 0.1, "digits": 0.3}
-ADVERSARIAL = ("pgd", "fgsm-rs")
+ADVERSARIAL = ("pgd", "trades", "fgsm-rs")
 
 
 def _adversarial_batch(
@@ -393,6 +418,32 @@ def _adversarial_batch(
     try:
         start = threat.random_init(x.shape, None).to(x.device)  # the private, seeded RNG
         return perturb_batch(model, x, y, threat=threat, objective=cross_entropy,
+                             schedule=schedule, delta0=start).detach()  # fmt: skip
+    finally:
+        model.train(training)
+
+
+def trades_kl(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """KL(p(x) || p(x_adv)) per example (B,): TRADES's robustness term (Zhang et al., 2019)."""
+    return F.kl_div(
+        F.log_softmax(logits_adv, dim=1), F.log_softmax(logits, dim=1), reduction="none",
+        log_target=True,
+    ).sum(dim=1)  # fmt: skip
+
+
+def _trades_batch(
+    model: nn.Module, x: torch.Tensor, threat: ThreatModel, schedule: Schedule
+) -> torch.Tensor:
+    """The point of the ball that moves the model's output farthest from the clean output
+    (KL), found with the model in eval mode from 0.001 * Gaussian noise around ``x``."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            clean = model(x).detach()
+        start = 0.001 * torch.randn(x.shape).to(x.device)  # the private, seeded RNG
+        return perturb_batch(model, x, clean.argmax(1), threat=threat,
+                             objective=lambda logits, _: trades_kl(clean, logits),
                              schedule=schedule, delta0=start).detach()  # fmt: skip
     finally:
         model.train(training)

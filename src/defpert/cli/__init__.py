@@ -48,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--adversarial",
         default="none",
-        help="adversarial training: none, pgd (Madry et al.) or fgsm-rs (Wong et al.)",
+        help="adversarial training: none, pgd (Madry et al.), trades (Zhang et al.) or "
+        "fgsm-rs (Wong et al.)",
     )
+    tr.add_argument("--trades-beta", type=float, default=6.0,
+                    help="trades: weight of the KL robustness term (default: 6)")  # fmt: skip
     tr.add_argument("--adv-norm", default="linf", help="threat model trained against: linf or l2")
     tr.add_argument(
         "--adv-eps",
@@ -92,6 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, model=args.model, seed=args.seed,
         limit=args.limit, adversarial=args.adversarial, adv_norm=args.adv_norm,
         adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_step_size=args.adv_step_size,
+        trades_beta=args.trades_beta,
         **recipe(args.adversarial, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  lr_schedule=args.lr_schedule, adv_warmup=args.adv_warmup),
     )  # fmt: skip

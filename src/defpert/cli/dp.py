@@ -1,7 +1,7 @@
 """``defpert dp``: the RQ1 command (attack, defensive perturbation, attack again).
 
 defpert dp -p linf -k 20 -e 0.2 -a 0.01
-defpert dp -p l2 -k 40 -e 2.5 -a 0.075 --defense ce,margin,minmax,anti-adversary,hedge
+defpert dp -p l2 -k 40 -e 2.5 -a 0.075 --defense ce,margin,robustify,anti-adversary,hedge
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument(
         "--defense-step-size", type=float, help="defense step size (default: the attack's)"
     )
+    p.add_argument("--defense-optimizer", default="steepest",
+                   help="the defense's step: steepest (sign for L-inf; default), adam or rmsprop")  # fmt: skip
+    p.add_argument("--inner-steps", type=int, default=10,
+                   help="robustify: PGD steps of its inner attack (at the attack's eps)")  # fmt: skip
+    p.add_argument("--inner-restarts", type=int, default=1,
+                   help="robustify: random starts of the inner attack, averaged")  # fmt: skip
+    p.add_argument("--warm-start", action="store_true",
+                   help="robustify: start each inner attack where the previous one ended")  # fmt: skip
     p.add_argument(
         "--checkpoint", help="run directory of a trained model (default: the default cnn)"
     )
@@ -116,7 +124,9 @@ def run_dp_command(args: argparse.Namespace) -> int:
         budget_from=args.budget_from,
         defense_eps=args.defense_eps, defense_steps=args.defense_steps,
         defense_step_size=args.defense_step_size, seed=args.seed, batch_size=args.batch_size,
-        precision=args.precision,
+        precision=args.precision, defense_optimizer=args.defense_optimizer,
+        inner_steps=args.inner_steps, inner_restarts=args.inner_restarts,
+        warm_start=args.warm_start,
     )  # fmt: skip
     config.validate()
     spec = get_spec(args.dataset)
