@@ -166,8 +166,10 @@ def save_checkpoint(
 
 
 def read_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check a checkpoint's card."""
-    run = Path(run_dir)
+    """Read and check a checkpoint's card (``shipped:NAME`` names a shipped one)."""
+    from defpert.shipped import resolve
+
+    run = resolve(run_dir)
     if not run.exists():
         raise DefpertError(f"checkpoint {run} does not exist")
     if run.is_file() and run.name not in ("model.json", "model.safetensors"):
@@ -201,7 +203,9 @@ def load_checkpoint(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    run = Path(run_dir)
+    from defpert.shipped import resolve
+
+    run = resolve(run_dir)
     if not run.exists():
         raise DefpertError(f"checkpoint {run} does not exist")
     if run.is_file() and run.name not in ("model.json", "model.safetensors"):
@@ -240,6 +244,7 @@ def load_checkpoint(
 def checkpoint_digest(run_dir: str | os.PathLike[str]) -> str:
     """SHA-256 of a checkpoint's weights file: which exact model a result came from."""
     from defpert.runs import file_sha256
+    from defpert.shipped import resolve
 
-    run = Path(run_dir)
+    run = resolve(run_dir)
     return file_sha256((run if run.is_dir() else run.parent) / "model.safetensors")

@@ -423,6 +423,19 @@ def _adversarial_batch(
         model.train(training)
 
 
+def trained_as(training: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a card's training settings are ``config``'s, with the default training radius
+    resolved on both sides (a card may say ``None`` or the dataset's default)."""
+
+    def resolved(settings: dict[str, Any]) -> dict[str, Any]:
+        if settings.get("adv_eps") is None:
+            settings = {**settings, "adv_eps": ADV_EPS.get(str(settings.get("dataset")), 0.3)}
+        return settings
+
+    have, want = resolved(training), resolved(config.settings())
+    return all(have.get(k) == v for k, v in want.items())
+
+
 def trades_kl(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
     """KL(p(x) || p(x_adv)) per example (B,): TRADES's robustness term (Zhang et al., 2019)."""
     return F.kl_div(

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common(fetch)
 
+    models = sub.add_parser("models", help="list the robust checkpoints shipped with defpert")
+    models.add_argument("--verify", action="store_true", help="also check each one's SHA-256")
+
     tr = sub.add_parser("train", help="train a classifier and report its test accuracy")
     tr.add_argument("--dataset", default="mnist")
     tr.add_argument("--model", default="cnn", help="cnn, lenet or mlp")
@@ -85,6 +88,28 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
     fetch(args.dataset, args.data_dir and dataset_path(args.data_dir, args.dataset),
           source=args.source, progress=args.progress, report=say)  # fmt: skip
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from defpert.shipped import PREFIX, index, verified
+
+    records = index()
+    if not records:
+        print("no checkpoints are shipped with this installation")
+        return 0
+    print(f"{'checkpoint':28s} {'dataset':14s} {'training':22s} {'clean':>7s}  robust (threat, n)")
+    for name, r in sorted(records.items()):
+        if args.verify:
+            verified(name)
+        acc = r.get("accuracy", {})
+        robust = acc.get("robust")
+        shown = (f"{robust['accuracy']:.2%} ({robust['attack']}, n={robust['n']})"
+                 if robust else "–")  # fmt: skip
+        print(f"{PREFIX + name:28s} {r['dataset']:14s} {r['training']:22s} "
+              f"{acc.get('test', float('nan')):7.2%}  {shown}")  # fmt: skip
+    if args.verify:
+        print("every SHA-256 matches")
     return 0
 
 
@@ -142,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    handlers = {"data": _cmd_fetch, "train": _cmd_train}
+    handlers = {"data": _cmd_fetch, "train": _cmd_train, "models": _cmd_models}
     try:
         if args.command in handlers:
             return handlers[args.command](args)

@@ -57,6 +57,8 @@ def add_study_parsers(sub: Any) -> None:
                     help="an attack on a defended point measures eps from: defended (default) or original")  # fmt: skip
     rp.add_argument("--square-queries", type=int,
                     help="queries of the Square attack, also through a reactive defense (default: the tier's)")  # fmt: skip
+    rp.add_argument("--retrain", action="store_true",
+                    help="train every model here, even where a shipped checkpoint has its settings")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
                     help="replace a study of other settings in --out (default: refuse)")  # fmt: skip
     add_common(rp)
@@ -164,7 +166,8 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
-                        progress=args.progress, report=say, overwrite=args.overwrite)  # fmt: skip
+                        progress=args.progress, report=say, overwrite=args.overwrite,
+                        retrain=args.retrain)  # fmt: skip
     from defpert.report import COLUMNS
 
     for key, results in metrics["rq1"].items():

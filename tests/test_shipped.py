@@ -1,0 +1,97 @@
+"""Shipped robust checkpoints: verified by SHA-256, loaded as ``shipped:NAME``, measured
+accuracy equal to their record, used by ``reproduce`` when the settings match."""
+
+import json
+import shutil
+
+import pytest
+
+from defpert import shipped
+from defpert.attacks import pgd
+from defpert.cli import main
+from defpert.data import load_split
+from defpert.errors import DefpertError
+from defpert.evaluate import accuracy
+from defpert.models import load_checkpoint
+from defpert.runs import file_sha256
+from defpert.threat import make_threat
+from defpert.train import TrainConfig, trained_as
+
+SHIPPED = shipped.index()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_matches_its_record(name, mnist_dir):
+    record = SHIPPED[name]
+    model, card = load_checkpoint(f"shipped:{name}")  # verifies the SHA-256 first
+    assert card["dataset"] == record["dataset"] and card["training"]["kind"] == record["training"]
+    assert card["provenance"]["command"] == record["command"]
+    part = record["slice"]
+    data_dir = mnist_dir if record["dataset"] == "mnist" else None
+    test = load_split(record["dataset"], "test", data_dir).head(part["n"])
+    assert accuracy(model, test.images, test.labels) == pytest.approx(part["clean"], abs=0.002)
+    threat = make_threat(part["norm"], part["eps"])
+    x_adv = pgd(model, test.images, test.labels, threat=threat, steps=40, step_size=threat.eps / 10)
+    # a few examples on the decision boundary may flip with another CPU's float rounding
+    assert accuracy(model, x_adv, test.labels) == pytest.approx(part["pgd40"], abs=0.005)
+
+
+@pytest.fixture
+def shipped_root(tmp_path, digits_cnn, monkeypatch):
+    """A shipped directory holding the digits cnn as ``digits-cnn``."""
+    root = tmp_path / "checkpoints"
+    (root / "digits-cnn").mkdir(parents=True)
+    for file in ("model.safetensors", "model.json", "metrics.json"):
+        shutil.copyfile(digits_cnn / file, root / "digits-cnn" / file)
+    sha = file_sha256(root / "digits-cnn" / "model.safetensors")
+    (root / "index.json").write_text(json.dumps({"digits-cnn": {"sha256": sha, "dataset": "digits",
+                                                                "training": "standard"}}))  # fmt: skip
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", root)
+    return root
+
+
+def test_shipped_name_loads_after_its_hash_is_checked(shipped_root):
+    model, card = load_checkpoint("shipped:digits-cnn")
+    assert card["dataset"] == "digits"
+    with pytest.raises(DefpertError, match="no shipped checkpoint 'nope'; shipped: digits-cnn"):
+        load_checkpoint("shipped:nope")
+
+
+def test_tampered_weights_are_refused_in_one_line(shipped_root, capsys):
+    weights = shipped_root / "digits-cnn" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    argv = ["dp", "--dataset", "digits", "--checkpoint", "shipped:digits-cnn", "--no-strong",
+            "--limit", "10", "--out", str(shipped_root.parent / "run")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "shipped checkpoint 'digits-cnn' does not match its recorded SHA-256" in err
+    assert not (shipped_root.parent / "run" / "metrics.json").exists()
+
+
+def test_matching_finds_the_checkpoint_of_the_same_training_settings(shipped_root, digits_cnn):
+    from defpert.models import read_card
+
+    training = read_card(digits_cnn)["training"]
+    same = TrainConfig(**{k: v for k, v in training.items() if k != "kind"})
+    assert shipped.matching(same) == "digits-cnn"
+    assert shipped.matching(TrainConfig(**{**vars(same), "seed": 1})) is None
+    into = shipped.install("digits-cnn", shipped_root.parent / "study" / "model")
+    assert file_sha256(into / "model.safetensors") == file_sha256(digits_cnn / "model.safetensors")
+
+
+def test_default_training_radius_matches_on_both_sides():
+    config = TrainConfig(dataset="mnist", adversarial="pgd", adv_eps=0.3)
+    card = {**config.settings(), "adv_eps": None}  # trained with the dataset's default radius
+    assert trained_as(card, config)
+    assert not trained_as({**card, "adv_eps": 0.2}, config)
+    assert "trades_beta" not in config.settings()  # a setting of another kind of training
+
+
+def test_models_command_lists_what_is_shipped(shipped_root, capsys):
+    assert main(["models", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "shipped:digits-cnn" in out and "every SHA-256 matches" in out

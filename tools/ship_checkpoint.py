@@ -1,0 +1,94 @@
+"""Ship a checkpoint that ``defpert train`` wrote: copy it into the package, measure it,
+record its SHA-256 and provenance in ``src/defpert/checkpoints/index.json``.
+
+    python tools/ship_checkpoint.py runs/mnist-cnn-pgd10 mnist-cnn-pgd \
+        --command "defpert train --dataset mnist --adversarial pgd ..." --commit 6d192ad
+
+Measured and recorded: the test accuracy (from the card), the clean accuracy and PGD-40
+accuracy (L-inf, the training radius, step eps/10, from the natural image) on the first
+``--slice`` test images; ``tests/test_shipped.py`` checks the slice numbers against the
+record on every run. ``--strong METRICS.json`` adds a strong-suite figure from a ``dp`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from defpert.attacks import pgd
+from defpert.data import load_split
+from defpert.evaluate import accuracy
+from defpert.models import load_checkpoint, read_card
+from defpert.runs import file_sha256, read_json, write_json
+from defpert.shipped import INDEX, SHIPPED_DIR
+from defpert.threat import make_threat
+
+
+def measure_slice(run: Path, n: int) -> dict[str, float | int | str]:
+    """Clean and PGD-40 accuracy on the first ``n`` test images (what the test re-checks)."""
+    model, card = load_checkpoint(run)
+    test = load_split(card["dataset"], "test").head(n)
+    threat_info = card["threat_trained_against"]
+    threat = make_threat(threat_info["norm"], threat_info["eps"])
+    x_adv = pgd(model, test.images, test.labels, threat=threat, steps=40,
+                step_size=threat.eps / 10)  # fmt: skip
+    return {"n": len(test), "clean": accuracy(model, test.images, test.labels),
+            "pgd40": accuracy(model, x_adv, test.labels), "norm": threat.norm,
+            "eps": threat.eps}  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="the run directory defpert train wrote")
+    p.add_argument("name", help="the shipped name, e.g. mnist-cnn-pgd")
+    p.add_argument("--command", required=True, help="the exact command that trained it")
+    p.add_argument("--commit", required=True, help="the defpert commit it was trained with")
+    p.add_argument("--slice", type=int, default=1000, help="test images measured here")
+    p.add_argument("--strong", type=Path, help="metrics.json of a dp run on this checkpoint")
+    args = p.parse_args()
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    card = read_card(args.run)
+    target = SHIPPED_DIR / args.name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ("model.safetensors", "metrics.json"):
+        shutil.copyfile(args.run / file, target / file)
+    card["provenance"] = {"command": args.command, "commit": args.commit}
+    write_json(target / "model.json", card)
+    metrics = read_json(args.run / "metrics.json")
+    record = {
+        "sha256": file_sha256(target / "model.safetensors"),
+        "dataset": card["dataset"],
+        "training": card["training"]["kind"],
+        "command": args.command,
+        "commit": args.commit,
+        "seed": card["seed"],
+        "train_seconds": metrics["train_seconds"],
+        "train_device": metrics["device"],
+        "accuracy": {"test": card["accuracy"]["test"], "n_test": metrics["n_test"]},
+        "slice": measure_slice(target, args.slice),
+    }
+    if args.strong is not None:
+        result = read_json(args.strong)["results"][0]
+        t = result["threat"]
+        record["accuracy"]["robust"] = {
+            "accuracy": result["accuracy"]["original_attacked_strong"],
+            "n": result["strong"]["n"],
+            "attack": f"{result['strong']['suite']['tier']} suite, {t['norm']} {t['eps']:g}",
+        }
+    index_path = SHIPPED_DIR / INDEX
+    records = read_json(index_path) if index_path.is_file() else {}
+    records[args.name] = record
+    write_json(index_path, dict(sorted(records.items())))
+    json.dump(record, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
