@@ -133,3 +133,34 @@ def test_robustify_refuses_no_inner_attack(field, message):
 def test_unknown_optimizer_is_refused():
     with pytest.raises(DefpertError, match="unknown optimizer 'sgd'"):
         Defense("robustify", LinfBall(EPS), steps=2, step_size=0.05, optimizer="sgd")
+
+
+def test_undo_then_attack_stays_in_the_attackers_ball(robust_digits):
+    from defpert.attacks.undo import undo_then_attack
+
+    model, x, y = robust_digits
+    x, y = x[:100], y[:100]
+    threat = LinfBall(EPS)
+    d = Defense("robustify", threat, steps=10, step_size=EPS / 4, inner_steps=5)
+    x_def = defend(model, x, y, d)
+    points = undo_then_attack(model, x_def, y, d, threat=threat, steps=20)
+    assert (points - x_def).abs().max() <= EPS + 1e-6
+    assert accuracy(model, points, y) < accuracy(model, x_def, y)
+    natural = undo_then_attack(model, x_def, y, d, threat=threat, steps=20, anchor=x)
+    assert (natural - x).abs().max() <= EPS + 1e-6  # --budget-from original: both balls
+
+
+def test_the_study_folds_undo_then_attack_into_the_strong_number(robust_digits):
+    from defpert.data import load_split
+    from defpert.rq1 import DPConfig, run_dp
+
+    model, _, _ = robust_digits
+    config = DPConfig(norm="linf", eps=EPS, steps=10, step_size=EPS / 8,
+                      defenses=("robustify",), inner_steps=3, strong_tier="quick", strong_steps=10,
+                      square_queries=20, strong_limit=60, adaptive_limit=0)  # fmt: skip
+    (result,) = run_dp(model, load_split("digits", "test").head(60), config)
+    acc = result["accuracy"]
+    assert "undo-then-attack" in result["strong"]["broken_by"]["defensive"]
+    assert acc["defensive_attacked_strong"] <= acc["defensive_undo_attacked"]
+    assert result["defense_budget"]["inner"]["steps"] == 3
+    assert result["defense_budget"]["passes_per_step"] == 4

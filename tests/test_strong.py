@@ -174,12 +174,15 @@ def test_both_balls_projection_is_feasible_and_keeps_feasible_points(threat):
 def test_budget_from_sets_the_distance_to_the_natural_image(digits_model, digits_test, budget_from):
     from defpert.rq1 import DPConfig, run_dp
 
-    config = DPConfig(norm="linf", eps=0.1, steps=5, step_size=0.03, defenses=("ce",),
-                      strong_tier="quick", strong_steps=5, square_queries=20, strong_limit=20,
-                      adaptive_limit=0, budget_from=budget_from)  # fmt: skip
+    # a weak attack too short to break anything: the strong suite's own points are measured
+    config = DPConfig(norm="linf", eps=0.1, steps=1, step_size=0.002, defenses=("ce",),
+                      defense_steps=5, defense_step_size=0.03, strong_tier="quick", strong_steps=5,
+                      square_queries=20, strong_limit=40, adaptive_limit=0, budget_from=budget_from)  # fmt: skip
     (result,) = run_dp(digits_model, digits_test.head(40), config)
     far = result["max_from_natural"]
     assert result["threat"]["budget_from"] == budget_from
+    broken = result["strong"]["broken_by"]["defensive"]
+    assert sum(v for k, v in broken.items() if k not in ("clean", "weak")) > 0
     if budget_from == "original":
         assert max(far.values()) <= 0.1 + 1e-5
     else:  # man-in-the-middle: the defended point's budget adds to the attack's

@@ -75,6 +75,7 @@ def perturb(
     desc: str = "pgd",
     precision: str = "fp32",
     anchor: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run projected gradient ascent or descent; return the perturbed inputs (CPU, detached).
 
@@ -86,7 +87,8 @@ def perturb(
     backward passes under bfloat16 autocast (the perturbation itself stays float32).
     ``anchor`` (B, C, H, W), when given, is a second centre: every iterate also stays
     within eps of it (the attack's budget measured from the natural image as well as from
-    the defended point ``x``).
+    the defended point ``x``). ``start`` (B, C, H, W), when given, is the first iterate's
+    offset from ``x`` (projected like any other), in place of zero or a random start.
     """
     device = model_device(model)
     if batch_size is None:
@@ -96,7 +98,8 @@ def perturb(
     x = x.detach().cpu()
     labels = labels.detach().cpu()
     check_inputs(model, x, labels)
-    start = threat.random_init(x.shape, generator) if schedule.random_start else None
+    if start is None and schedule.random_start:
+        start = threat.random_init(x.shape, generator)
     out = torch.empty_like(x)
     bounds = [(lo, min(lo + batch_size, len(x))) for lo in range(0, len(x), batch_size)]
     ranks = distributed.world_size()  # under torchrun each rank computes its own chunks

@@ -29,8 +29,9 @@ from torch import nn
 
 from defpert.attacks import StrongResult, pgd, strong_attack
 from defpert.attacks.adaptive import adaptive_attack
+from defpert.attacks.undo import undo_then_attack
 from defpert.data import SPLITS, Split
-from defpert.defenses import Defense, defend
+from defpert.defenses import ROBUSTIFY, Defense, defend
 from defpert.devices import model_device
 from defpert.dp_config import DPConfig
 from defpert.errors import DefpertError
@@ -104,11 +105,11 @@ def run_dp(
     kept: dict[str, torch.Tensor] = {}
 
     def strong(
-        images: torch.Tensor, attacked: torch.Tensor, keep: str = "", anchored: bool = False
+        images: torch.Tensor, known: dict[str, torch.Tensor], keep: str = "", anchored: bool = False
     ) -> dict[str, Any]:
         result = strong_attack(
-            model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg,
-            seed=config.seed, known_adversarial=[attacked[:n_strong]], progress=progress,
+            model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg, seed=config.seed,
+            known_adversarial={k: v[:n_strong] for k, v in known.items()}, progress=progress,
             anchor=natural[:n_strong] if anchored and natural is not None else None,
         )  # fmt: skip
         if keep:  # saved before the summary, so a saved summary always has its points
@@ -120,7 +121,7 @@ def run_dp(
     if config.strong:
         say(f"strong attack ({strong_cfg.tier}) on the original data ({n_strong} examples)")
         original_strong = store.record(
-            "strong-original", partial(strong, x, x_adv, keep="strong-adversarial")
+            "strong-original", partial(strong, x, {"weak": x_adv}, keep="strong-adversarial")
         )
         x_strong = kept.get("strong-adversarial", store.saved("strong-adversarial"))
 
@@ -162,8 +163,17 @@ def run_dp(
                 say(
                     f"strong attack ({strong_cfg.tier}) on the defensive data ({n_strong} examples)"
                 )
+                known = {"weak": x_def_adv}
+                if method in ROBUSTIFY:  # Moon et al.'s check: undo the defense, then attack
+                    say(f"undo-then-attack on the {method} points ({n_strong} examples)")
+                    known["undo-then-attack"] = store.version(f"{method}/undo-attacked", partial(
+                        undo_then_attack, model, x_def[:n_strong], y[:n_strong], defense,
+                        threat=threat, steps=config.strong_steps, batch_size=bs,
+                        anchor=natural[:n_strong] if natural is not None else None,
+                        progress=progress))  # fmt: skip
+                    acc["defensive_undo_attacked"] = on_first(known["undo-then-attack"], n_strong)
                 defensive_strong = store.record(
-                    f"strong-{method}", partial(strong, x_def, x_def_adv)
+                    f"strong-{method}", partial(strong, x_def, known, anchored=True)
                 )
                 acc["defensive_attacked_strong"] = defensive_strong["accuracy"]
                 strong_info["weak_on_same_examples"]["defensive_attacked"] = on_first(

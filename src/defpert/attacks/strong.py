@@ -168,14 +168,14 @@ def strong_attack(
     threat: ThreatModel,
     config: StrongConfig | None = None,
     seed: int = 0,
-    known_adversarial: list[torch.Tensor] | None = None,
+    known_adversarial: list[torch.Tensor] | dict[str, torch.Tensor] | None = None,
     progress: bool = False,
     anchor: torch.Tensor | None = None,
 ) -> StrongResult:
     """Worst case per example over the tier's cascade (see the module docstring).
 
-    ``known_adversarial`` are candidates found earlier (e.g. by the weak attack); an example
-    they already break counts as broken. Candidates are re-projected onto the ball and the
+    ``known_adversarial`` are candidates found earlier (e.g. by the weak attack; a dict
+    names each in ``broken_by``); an example they already break counts as broken. Candidates are re-projected onto the ball and the
     box before they count, so no point outside the threat model is ever reported. With an
     ``anchor`` (the natural images of defended inputs ``x``), a point must also lie within
     eps of the anchor: the budget measured from the natural image as well. Gradient attacks
@@ -197,9 +197,12 @@ def strong_attack(
         robust[newly] = False
         broken_by[name] = broken_by.get(name, 0) + len(newly)
 
-    for i, cand in enumerate(known_adversarial or []):
+    known = known_adversarial or {}
+    if not isinstance(known, dict):
+        known = {f"given[{i}]" if i else "weak": cand for i, cand in enumerate(known)}
+    for name, cand in known.items():
         idx = robust.nonzero().squeeze(1)
-        absorb(f"given[{i}]" if i else "weak", cand[idx], idx)
+        absorb(name, cand[idx], idx)
 
     generator = torch.Generator().manual_seed(seed)
     plan = cfg.plan()
