@@ -50,6 +50,21 @@ def mnist_data(mutate: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     return setup
 
 
+def tampered_shipped(tmp: Path) -> None:
+    """A shipped directory whose one checkpoint's weights do not match the index."""
+    import json
+
+    from defpert import shipped
+
+    digits_checkpoint(tmp)
+    root = tmp / "shipped"
+    (root / "digits-cnn").mkdir(parents=True)
+    for file in ("model.safetensors", "model.json"):
+        (root / "digits-cnn" / file).write_bytes((tmp / "ck" / file).read_bytes())
+    (root / "index.json").write_text(json.dumps({"digits-cnn": {"sha256": "0" * 64}}))
+    shipped.SHIPPED_DIR = root  # the test restores it
+
+
 def npz(**arrays: np.ndarray) -> Callable[[Path], None]:
     def setup(tmp: Path) -> None:
         np.savez(tmp / "v.npz", **arrays)
@@ -343,6 +358,42 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "unknown --budget-from 'x'",
     ),
     (
+        "robustify with no inner restart",
+        None,
+        [*D, "--defense", "robustify", "--inner-restarts", "0"],
+        "--inner-restarts must be at least 1, got 0",
+    ),
+    (
+        "robustify with no inner step",
+        None,
+        [*D, "--defense", "robustify", "--inner-steps", "0"],
+        "--inner-steps must be at least 1, got 0",
+    ),
+    (
+        "unknown defense optimizer",
+        None,
+        [*D, "--defense", "robustify", "--defense-optimizer", "sgd"],
+        "unknown optimizer 'sgd'; choose one of: steepest, adam, rmsprop",
+    ),
+    (
+        "unknown shipped checkpoint",
+        None,
+        [*D, "--checkpoint", "shipped:nope"],
+        "no shipped checkpoint 'nope'",
+    ),
+    (
+        "shipped checkpoint whose weights do not match its SHA-256",
+        tampered_shipped,
+        [*D, "--checkpoint", "shipped:digits-cnn"],
+        "shipped checkpoint 'digits-cnn' does not match its recorded SHA-256",
+    ),
+    (
+        "negative TRADES weight",
+        None,
+        ["train", "--dataset", "digits", "--adversarial", "trades", "--trades-beta", "-1"],
+        "--trades-beta must be 0 or more, got -1",
+    ),
+    (
         "--adaptive-square-queries negative",
         None,
         [*D, "--adaptive-square-queries", "-1"],
@@ -467,7 +518,10 @@ def run_case(tmp: Path, setup, argv: list[str]) -> tuple[int, str]:
 
 @pytest.mark.parametrize(("what", "setup", "argv", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, monkeypatch, what, setup, argv, message):
+    from defpert import shipped
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", shipped.SHIPPED_DIR)  # restored after
     code, err = run_case(tmp_path, setup, argv)
     lines = err.strip().splitlines()
     assert code == 2, err
@@ -515,7 +569,11 @@ def write_doc() -> None:
     import tempfile
 
     rows = []
+    from defpert import shipped
+
+    real_shipped = shipped.SHIPPED_DIR
     for what, setup, argv, _ in CASES:
+        shipped.SHIPPED_DIR = real_shipped
         with tempfile.TemporaryDirectory() as tmp:
             cwd = os.getcwd()
             os.chdir(tmp)

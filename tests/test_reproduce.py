@@ -180,3 +180,30 @@ def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
         "Highest strong-attack accuracy: **85.0%** (n=500), pgd model with defensive perturbation ce"
         in md
     )
+
+
+def test_terminal_summary_is_an_aligned_table_with_each_columns_n():
+    from defpert.report import terminal_summary
+
+    threat = {"norm": "linf", "eps": 0.2, "steps": 20, "step_size": 0.01, "budget_from": "defended"}
+    acc = {"original": 0.99, "original_attacked": 0.9, "original_attacked_strong": 0.8,
+           "defensive": 1.0, "defensive_attacked": 0.95, "defensive_attacked_strong": float("nan")}  # fmt: skip
+    results = {"linf": [
+        {"threat": threat, "defense": "ce", "defense_kind": "proactive", "n": 300,
+         "accuracy": acc, "strong": {"n": 100}},
+        {"threat": threat, "defense": "hedge", "defense_kind": "reactive", "n": 300,
+         "accuracy": {**acc, "defended_adversarial": 0.5, "adaptive": 0.25},
+         "strong": {"n": 100}, "adaptive": {"n": 30}},
+    ]}  # fmt: skip
+    text = terminal_summary(results)
+    lines = text.splitlines()
+    assert lines[0] == "linf: linf eps 0.2, budget from the defended point"
+    assert lines[1].split() == ["defense", "kind", "clean", "(n=300)", "weak", "(n=300)",
+                                "strong", "(n=100)", "adaptive", "(n=30)"]  # fmt: skip
+    assert lines[2].split() == ["none", "bare", "model", "99.0%", "90.0%", "80.0%"]
+    assert lines[3].split() == ["ce", "proactive", "100.0%", "95.0%", "–"]  # nan shows a dash
+    assert lines[4].split() == ["hedge", "reactive", "100.0%", "50.0%", "25.0%"]
+    # right-aligned: a column's numbers end where its header ends
+    end = lines[1].index("strong (n=100)") + len("strong (n=100)")
+    assert lines[2].index("80.0%") + 5 == end and lines[4].index("50.0%") + 5 < end
+    assert "nan" not in text and "{" not in text

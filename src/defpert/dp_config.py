@@ -77,6 +77,29 @@ class DPConfig:
                               square_queries=self.strong_config().queries if queries is None else queries,
                               restarts=1 if self.strong_tier == "quick" else 2)  # fmt: skip
 
+    def doubtful(self, pixels: int) -> list[str]:
+        """Legal settings that are almost surely a mistake, one line each (for a warning).
+
+        A step above 2.5 eps lands on the ball's edge at every step (Madry et al.'s rule,
+        2.5 eps / steps, already crosses the ball); an L2 radius beyond the diameter of the
+        [0, 1] pixel cube (``sqrt(pixels)``) holds every image, so no accuracy can survive it.
+        """
+        notes = []
+        for name, eps, size in (("--step-size", self.eps, self.step_size),
+                                ("--defense-step-size", self.defense_eps or self.eps,
+                                 self.defense_step_size or self.step_size)):  # fmt: skip
+            if size > 2.5 * eps:
+                notes.append(f"{name} {size:g} is above 2.5 x eps ({2.5 * eps:g}): every step "
+                             "ends on the ball's edge; did you mean a smaller step?")  # fmt: skip
+        diameter = pixels**0.5
+        if self.norm == "l2":
+            radii = (("--eps", self.eps), ("--defense-eps", self.defense_eps))
+            for name, radius in radii:
+                if radius is not None and radius > diameter:
+                    notes.append(f"{name} {radius:g} exceeds the images' L2 diameter ({diameter:.3g}): "
+                                 "the ball holds every image of this size")  # fmt: skip
+        return list(dict.fromkeys(notes))
+
     def validate(self) -> None:
         check_precision(self.precision)
         check_tier(self.strong_tier)

@@ -82,7 +82,7 @@ def write_csv(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _pct(v: Any) -> str:
-    return f"{v:.1%}" if isinstance(v, float) else "–"
+    return f"{v:.1%}" if isinstance(v, float) and v == v else "–"  # nan: a dash
 
 
 def _threat_title(r: Mapping[str, Any]) -> str:
@@ -344,3 +344,43 @@ def _html_table(rows: list[str]) -> str:
         parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     parts.append("</tbody></table></div>")
     return "".join(parts)
+
+
+def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """The study's numbers as an aligned plain-text table per threat model (``reproduce``).
+
+    Proactive rows: accuracy of the defended points, clean and attacked; reactive rows: the
+    defense applied to the weak attack's points, and the adaptive attack through it. The
+    bare model comes first; every column names its n.
+    """
+    blocks = []
+    for key, results in results_by_threat.items():
+        if not results:
+            continue
+        first = results[0]
+        t, strong_n = first["threat"], first.get("strong", {}).get("n")
+        adaptive_n = next((r["adaptive"]["n"] for r in results if r.get("adaptive")), None)
+        head = ["defense", "kind", f"clean (n={first['n']})", f"weak (n={first['n']})",
+                f"strong (n={strong_n})" if strong_n else "strong",
+                f"adaptive (n={adaptive_n})" if adaptive_n else "adaptive"]  # fmt: skip
+        a0 = first["accuracy"]
+        rows = [["none", "bare model", _pct(a0.get("original")), _pct(a0.get("original_attacked")),
+                 _pct(a0.get("original_attacked_strong")), ""]]  # fmt: skip
+        for r in results:
+            a = r["accuracy"]
+            if r["defense_kind"] == "reactive":
+                rows.append([r["defense"], "reactive", _pct(a.get("defensive")),
+                             _pct(a.get("defended_adversarial")), "", _pct(a.get("adaptive"))])  # fmt: skip
+            else:
+                rows.append([r["defense"], "proactive", _pct(a.get("defensive")),
+                             _pct(a.get("defensive_attacked")),
+                             _pct(a.get("defensive_attacked_strong")), ""])  # fmt: skip
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+        lines = [f"{key}: {t['norm']} eps {t['eps']:g}, budget from the "
+                 f"{t.get('budget_from', 'defended')} point"]  # fmt: skip
+        for row in [head, *rows]:
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+            cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
+            lines.append("  " + "  ".join(cells).rstrip())
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

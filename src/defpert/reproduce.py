@@ -32,6 +32,7 @@ from defpert.errors import DefpertError
 from defpert.models import environment, load_checkpoint, read_card
 from defpert.runs import claim_run, ensure_dir, read_json, write_atomic, write_json
 from defpert.shipped import install, matching
+from defpert.wording import count
 
 Report = Callable[[str], None]
 
@@ -204,7 +205,7 @@ def _reproduce(
                 f"{model_dir}; --retrain trains it here instead")  # fmt: skip
         else:
             say(
-                f"model ({kind}): training {config.model} on {config.dataset} for {train_cfg.epochs} epochs"
+                f"model ({kind}): training {config.model} on {config.dataset} for {count(train_cfg.epochs, 'epoch')}"
             )
             # overwrite: the study's own model directory follows the study's config
             train(train_cfg, out=model_dir, data_dir=data_dir, device=dev, progress=progress,
@@ -347,7 +348,7 @@ def _write_report(
 
     n = next(iter(results_by_threat.values()))[0]["n"]
     summary = [
-        f"dataset: {config.dataset}; model: {config.model}, {config.epochs} epochs, seed {config.seed}, "
+        f"dataset: {config.dataset}; model: {config.model}, {count(config.epochs, 'epoch')}, seed {config.seed}, "
         f"test accuracy {metrics['model']['test_accuracy']:.2%}",
         f"test examples: {n}; strong attack on {min(config.strong_limit, n)}, adaptive attack "
         f"on {min(config.adaptive_limit, n)} (at most)",
@@ -359,8 +360,8 @@ def _write_report(
     if len(config.models) > 1:
         adv = config.train_config(next(k for k in config.models if k != "standard"))
         summary.append(
-            f"adversarial training: linf eps {adv.adv_eps:g} for {adv.epochs} epochs (radius grown "
-            f"over {adv.adv_warmup:g}), batch {adv.batch_size}, Adam cyclic learning rate up to "
+            f"adversarial training: linf eps {adv.adv_eps:g} for {count(adv.epochs, 'epoch')} (radius grown "
+            f"over {count(adv.adv_warmup, 'epoch')}), batch {adv.batch_size}, Adam cyclic learning rate up to "
             f"{adv.lr:g}"
             + (
                 f"; pgd: {adv.adv_steps} steps of {adv.adv_step_size:.3g}"

@@ -29,6 +29,7 @@ from defpert.models import build_model, environment, save_checkpoint
 from defpert.objectives import cross_entropy
 from defpert.runs import claim_run, write_atomic, write_json
 from defpert.threat import ThreatModel, make_threat
+from defpert.wording import count
 
 
 @dataclass
@@ -484,7 +485,7 @@ def default_checkpoint(
         return run
     if report:
         report(
-            f"no checkpoint given: training the default cnn on {spec.name} ({epochs} epochs) into {run}"
+            f"no checkpoint given: training the default cnn on {spec.name} ({count(epochs, 'epoch')}) into {run}"
         )
     config = TrainConfig(dataset=spec.name, epochs=epochs, batch_size=64, lr=2e-3)
     train(config, out=run, data_dir=data_dir, device=device, progress=progress)

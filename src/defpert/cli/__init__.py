@@ -115,6 +115,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from defpert.train import TrainConfig, recipe, train
+    from defpert.wording import count
 
     config = TrainConfig(
         dataset=args.dataset, model=args.model, seed=args.seed,
@@ -136,7 +137,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     m = result.metrics
     print(
         f"{config.dataset} {config.model}: test accuracy {m['test_accuracy']:.4f} "
-        f"(val {m['val_accuracy']:.4f}, {config.epochs} epochs, "
+        f"(val {m['val_accuracy']:.4f}, {count(config.epochs, 'epoch')}, "
         f"{m['train_images_per_second']:.0f} images/s on {m['device']}); saved to {args.out}"
     )
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from defpert.cli.common import say
@@ -130,6 +131,8 @@ def run_dp_command(args: argparse.Namespace) -> int:
     )  # fmt: skip
     config.validate()
     spec = get_spec(args.dataset)
+    for note in config.doubtful(math.prod(spec.input_shape)):
+        say(f"warning: {note}")
     if args.split not in SPLITS:
         raise DefpertError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
     if args.limit is not None and args.limit < 1:
@@ -158,6 +161,9 @@ def run_dp_command(args: argparse.Namespace) -> int:
     ) as out:
         for i, split_name in enumerate(splits):
             data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=say)
+            if i == 0 and args.limit is not None and args.limit > len(data):
+                say(f"warning: --limit {args.limit} is above the {split_name} split's "
+                    f"{len(data):,} images; using all {len(data):,}")  # fmt: skip
             data = data.head(args.limit)
             if i == 0:  # once the inputs are known to be good
                 say(f"model: {checkpoint}; results: {out}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 from typing import Any
 
 from defpert.cli.common import say
@@ -86,6 +86,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                     seed=args.seed, adaptive_limit=0)  # fmt: skip
     for eps in eps_values:
         DPConfig(**{**vars(base), "eps": eps}).validate()
+    for note in dict.fromkeys(n for e in eps_values
+                              for n in DPConfig(**{**vars(base), "eps": e}).doubtful(math.prod(spec.input_shape))):  # fmt: skip
+        say(f"warning: {note}")
     args.out = args.out or default_out("sweep", spec.name, base)
     ensure_dir(args.out)
     device = pick_device(args.device)
@@ -93,7 +96,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or default_checkpoint(spec.name, data_dir=data_dir, device=device,
                                                        progress=args.progress, report=say)  # fmt: skip
     model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
-    data = load_split(spec.name, "test", data_dir, progress=args.progress).head(args.limit)
+    data = load_split(spec.name, "test", data_dir, progress=args.progress)
+    if args.limit > len(data):
+        say(f"warning: --limit {args.limit} is above the test split's {len(data):,} images; "
+            f"using all {len(data):,}")  # fmt: skip
+    data = data.head(args.limit)
     say(f"model: {checkpoint}; results: {args.out}")
     run_config = {"command": "sweep", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint), "eps": eps_values,
@@ -168,16 +175,8 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
                         progress=args.progress, report=say, overwrite=args.overwrite,
                         retrain=args.retrain)  # fmt: skip
-    from defpert.report import COLUMNS
+    from defpert.report import terminal_summary
 
-    for key, results in metrics["rq1"].items():
-        print(f"\n{key}: " + ", ".join(f"{k}" for k, _ in COLUMNS[:6]))
-        for r in results:
-            a = r["accuracy"]
-            print(
-                f"  {r['defense']:15s} "
-                + " ".join(f"{a.get(k, float('nan')):.4f}" for k, _ in COLUMNS[:6])
-            )
+    print(terminal_summary(metrics["rq1"]))
     print(f"\nreport: {out}/report.html ({metrics['seconds_this_invocation']:.0f} s)")
-    print(json.dumps({"report": f"{out}/report.html"}))
     return 0
