@@ -109,7 +109,7 @@ def corrupt_train_state(tmp: Path) -> None:
     from defpert.train import TrainConfig
 
     (tmp / "o").mkdir()
-    config = {"command": "train", **vars(TrainConfig(dataset="digits", epochs=2))}
+    config = {"command": "train", **TrainConfig(dataset="digits", epochs=2).settings()}
     (tmp / "o" / "config.json").write_text(json.dumps(config))
     (tmp / "o" / "train-state.pt").write_bytes(b"not a state")
 
@@ -271,8 +271,8 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     (
         "reproduce with an unknown model kind",
         None,
-        ["reproduce", "--dataset", "digits", "--models", "standard,trades"],
-        "unknown model kind 'trades'",
+        ["reproduce", "--dataset", "digits", "--models", "standard,magic"],
+        "unknown model kind 'magic'",
     ),
     (
         "reproduce without the original's defense",
@@ -415,8 +415,8 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     (
         "unknown adversarial training",
         None,
-        ["train", "--dataset", "digits", "--adversarial", "trades"],
-        "unknown adversarial training 'trades'",
+        ["train", "--dataset", "digits", "--adversarial", "magic"],
+        "unknown adversarial training 'magic'",
     ),
     (
         "reproduce --adv-epochs 0",

@@ -146,7 +146,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         if "ce" not in config.defenses:  # the figures and the sweep show the original's method
             raise DefpertError("--defense must include ce, the original study's method")
     if not config.models:
-        raise DefpertError("--models needs at least one of: standard, fgsm-rs, pgd")
+        raise DefpertError("--models needs at least one of: standard, fgsm-rs, pgd, trades")
     for flag, value in (("--epochs", args.epochs), ("--adv-epochs", args.adv_epochs),
                         ("--limit", args.limit), ("--strong-limit", args.strong_limit)):  # fmt: skip
         if value is not None and value < 1:
