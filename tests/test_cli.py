@@ -300,3 +300,26 @@ def test_default_output_directories_are_named_by_the_settings(
     assert (tmp_path / "runs/dp-digits-linf-eps0.2-k2/metrics.json").is_file()
     assert (tmp_path / "runs/dp-digits-l2-eps1-k2/metrics.json").is_file()
     assert f"model: {digits_run}" in capsys.readouterr().err  # the checkpoint used is named
+
+
+@pytest.mark.parametrize(
+    ("extra", "warning"),
+    [
+        (["-e", "0.2", "-a", "5"], "--step-size 5 is above 2.5 x eps (0.5)"),
+        (["-p", "l2", "-e", "1000", "-a", "0.5"], "--eps 1000 exceeds the images' L2 diameter (8)"),
+        (["--limit", "20000"], "--limit 20000 is above the test split's 360 images; using all 360"),
+    ],
+    ids=["step-above-ball", "l2-beyond-diameter", "limit-above-split"],
+)  # fmt: skip
+def test_doubtful_settings_warn_in_one_line_and_run(capsys, digits_run, tmp_path, extra, warning):
+    code, _, err = run(capsys, "dp", "--dataset", "digits", "--checkpoint", str(digits_run),
+                       "--no-strong", "-k", "2", *extra, "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0
+    said = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(said) == 1 and warning in said[0], err
+
+
+def test_sensible_settings_give_no_warning(capsys, digits_run, tmp_path):
+    code, _, err = run(capsys, "dp", "--dataset", "digits", "--checkpoint", str(digits_run),
+                       "--no-strong", "-k", "2", "--limit", "50", "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0 and "warning" not in err

@@ -85,9 +85,11 @@ class DPConfig:
         [0, 1] pixel cube (``sqrt(pixels)``) holds every image, so no accuracy can survive it.
         """
         notes = []
-        for name, eps, size in (("--step-size", self.eps, self.step_size),
-                                ("--defense-step-size", self.defense_eps or self.eps,
-                                 self.defense_step_size or self.step_size)):  # fmt: skip
+        steps = [("--step-size", self.eps, self.step_size)]
+        if self.defense_eps is not None or self.defense_step_size is not None:
+            steps.append(("--defense-step-size", self.defense_eps or self.eps,
+                          self.defense_step_size or self.step_size))  # fmt: skip
+        for name, eps, size in steps:
             if size > 2.5 * eps:
                 notes.append(f"{name} {size:g} is above 2.5 x eps ({2.5 * eps:g}): every step "
                              "ends on the ball's edge; did you mean a smaller step?")  # fmt: skip
