@@ -7,6 +7,7 @@ reports medians, so a busy machine slows both alike and the ratio stays meaningf
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -70,12 +71,24 @@ def flops_per_image_step(model: torch.nn.Module, input_shape: tuple[int, ...]) -
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, and how busy the machine was when they started.
+
+    ``cpu`` names the model and the flags that decide the speed levers (AVX2, AVX-512,
+    AVX512_BF16, AMX); ``load_average`` (1 minute) above ~0.5 per core means other programs
+    shared the CPU.
+    """
+    from defpert.devices import cpu_info
+
+    info = cpu_info()
+    flags = [f.upper() for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if info[f]]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": f"{info['model']} ({info['cores']} cores; {', '.join(flags) or 'no AVX2'})",
+        "load_average": load,
+        "quiet": load is not None and load < 0.5 * (info["cores"] or 1),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
