@@ -78,7 +78,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
     CHROMIUM is None or shutil.which("chromedriver") is None,
     reason="headless Chromium not installed (.ci/run installs it)",
 )
-def test_report_figures_load_in_headless_chromium(quick_run):
+@pytest.mark.parametrize("width", [390, 1280], ids=["phone", "laptop"])
+def test_report_figures_load_in_headless_chromium(quick_run, width):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -93,8 +94,8 @@ def test_report_figures_load_in_headless_chromium(quick_run):
         "--disable-component-update",
         "--no-first-run",
         "--disable-sync",
-        "--window-size=390,844",
-    ):  # a phone-sized window
+        f"--window-size={width},844",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
@@ -109,6 +110,13 @@ def test_report_figures_load_in_headless_chromium(quick_run):
             "return document.documentElement.scrollWidth > window.innerWidth + 1"
         )
         assert not overflow  # tables scroll inside their box; the page fits a phone
+        # the numbers to trust are visible without scrolling any table sideways
+        visible = driver.execute_script(
+            "return [...document.querySelectorAll('th')]"
+            ".filter(th => /strong attack|adaptive attack/.test(th.innerText))"
+            ".map(th => [th.innerText, th.getBoundingClientRect().right <= window.innerWidth])"
+        )
+        assert visible and all(ok for _, ok in visible), visible
     finally:
         driver.quit()
 

@@ -94,3 +94,28 @@ def test_cli_refuses_pickled_npz(tmp_path, capsys):
         assert main(["tsne", "--npz", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and cause in err  # the real cause, in one line
+
+
+def test_many_versions_wrap_three_panels_a_row_with_legible_text(small):
+    x, y = small
+    versions = {f"v{i}": ((x + 0.05 * i).clamp(0, 1), y) for i in range(4)}
+    fig = draw_tsne(versions, per_class=2)
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert len(shown) == 4 and len(fig.axes) == 6  # a 2 x 3 grid, two spare cells hidden
+    width_inches = fig.get_size_inches()[0]
+    assert width_inches <= 3 * 4.2 + 1.4  # no wider than three panels, however many versions
+    assert min(ax.title.get_fontsize() for ax in shown) >= 11
+    assert fig.legends[0].get_texts()[0].get_fontsize() >= 11
+
+
+def test_image_grid_shows_each_perturbation_on_a_colour_scale(digits_model):
+    from defpert.data import load_split
+    from defpert.figures import image_grid
+
+    test = load_split("digits", "test").head(3)
+    moved = (test.images + 0.1).clamp(0, 1)
+    fig = image_grid({"original": test.images, "defensive": moved}, test.labels, digits_model, n=3)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1  # one colour bar under the one perturbation column
+    low, high = bars[0].get_xlim()
+    assert low == pytest.approx(-high) and high == pytest.approx(0.1, abs=1e-3)

@@ -24,23 +24,21 @@ def image_grid(
     *,
     n: int = 6,
     class_names: Sequence[str] | None = None,
-    amplify: float = 5.0,
 ) -> Figure:
-    """One row per example, one column per version, plus the perturbations amplified.
+    """One row per example, one column per version, plus each version's perturbation.
 
     Under each image: the model's prediction and confidence (green when correct). The
-    perturbation columns show ``version - first version`` scaled by ``amplify`` around
-    mid-grey.
+    perturbation columns show ``version - first version`` on a diverging scale (blue:
+    darker, red: brighter) whose colour bar under the column gives the pixel change; the
+    scale is symmetric around 0 and spans the column's largest change.
     """
     names = list(versions)
     base = versions[names[0]][:n]
     n = len(base)
     device = model_device(model)
-    deltas = {
-        f"Δ {name.split(' ')[0]} (×{amplify:g})": versions[name][:n] - base for name in names[1:]
-    }
+    deltas = {f"Δ {name.split(' ')[0]}": versions[name][:n] - base for name in names[1:]}
     cols = len(names) + len(deltas)
-    fig = Figure(figsize=(1.55 * cols, 1.75 * n + 0.4), layout="constrained")
+    fig = Figure(figsize=(1.55 * cols, 1.75 * n + 1.0), layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     for j, name in enumerate(names):
         probs = torch.softmax(model(versions[name][:n].to(device)), dim=1).cpu()
@@ -52,16 +50,20 @@ def image_grid(
             shown = class_names[p] if class_names else str(p)
             ok = p == int(labels[i])
             ax.set_xlabel(
-                f"{shown} ({float(conf[i]):.0%})", fontsize=8, color="green" if ok else "red"
+                f"{shown} ({float(conf[i]):.0%})", fontsize=10, color="green" if ok else "red"
             )
             if i == 0:
-                ax.set_title(name, fontsize=8)
+                ax.set_title(name, fontsize=10)
     for j, (name, d) in enumerate(deltas.items(), start=len(names)):
+        largest = max(float(d.abs().max()), 1e-6)
         for i in range(n):
             ax = axes[i, j]
-            ax.imshow(np.clip(0.5 + amplify * _hw(d[i]), 0, 1), cmap="coolwarm", vmin=0, vmax=1)
+            shown_delta = ax.imshow(_hw(d[i]), cmap="coolwarm", vmin=-largest, vmax=largest)
             if i == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(name, fontsize=10)
+        bar = fig.colorbar(shown_delta, ax=axes[:, j], location="bottom", shrink=0.9, aspect=12)
+        bar.ax.tick_params(labelsize=8)
+        bar.set_label("pixel change", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -97,7 +99,7 @@ def accuracy_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Fi
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=11)
     return fig

@@ -15,16 +15,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# The numbers to trust first, so that a phone's narrow screen shows them without scrolling.
 COLUMNS = [
-    ("original", "clean, original"),
-    ("defensive", "clean, defensive"),
-    ("original_attacked", "weak attack, original"),
-    ("defensive_attacked", "weak attack, defensive"),
     ("original_attacked_strong", "strong attack, original"),
     ("defensive_attacked_strong", "strong attack, defensive"),
-    ("defended_adversarial", "defense on adversarial inputs"),
-    ("bare_strong_adaptive_examples", "strong attack, bare model, adaptive n"),
     ("adaptive", "adaptive attack through defense"),
+    ("bare_strong_adaptive_examples", "strong attack, bare model, adaptive n"),
+    ("original_attacked", "weak attack, original"),
+    ("defensive_attacked", "weak attack, defensive"),
+    ("defended_adversarial", "defense on adversarial inputs"),
+    ("original", "clean, original"),
+    ("defensive", "clean, defensive"),
+    ("defensive_undo_attacked", "undo-then-attack, defensive"),
 ]
 
 
@@ -40,8 +42,8 @@ def flags(result: Mapping[str, Any]) -> list[str]:
         strong_gain = a["defensive_attacked_strong"] - a["original_attacked_strong"]
         if weak_gain > 0.02 and strong_gain < 0.5 * weak_gain:
             out.append(
-                f"{result['defense']}: the weak-attack gain ({weak_gain:+.1%}) shrinks to "
-                f"{strong_gain:+.1%} under the strong attack"
+                f"{result['defense']}: the weak-attack gain ({_pp(weak_gain)}) shrinks to "
+                f"{_pp(strong_gain)} under the strong attack"
             )
     if "adaptive" in a and "bare_strong_adaptive_examples" in a:
         bare = a["bare_strong_adaptive_examples"]  # the same examples as the adaptive attack
@@ -79,6 +81,11 @@ def write_csv(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
     from defpert.runs import write_bytes_atomic
 
     write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def _pp(v: float) -> str:
+    """A difference of two accuracies, in percentage points."""
+    return f"{100 * v:+.1f} pp"
 
 
 def _pct(v: Any) -> str:
@@ -185,7 +192,9 @@ def how_to_read(
         + (f" and Square with {queries} queries through the defense" if queries else "")
         + ",",
         "on the first `adaptive n` examples, beside the bare model's strong accuracy on the",
-        "same examples. *Threat model:* an attack on a proactively defended point has its",
+        "same examples. On `robustify` points the strong attack also includes Moon et al.'s",
+        "undo-then-attack (the robustification reversed within the defender's budget, then",
+        "PGD from there inside the same threat model). *Threat model:* an attack on a proactively defended point has its",
         "budget measured from the defended point (man-in-the-middle, Moon et al. 2022), so it",
         "can end up to eps_def + eps from the natural image. Trust the strong and adaptive numbers.",
     ]

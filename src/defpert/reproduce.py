@@ -324,7 +324,7 @@ def _figures(
         labels = torch.from_numpy(versions["original"][1])
         grid = image_grid({k: torch.from_numpy(v[0]) for k, v in versions.items()}, labels, model, n=6,
                           class_names=classes)  # fmt: skip
-        figs[f"{key}: examples with prediction and confidence; perturbations amplified"] = (
+        figs[f"{key}: examples with prediction and confidence; perturbations on a colour scale"] = (
             _save_figure(fig_dir / f"grid-{key}.png", grid)
         )
     if sweep_rows:

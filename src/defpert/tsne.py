@@ -222,8 +222,15 @@ def plot_embedding(
     classes = np.unique(emb.labels)
     colours = {c: f"C{i % 10}" for i, c in enumerate(classes)}
     panels = len(emb.names) if layout == "panels" else 1
-    fig = Figure(figsize=(4.2 * panels + 1.4, 4.4), layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    # at most three panels a row, so that titles and legends stay legible when the figure
+    # is shrunk to a report's width
+    ncols = min(panels, 3)
+    nrows = -(-panels // ncols)
+    fig = Figure(figsize=(4.2 * ncols + 1.4, 4.4 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for spare in grid[panels:]:
+        spare.set_axis_off()
+    axes = grid[:panels]
     for v, name in enumerate(emb.names):
         ax = axes[v if layout == "panels" else 0]
         mask = emb.version == v
@@ -240,21 +247,22 @@ def plot_embedding(
                        label=label, alpha=0.8, linewidths=0.6)  # fmt: skip
         if layout == "panels":
             ax.set_title(f"{name}\nk-NN agreement {s['knn_agreement']:.2f}, "
-                         f"silhouette {s['silhouette']:.2f}", fontsize=9)  # fmt: skip
+                         f"silhouette {s['silhouette']:.2f}", fontsize=12)  # fmt: skip
         ax.set_xticks([])
         ax.set_yticks([])
     if layout == "markers":
         parts = [f"{_MARKERS[v % len(_MARKERS)]} {n}: k-NN {emb.scores[n]['knn_agreement']:.2f}"
                  for v, n in enumerate(emb.names)]  # fmt: skip
-        axes[0].set_title("   ".join(parts), fontsize=8)
+        axes[0].set_title("   ".join(parts), fontsize=11)
     handles, legend_labels = axes[0].get_legend_handles_labels()
     fig.legend(
         handles,
         legend_labels,
         loc="outside right center",
         title="class",
-        fontsize=8,
-        markerscale=1.5,
+        fontsize=11,
+        title_fontsize=11,
+        markerscale=2,
     )
     if title:
         fig.suptitle(title)
