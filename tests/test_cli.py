@@ -323,3 +323,13 @@ def test_sensible_settings_give_no_warning(capsys, digits_run, tmp_path):
     code, _, err = run(capsys, "dp", "--dataset", "digits", "--checkpoint", str(digits_run),
                        "--no-strong", "-k", "2", "--limit", "50", "--out", str(tmp_path / "o"))  # fmt: skip
     assert code == 0 and "warning" not in err
+
+
+def test_a_rerun_says_it_resumes_and_a_fresh_run_does_not(capsys, digits_run, tmp_path):
+    argv = ["dp", "--dataset", "digits", "--checkpoint", str(digits_run), "--no-strong",
+            "-k", "2", "--limit", "30", "--out", str(tmp_path / "o")]  # fmt: skip
+    code, first_out, first = run(capsys, *argv)
+    assert code == 0 and "resuming" not in first
+    code, again_out, again = run(capsys, *argv)
+    assert code == 0 and "resuming: 4 finished pieces" in again  # original, adversarial, ce x 2
+    assert again_out == first_out  # the same table

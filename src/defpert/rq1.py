@@ -78,6 +78,9 @@ def run_dp(
                    "data_sha256": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
                    "weights_sha256": weights_digest(model)}  # fmt: skip
     store = Store(run, split_name, y, fingerprint)
+    if store.finished():
+        say(f"resuming: {store.finished()} finished pieces (data versions, attack results) of "
+            f"an earlier run are reused from {run}; only the rest is computed")  # fmt: skip
     started = time.perf_counter()
     bs = config.batch_size
 

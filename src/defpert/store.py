@@ -121,6 +121,14 @@ class Store:
             distributed.barrier()
             write_json(stamp, fingerprint)
 
+    def finished(self) -> int:
+        """How many pieces an earlier run of the same fingerprint left here."""
+        if self.versions is None or self.partial is None:
+            return 0
+        versions = list(self.versions.rglob("*.npz")) if self.versions.is_dir() else []
+        results = [p for p in self.partial.glob("*.json") if p.name != "fingerprint.json"]
+        return len(versions) + len(results)
+
     def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The saved data version ``name``, or ``compute()`` saved under that name."""
         if self.versions is None:

@@ -9,6 +9,7 @@ to report accuracy after each epoch; the test split is evaluated once, at the en
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -248,8 +249,9 @@ def _fit(
     if state_path is not None and state_path.is_file():
         history, seconds = _load_state(state_path, model, optimizer, schedule, shuffle)
         first = len(history) + 1
-        if progress:
-            tqdm.write(f"resuming after epoch {len(history)} from {state_path}")
+        if distributed.is_main():  # said also without progress bars: it explains the time
+            tqdm.write(f"resuming after epoch {len(history)} of {config.epochs} from {state_path}",
+                       file=sys.stderr)  # fmt: skip
     for epoch in range(first, config.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=shuffle)
