@@ -6,7 +6,9 @@ Same model (the ``cnn`` of the zoo), same MNIST images, same batch, same steps; 
 implementations run interleaved in one process and the medians are compared. Also
 reported: a plain PGD loop (the textbook one: whole batch at once, a standard
 channels-first cnn with ReLU before pooling, parameters left trainable) to show what
-defpert's levers buy, and the fraction of the machine's fp32 matmul rate reached.
+defpert's levers buy, the fraction of the machine's fp32 matmul rate reached, the chunk size
+the calibration chose on this machine (``defpert.calibrate``) with the rate measured at each
+candidate, and defpert with the whole batch as one chunk.
 
 torchattacks is installed without its dependencies: ``pip install --no-deps torchattacks``.
 """
@@ -52,6 +54,9 @@ def implementations(
     plain = textbook_model(model)
     runs: dict[str, Callable[[], Any]] = {
         "defpert": lambda: pgd(model, x, y, threat=threat, steps=steps, step_size=step),
+        "defpert, whole batch": lambda: pgd(
+            model, x, y, threat=threat, steps=steps, step_size=step, batch_size=len(x)
+        ),
         "plain loop": lambda: textbook_pgd(plain, x, y, threat, steps, step),
     }
     try:
@@ -89,6 +94,13 @@ def main() -> None:
     model = build_model("cnn", (1, 28, 28), 10, mean=0.1307, std=0.3081).eval().to(device)
     flops = flops_per_image_step(model, (1, 28, 28))
     peak = peak_gflops()
+    from defpert import calibrate
+
+    chosen = calibrate.chunk_size(model, (1, 28, 28), device)
+    alternatives = calibrate.measure(model, (1, 28, 28), device)
+    print(f"chunk: {chosen} (the calibration's choice; DEFPERT_CHUNK overrides); one PGD step "
+          "at each size, image-steps/s: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in alternatives.items()), flush=True)  # fmt: skip
     rows = []
     for batch in [int(b) for b in args.batch.split(",")]:
         x, y = mnist_batch(batch)
@@ -117,6 +129,7 @@ def main() -> None:
             "peak_fp32_gflops": peak,
             "limit_image_steps_per_s": peak * 1e9 / flops,
             "machine": machine(),
+            "chunk": {"chosen": chosen, "alternatives": alternatives},
             "rows": rows,
         },
         args.json,

@@ -17,10 +17,16 @@ from defpert.models import build_model
 def _isolated_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Default models and caches go to a temporary directory, never the user's."""
+    """Default models and caches go to a temporary directory, never the user's.
+
+    The engine's chunk size is pinned to 64: tests that compare two processes' arrays must
+    not depend on what two calibrations on a busy machine chose (tests/test_calibrate.py
+    checks the calibration itself).
+    """
     if "DEFPERT_DATA" not in os.environ:  # keep using the user's fetched datasets
         monkeypatch.setenv("DEFPERT_DATA", str(default_data_dir()))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("DEFPERT_CHUNK", "64")
 
 
 @pytest.fixture(scope="session")

@@ -36,17 +36,9 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-# Images per chunk of the projected-gradient loop. On the CPU a chunk of 64 MNIST-sized
-# images keeps the activations of a forward and backward pass in cache: measured on a
-# 2-core CPU with the cnn (benchmarks/pgd_throughput.py), 64 beats 32 by ~5 %, 128 by
-# ~15 % and 512 by ~2x. A GPU wants large chunks to fill its cores.
-CPU_CHUNK = 64
+# Images per chunk of the projected-gradient loop on a GPU, which wants large chunks to
+# fill its cores. On a CPU the size is measured per machine (defpert.calibrate).
 GPU_CHUNK = 1024
-
-
-def default_chunk_size(device: torch.device) -> int:
-    """How many images the engine processes at once on ``device``."""
-    return GPU_CHUNK if device.type == "cuda" else CPU_CHUNK
 
 
 PRECISIONS = ("fp32", "bf16")

@@ -20,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defpert import distributed
-from defpert.devices import autocast, default_chunk_size, model_device
+from defpert.calibrate import chunk_size
+from defpert.devices import autocast, model_device
 from defpert.errors import DefpertError
 from defpert.objectives import Objective
 from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box, validate_schedule
@@ -91,13 +92,13 @@ def perturb(
     offset from ``x`` (projected like any other), in place of zero or a random start.
     """
     device = model_device(model)
-    if batch_size is None:
-        batch_size = default_chunk_size(device)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise DefpertError(f"batch size must be at least 1, got {batch_size}")
     x = x.detach().cpu()
     labels = labels.detach().cpu()
     check_inputs(model, x, labels)
+    if batch_size is None:
+        batch_size = chunk_size(model, tuple(x.shape[1:]), device)
     if start is None and schedule.random_start:
         start = threat.random_init(x.shape, generator)
     out = torch.empty_like(x)

@@ -30,6 +30,7 @@ from torch import nn
 from defpert.attacks import StrongResult, pgd, strong_attack
 from defpert.attacks.adaptive import adaptive_attack
 from defpert.attacks.undo import undo_then_attack
+from defpert.calibrate import chunk_size
 from defpert.data import SPLITS, Split
 from defpert.defenses import ROBUSTIFY, Defense, defend
 from defpert.devices import model_device
@@ -222,6 +223,7 @@ def run_dp(
             "strong": strong_info,
             "adaptive": adaptive_info,
             "precision": {"name": config.precision, **precision_check},
+            "chunk_size": bs or chunk_size(model, tuple(x.shape[1:]), model_device(model)),
         })  # fmt: skip
     elapsed = time.perf_counter() - started
     for r in results:

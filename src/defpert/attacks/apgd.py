@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from defpert.attacks._common import chunks, logits_of, project, rows
-from defpert.devices import default_chunk_size, model_device
+from defpert.calibrate import chunk_size
+from defpert.devices import model_device
 from defpert.engine import frozen_parameters
 from defpert.errors import DefpertError
 from defpert.threat import ThreatModel
@@ -93,7 +94,7 @@ def apgd(
     if steps < 1 or restarts < 1 or eot < 1:
         raise DefpertError("APGD needs at least 1 step, 1 restart and 1 EOT sample")
     device = model_device(model)
-    size = batch_size or default_chunk_size(device)
+    size = batch_size or chunk_size(model, tuple(x.shape[1:]), device)
     x, y = x.detach().cpu(), y.detach().cpu()
     out = x.clone()
     for part in chunks(len(x), size):

@@ -1,0 +1,129 @@
+"""The engine's chunk size on a CPU, measured on this machine rather than assumed.
+
+How many images one forward-backward pass should take depends on the CPU: on a 2-core
+AMD EPYC with AVX2, chunks of 64 MNIST images ran PGD on the ``cnn`` fastest (they keep a
+pass's activations in cache, 2x faster than 512), while on an AVX-512 EPYC of the same
+size chunks of 64 were 2-3x *slower* than whole batches of 512. So the first attack on a
+CPU times a few PGD steps at each candidate size (about two seconds), keeps the fastest,
+and caches the choice under the machine's identity (CPU model and flags, threads, torch
+version) and the model's; later runs reuse it. ``DEFPERT_CHUNK=N`` or ``--batch-size N``
+overrides it. A GPU always takes large chunks.
+
+The engine's results depend on the chunk size only through float32 summation order (it
+draws random starts for the whole input at once); APGD's and FAB's restarts draw per
+chunk, so two machines that chose different chunks may differ by an example in the strong
+suite. The same machine reuses its choice, and every ``dp`` result records the chunk used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from defpert import distributed
+from defpert.devices import GPU_CHUNK, cpu_info
+from defpert.errors import DefpertError
+from defpert.runs import default_cache_dir, read_json, write_json
+
+CANDIDATES = (32, 64, 128, 256, 512)
+CACHE_FILE = "calibration.json"
+ENV = "DEFPERT_CHUNK"
+_chosen: dict[str, int] = {}  # this process's choices, so a run measures at most once
+
+
+def chunk_size(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
+    """Images per chunk for ``model`` on ``device``: measured once per machine and model."""
+    if device.type == "cuda":
+        return GPU_CHUNK
+    override = os.environ.get(ENV)
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise DefpertError(f"{ENV} must be a positive whole number, got {override!r}")
+        return int(override)
+    key = _key(model, input_shape)
+    if key not in _chosen:
+        chosen = 0
+        if distributed.is_main():  # one rank measures; every rank uses its choice
+            chosen = _cached(key) or _measure_and_cache(key, model, input_shape, device)
+        if distributed.active():
+            chosen = int(distributed.from_main(torch.tensor([chosen]))[0])
+        _chosen[key] = chosen
+    return _chosen[key]
+
+
+def measure(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    candidates: tuple[int, ...] = CANDIDATES,
+    seconds: float = 0.25,
+) -> dict[int, float]:
+    """Image-steps per second of one PGD step (forward, backward to the input) per chunk
+    size: the candidates interleaved over three rounds, each timed for about ``seconds``,
+    the median kept (a busy machine slows every candidate alike)."""
+    from defpert.engine import frozen_parameters
+
+    rates: dict[int, list[float]] = {c: [] for c in candidates}
+    with frozen_parameters(model), torch.enable_grad():
+        for _ in range(3):
+            for size in candidates:
+                x = torch.rand(size, *input_shape, device=device, requires_grad=True)
+                y = torch.zeros(size, dtype=torch.long, device=device)
+                done, started = 0, time.perf_counter()
+                while True:
+                    loss = nn.functional.cross_entropy(model(x), y, reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, x)
+                    grad.sign_()
+                    done += size
+                    elapsed = time.perf_counter() - started
+                    if elapsed >= seconds / 3:
+                        break
+                rates[size].append(done / elapsed)
+    return {size: statistics.median(r) for size, r in rates.items()}
+
+
+def _measure_and_cache(
+    key: str, model: nn.Module, input_shape: tuple[int, ...], device: torch.device
+) -> int:
+    training = model.training
+    model.eval()
+    try:
+        rates = measure(model, input_shape, device)
+    finally:
+        model.train(training)
+    best = max(rates, key=lambda size: rates[size])
+    path = default_cache_dir() / CACHE_FILE
+    try:
+        cache = read_json(path) if path.is_file() else {}
+        cache[key] = {"chunk": best, "image_steps_per_second": {str(k): round(v) for k, v in rates.items()},
+                      "cpu": cpu_info(), "threads": torch.get_num_threads(),
+                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        write_json(path, cache)
+    except (OSError, DefpertError, ValueError):
+        pass  # an unwritable cache only means measuring again next time
+    return best
+
+
+def _cached(key: str) -> int:
+    path = default_cache_dir() / CACHE_FILE
+    try:
+        entry = read_json(path).get(key, {}) if path.is_file() else {}
+        return int(entry.get("chunk", 0))
+    except (OSError, DefpertError, ValueError, AttributeError):
+        return 0
+
+
+def _key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """The machine and the model's structure (not its weights: speed does not depend on them)."""
+    identity: dict[str, Any] = {
+        "cpu": cpu_info(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "model": repr(model), "input": list(input_shape),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

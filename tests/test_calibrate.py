@@ -1,0 +1,65 @@
+"""The engine's CPU chunk size is measured once per machine and model, cached, overridable."""
+
+import json
+
+import pytest
+import torch
+
+from defpert import calibrate
+from defpert.attacks import pgd
+from defpert.errors import DefpertError
+from defpert.threat import LinfBall
+
+
+@pytest.fixture
+def measuring(monkeypatch, tmp_path):
+    """Calibration on (no DEFPERT_CHUNK), an empty cache and in-process memory, a fake
+    measurement."""
+    monkeypatch.delenv("DEFPERT_CHUNK", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(calibrate, "_chosen", {})
+    calls = []
+
+    def fake(model, shape, device, candidates=calibrate.CANDIDATES, seconds=0.25):
+        calls.append(tuple(shape))
+        return {32: 100.0, 64: 250.0, 128: 400.0, 256: 300.0, 512: 120.0}
+
+    monkeypatch.setattr(calibrate, "measure", fake)
+    return calls
+
+
+def test_the_fastest_measured_chunk_is_chosen_cached_and_reused(measuring, digits_model):
+    cpu = torch.device("cpu")
+    assert calibrate.chunk_size(digits_model, (1, 8, 8), cpu) == 128
+    assert calibrate.chunk_size(digits_model, (1, 8, 8), cpu) == 128
+    assert measuring == [(1, 8, 8)]  # measured once in this process
+    calibrate._chosen.clear()  # a new process: the cache file answers
+    assert calibrate.chunk_size(digits_model, (1, 8, 8), cpu) == 128
+    assert measuring == [(1, 8, 8)]
+    cache = json.loads((calibrate.default_cache_dir() / calibrate.CACHE_FILE).read_text())
+    (entry,) = cache.values()
+    assert entry["chunk"] == 128 and entry["image_steps_per_second"]["128"] == 400
+    assert "model" in entry["cpu"] and "avx2" in entry["cpu"]
+    # another input shape (another model's activations) is measured on its own
+    calibrate.chunk_size(digits_model, (1, 8, 9), cpu)
+    assert measuring == [(1, 8, 8), (1, 8, 9)]
+
+
+def test_the_engine_uses_the_calibrated_chunk(measuring, digits_model, digits_test):
+    x, y = digits_test.images[:20], digits_test.labels[:20]
+    pgd(digits_model, x, y, threat=LinfBall(0.1), steps=1, step_size=0.05)
+    assert measuring == [(1, 8, 8)]
+
+
+def test_an_environment_override_wins_and_is_checked(measuring, digits_model, monkeypatch):
+    monkeypatch.setenv("DEFPERT_CHUNK", "48")
+    assert calibrate.chunk_size(digits_model, (1, 8, 8), torch.device("cpu")) == 48
+    assert measuring == []
+    monkeypatch.setenv("DEFPERT_CHUNK", "lots")
+    with pytest.raises(DefpertError, match="DEFPERT_CHUNK must be a positive whole number"):
+        calibrate.chunk_size(digits_model, (1, 8, 8), torch.device("cpu"))
+
+
+def test_real_measurement_reports_every_candidate(digits_model):
+    rates = calibrate.measure(digits_model, (1, 8, 8), torch.device("cpu"), (16, 64), 0.03)
+    assert set(rates) == {16, 64} and all(r > 0 for r in rates.values())
