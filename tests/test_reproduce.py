@@ -133,6 +133,12 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
     assert set(metrics["models"]) == {"standard", "fgsm-rs"}
     assert metrics["models"]["fgsm-rs"]["training"] == "adversarial-fgsm-rs"
     assert set(metrics["rq1"]) == {"linf", "l2", "linf-fgsm-rs", "l2-fgsm-rs"}
+    budget = metrics["defender_budget"]  # on the robust model, ce (robustify not asked for)
+    assert budget["model"] == "fgsm-rs"
+    assert sorted({r["eps_def"] for r in budget["rows"]}) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert {r["defense"] for r in budget["rows"]} == {"ce"}
+    assert (out / "figures" / "budget-fgsm-rs.png").is_file()
+    assert "Accuracy versus the defender's budget" in (out / "report.md").read_text()
     card = json.loads((out / "model-fgsm-rs" / "model.json").read_text())
     assert card["threat_trained_against"]["eps"] == 0.3
     assert card["training"]["lr_schedule"] == "cyclic" and card["training"]["adv_warmup"] == 3

@@ -103,3 +103,37 @@ def accuracy_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Fi
     if title:
         ax.set_title(title, fontsize=11)
     return fig
+
+
+def budget_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Figure:
+    """Accuracy versus the defender's budget at the attacker's fixed eps, one colour per
+    defense: the strong attack (solid) and the weak attack on the same examples (dashed).
+
+    ``rows`` are :func:`defpert.sweep.run_budget_sweep` results.
+    """
+    fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+    ax = fig.subplots()
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    for i, defense in enumerate(defenses):
+        mine = sorted((r for r in rows if r["defense"] == defense), key=lambda r: r["eps_def"])
+        budgets = [r["eps_def"] for r in mine]
+        if all(r.get("strong") is not None for r in mine):
+            ax.plot(budgets, [r["strong"] for r in mine], "-", color=f"C{i}", marker="o",
+                    label=f"{defense}, strong attack")  # fmt: skip
+        # the weak attack on the strong attack's examples where it ran, else on all
+        weak = [r["weak"] if r.get("weak_strong_n") is None else r["weak_strong_n"] for r in mine]
+        if all(w is not None for w in weak):
+            ax.plot(budgets, weak, "--", color=f"C{i}", marker=".", alpha=0.7,
+                    label=f"{defense}, weak attack")  # fmt: skip
+    if rows:
+        ax.axvline(rows[0]["eps"], color="grey", lw=0.8, ls=":")
+        ax.annotate("attacker's eps", (rows[0]["eps"], 0.02), fontsize=9, color="grey",
+                    rotation=90, ha="right", va="bottom")  # fmt: skip
+    ax.set_xlabel("defender's budget eps_def")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return fig

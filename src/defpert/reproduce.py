@@ -52,6 +52,8 @@ THREATS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 # A study can compare models trained in several ways (``--models``).
+# The defender's budgets of the budget sweep, as fractions of the attacker's eps.
+BUDGET_FRACTIONS = (0.0, 0.5, 1.0, 1.5, 2.0)
 # The study's defenses: every method once (robustify's label-free variant on request).
 STUDY_DEFENSES = ("ce", "margin", "robustify", "anti-adversary", "hedge")
 MODEL_KINDS = {"standard": "none", "fgsm-rs": "fgsm-rs", "pgd": "pgd", "trades": "trades"}
@@ -164,7 +166,8 @@ def reproduce(
         config.train_config(kind)  # unknown kinds fail before any work
     outputs = ("stages", "sweep", "figures", "report.html", "report.md", "results.csv",
                "metrics.json", *(_suffixed("model", k) for k in config.models),
-               *(f"rq1-{_suffixed(t['norm'], k)}" for t in config.threats for k in config.models))  # fmt: skip
+               *(f"rq1-{_suffixed(t['norm'], k)}" for t in config.threats for k in config.models),
+               *(f"budget-{k}" for k in config.models))  # fmt: skip
     with claim_run(out, {"command": "reproduce", **asdict(config)}, overwrite=overwrite,
                    remove_on_overwrite=outputs) as run:  # fmt: skip
         return _reproduce(config, run, data_dir, device, progress, report, retrain)
@@ -180,7 +183,7 @@ def _reproduce(
     retrain: bool = False,
 ) -> dict[str, Any]:
     from defpert.rq1 import DPConfig, run_dp
-    from defpert.sweep import run_sweep
+    from defpert.sweep import run_budget_sweep, run_sweep
     from defpert.train import train
 
     say: Report = report or (lambda _m: None)
@@ -193,6 +196,7 @@ def _reproduce(
     )  # fetches the dataset on first use, saying so
     results_by_threat: dict[str, list[dict[str, Any]]] = {}
     trained: dict[str, dict[str, Any]] = {}
+    loaded: dict[str, torch.nn.Module] = {}
     for kind in config.models:
         model_dir = run / _suffixed("model", kind)
         train_cfg = config.train_config(kind)
@@ -214,6 +218,7 @@ def _reproduce(
         trained[kind] = {"dir": str(model_dir), "test_accuracy": card["accuracy"]["test"],
                          "training": card["training"]["kind"],
                          "training_seconds": read_json(model_dir / "metrics.json").get("train_seconds")}  # fmt: skip
+        loaded[kind] = model
         if kind == config.models[0]:
             first_model, first_card = model, card
         for threat in config.threats:
@@ -248,11 +253,41 @@ def _reproduce(
         say, "sweep",
     )  # fmt: skip
 
+    # 3b. accuracy versus the defender's budget, on the first adversarially trained model
+    budget: dict[str, Any] = {}
+    robust_kinds = [k for k in config.models if k != "standard"]
+    methods = tuple(d for d in ("ce", "robustify") if d in config.defenses)
+    if robust_kinds and methods:
+        kind = robust_kinds[0]
+        budget_base = DPConfig(**first, defenses=methods, strong_limit=config.sweep_strong_limit,
+                               strong_steps=config.strong_steps, strong_tier=config.strong_tier,
+                               square_queries=config.square_queries, adaptive_limit=0,
+                               seed=config.seed, inner_steps=config.inner_steps)  # fmt: skip
+        budgets = [round(f * first["eps"], 6) for f in BUDGET_FRACTIONS]
+        rows = _stage(
+            run / "stages" / f"budget-{kind}.json",
+            {"base": asdict(budget_base), "budgets": budgets, "n": len(sweep_data), "model": trained[kind]["dir"]},
+            lambda: run_budget_sweep(loaded[kind], sweep_data, budget_base, budgets, progress=progress,
+                                     report=say, out=run / f"budget-{kind}"),
+            say, f"defender's budget ({kind} model)",
+        )  # fmt: skip
+        budget = {"model": kind, "rows": rows}
+
     # 4. figures and 5. report
     figures = _figures(run, model, card, config, results_by_threat, sweep_rows, say)
+    if budget:
+        from defpert.figures import budget_curves
+
+        caption = (f"Accuracy versus the defender's budget ({budget['model']} model, "
+                   f"{first['norm']} eps {first['eps']:g}, strong attack on {config.sweep_strong_limit} examples)")  # fmt: skip
+        figures[caption] = _save_figure(
+            run / "figures" / f"budget-{budget['model']}.png", budget_curves(budget["rows"])
+        )
     seconds = time.perf_counter() - started
     compute = {f"train {k}": m["training_seconds"] or 0.0 for k, m in trained.items()}
-    for name in (*(f"rq1-{key}" for key in results_by_threat), "sweep"):
+    stages = [*(f"rq1-{key}" for key in results_by_threat), "sweep"]
+    stages += [f"budget-{budget['model']}"] if budget else []
+    for name in stages:
         compute[name.replace("-", " ", 1)] = read_json(run / "stages" / f"{name}.json")["seconds"]
     compute["total"] = sum(compute.values())
     metrics = {
@@ -261,6 +296,7 @@ def _reproduce(
         "models": trained,
         "rq1": results_by_threat,
         "sweep": sweep_rows,
+        "defender_budget": budget,
         "seconds_this_invocation": seconds,
         "compute_seconds": compute,
         "device": str(dev),

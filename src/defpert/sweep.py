@@ -1,7 +1,10 @@
-"""Accuracy versus eps: ``defpert sweep -p linf --eps 0.05,0.1,0.2,0.3``.
+"""Accuracy versus eps: ``defpert sweep -p linf --eps 0.05,0.1,0.2,0.3``; and versus the
+defender's budget: ``defpert sweep --eps 0.2 --defense-eps 0,0.1,0.2,0.3,0.4``.
 
-For each radius: the weak attack (the original's schedule, step size scaled with eps)
-and the strong suite, on the original data and on the defensive data.
+For each attacker's radius: the weak attack (the original's schedule, step size scaled
+with eps) and the strong suite, on the original data and on the defensive data. For each
+defender's budget (the attacker's eps fixed): the same attacks on the defended points,
+the defense's step size scaled with its budget (2.5 eps_def / steps).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from defpert.data import Split
+from defpert.engine import madry_step_size
 from defpert.errors import DefpertError
 from defpert.rq1 import DPConfig, run_dp
 
@@ -65,4 +69,47 @@ def run_sweep(
         same = {f"{k}_strong_n": v for k, v in strong.get("weak_on_same_examples", {}).items()}
         rows.append({"eps": eps, "step_size": cfg.step_size, "defense": result["defense"],
                      "n": result["n"], "strong_n": strong.get("n"), **result["accuracy"], **same})  # fmt: skip
+    return rows
+
+
+def run_budget_sweep(
+    model: nn.Module,
+    data: Split,
+    base: DPConfig,
+    defense_eps_values: Sequence[float],
+    *,
+    progress: bool = False,
+    report: Callable[[str], None] | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (defense, defender's budget) at the attacker's fixed ``base.eps``.
+
+    A budget of 0 is the bare model: its row, one per defense so that every curve starts
+    at the undefended point, holds the original data's numbers.
+    """
+    if any(e < 0 for e in defense_eps_values):
+        raise DefpertError("a defense budget must be 0 or more")
+    budgets = [e for e in defense_eps_values if e > 0] or [base.eps]
+    by_budget: dict[float, list[dict[str, Any]]] = {}
+    for eps_def in budgets:
+        steps = base.defense_steps or base.steps
+        cfg = replace(base, adaptive_limit=0, defense_eps=eps_def,
+                      defense_step_size=madry_step_size(eps_def, steps))  # fmt: skip
+        cfg.validate()
+        if report:
+            report(f"defender's budget: {base.norm} eps_def={eps_def:g} (attack eps {base.eps:g})")
+        where = Path(out) / f"eps-def-{eps_def:g}" if out is not None else None
+        by_budget[eps_def] = run_dp(model, data, cfg, progress=progress, out=where)
+    rows = []
+    for eps_def in defense_eps_values:
+        for result in by_budget[eps_def or budgets[0]]:
+            a, strong = result["accuracy"], result["strong"]
+            same = strong.get("weak_on_same_examples", {})
+            which = "original" if eps_def == 0 else "defensive"
+            rows.append({"defense": result["defense"], "eps_def": eps_def, "eps": base.eps,
+                         "n": result["n"], "strong_n": strong.get("n"),
+                         "weak": a[f"{which}_attacked"],
+                         "weak_strong_n": same.get(f"{which}_attacked"),
+                         "strong": a.get(f"{which}_attacked_strong"),
+                         "clean": a[which]})  # fmt: skip
     return rows

@@ -18,9 +18,13 @@ def add_study_parsers(sub: Any) -> None:
         "sweep", help="accuracy versus eps, original and defensive, weak and strong"
     )
     sw.add_argument("-p", "--norm", default="linf")
-    sw.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="comma-separated radii")
+    sw.add_argument("--eps", help="comma-separated radii (default: 0.05,0.1,0.2,0.3); with "
+                    "--defense-eps, the attacker's one radius (default: 0.2)")  # fmt: skip
+    sw.add_argument("--defense-eps", metavar="LIST",
+                    help="sweep the defender's budget instead (comma-separated, 0 = no defense), "
+                    "the attacker's eps fixed")  # fmt: skip
     sw.add_argument("-k", "--steps", type=int, default=20)
-    sw.add_argument("--defense", default="ce")
+    sw.add_argument("--defense", default="ce", help="comma-separated with --defense-eps")
     sw.add_argument("--checkpoint")
     sw.add_argument("--dataset", default="mnist")
     sw.add_argument("--limit", type=int, default=1000)
@@ -76,20 +80,28 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from defpert.sweep import STEP_FRACTION, parse_eps_list, run_sweep
     from defpert.train import default_checkpoint
 
-    eps_values = parse_eps_list(args.eps)
+    budgets = parse_eps_list(args.defense_eps) if args.defense_eps else None
+    eps_values = parse_eps_list(args.eps or ("0.2" if budgets else "0.05,0.1,0.2,0.3"))
+    if budgets and len(eps_values) != 1:
+        raise DefpertError("--defense-eps sweeps the defender's budget at one attacker's --eps")
+    if budgets and min(budgets) < 0:
+        raise DefpertError(f"--defense-eps must be 0 or more, got {min(budgets):g}")
+    defenses = tuple(d.strip() for d in args.defense.split(",") if d.strip())
+    if not budgets and len(defenses) != 1:
+        raise DefpertError("sweep over eps takes one --defense (several with --defense-eps)")
     spec = get_spec(args.dataset)
     if args.limit < 1:
         raise DefpertError(f"--limit must be at least 1, got {args.limit}")
     base = DPConfig(norm=args.norm, eps=eps_values[0], steps=args.steps,
                     step_size=STEP_FRACTION.get(args.norm, 0.05) * eps_values[0],
-                    defenses=(args.defense,), **strong_settings(args), strong_limit=args.strong_limit,
+                    defenses=defenses, **strong_settings(args), strong_limit=args.strong_limit,
                     seed=args.seed, adaptive_limit=0)  # fmt: skip
     for eps in eps_values:
         DPConfig(**{**vars(base), "eps": eps}).validate()
     for note in dict.fromkeys(n for e in eps_values
                               for n in DPConfig(**{**vars(base), "eps": e}).doubtful(math.prod(spec.input_shape))):  # fmt: skip
         say(f"warning: {note}")
-    args.out = args.out or default_out("sweep", spec.name, base)
+    args.out = args.out or default_out("budget" if budgets else "sweep", spec.name, base)
     ensure_dir(args.out)
     device = pick_device(args.device)
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
@@ -104,7 +116,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     say(f"model: {checkpoint}; results: {args.out}")
     run_config = {"command": "sweep", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint), "eps": eps_values,
-                  "limit": args.limit, "base": vars(base)}  # fmt: skip
+                  "limit": args.limit, "base": vars(base),
+                  **({"defense_eps": budgets} if budgets else {})}  # fmt: skip
+    if budgets:
+        return _budget_sweep(args, model, data, base, budgets, run_config, checkpoint, spec.name)
     outputs = ("sweep.json", f"sweep-{args.norm}.png", *(f"eps-{e:g}" for e in eps_values))
     with claim_run(
         args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=outputs
@@ -117,16 +132,63 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         write_atomic(
             out / f"sweep-{args.norm}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png")
         )
-    keys = [
-        "original_attacked",
-        "defensive_attacked",
-        "original_attacked_strong",
-        "defensive_attacked_strong",
-    ]
-    print(f"{'eps':>6s} " + " ".join(f"{k:>26s}" for k in keys))
-    for row in rows:
-        print(f"{row['eps']:6.3g} " + " ".join(f"{row.get(k, float('nan')):26.4f}" for k in keys))
-    print(f"saved sweep.json and sweep-{args.norm}.png under {out}")
+    first = rows[0]
+    head = ["eps", f"original weak (n={first['n']})", f"defensive weak (n={first['n']})"]
+    keys = ["original_attacked", "defensive_attacked"]
+    if first.get("strong_n"):
+        head += [f"original strong (n={first['strong_n']})",
+                 f"defensive strong (n={first['strong_n']})"]  # fmt: skip
+        keys += ["original_attacked_strong", "defensive_attacked_strong"]
+    print(_aligned([head, *([f"{r['eps']:g}"] + [_pct(r.get(k)) for k in keys] for r in rows)]))
+    print(f"\nsaved sweep.json and sweep-{args.norm}.png under {out}")
+    return 0
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, float) and value == value else "–"
+
+
+def _aligned(rows: list[list[str]]) -> str:
+    """Rows of cells as text: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        )
+        for r in rows
+    )
+
+
+def _budget_sweep(
+    args: argparse.Namespace, model: Any, data: Any, base: Any, budgets: list[float],
+    run_config: dict[str, Any], checkpoint: Any, dataset: str,
+) -> int:  # fmt: skip
+    """``sweep --defense-eps``: accuracy versus the defender's budget."""
+    from defpert.figures import budget_curves
+    from defpert.runs import claim_run, write_atomic, write_json
+    from defpert.sweep import run_budget_sweep
+
+    outputs = ("budget.json", f"budget-{args.norm}.png", *(f"eps-def-{e:g}" for e in budgets))
+    with claim_run(
+        args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=outputs
+    ) as out:
+        rows = run_budget_sweep(model, data, base, budgets, progress=args.progress, report=say,
+                                out=out)  # fmt: skip
+        write_json(out / "budget.json", {"rows": rows, "config": vars(base),
+                                         "checkpoint": str(checkpoint)})  # fmt: skip
+        fig = budget_curves(rows, title=f"{args.norm} eps {base.eps:g}, {dataset}: "
+                                        "accuracy versus the defender's budget")  # fmt: skip
+        write_atomic(out / f"budget-{args.norm}.png",
+                     lambda tmp: fig.savefig(tmp, dpi=120, format="png"))  # fmt: skip
+    first = rows[0]
+    head = ["defense", "eps_def", f"weak (n={first['strong_n'] or first['n']})",
+            f"strong (n={first['strong_n']})" if first["strong_n"] else "strong"]  # fmt: skip
+    body = [[r["defense"] if r["eps_def"] else "none", f"{r['eps_def']:g}",
+             _pct(r["weak_strong_n"] if r["strong_n"] else r["weak"]), _pct(r["strong"])]
+            for r in rows]  # fmt: skip
+    body = [list(row) for row in dict.fromkeys(tuple(row) for row in body)]  # "none" once
+    print(_aligned([head, *body]))
+    print(f"\nsaved budget.json and budget-{args.norm}.png under {out}")
     return 0
 
 
