@@ -41,7 +41,8 @@ def model_device(model: nn.Module) -> torch.device:
 GPU_CHUNK = 1024
 
 
-PRECISIONS = ("fp32", "bf16")
+# "auto": bf16 where native and checked equal to fp32 on the study's data (rq1), else fp32
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def check_precision(name: str) -> str:
@@ -100,4 +101,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """bfloat16 autocast for ``precision="bf16"``, nothing for ``"fp32"``."""
     if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
+    if precision == "auto":
+        raise DefpertError("precision 'auto' is resolved by the study, not by one computation")
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -19,7 +19,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from defpert.attacks.undo import undo_then_attack
 from defpert.calibrate import chunk_size
 from defpert.data import SPLITS, Split
 from defpert.defenses import ROBUSTIFY, Defense, defend
-from defpert.devices import model_device
+from defpert.devices import model_device, native_bf16
 from defpert.dp_config import DPConfig
 from defpert.errors import DefpertError
 from defpert.evaluate import accuracy, correct
@@ -75,6 +75,10 @@ def run_dp(
     threat = config.threat()
     x, y = data.images, data.labels
     run = Path(out) if out is not None else None
+    requested = config.precision
+    auto_check: dict[str, Any] = {}
+    if requested == "auto":
+        config, auto_check = _resolve_auto_precision(model, x, y, config, say)
     fingerprint = {"config": asdict(config), "dataset": data.spec.name, "n": len(x),
                    "data_sha256": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
                    "weights_sha256": weights_digest(model)}  # fmt: skip
@@ -100,7 +104,7 @@ def run_dp(
     x_adv = store.version("adversarial", partial(attack, x))
     acc_original = accuracy(model, x, y)
     acc_original_attacked = accuracy(model, x_adv, y)
-    precision_check = (
+    precision_check = auto_check or (
         _precision_check(model, x, y, x_adv, config, say) if config.precision != "fp32" else {}
     )
 
@@ -222,7 +226,7 @@ def run_dp(
             "max_from_natural": distance,
             "strong": strong_info,
             "adaptive": adaptive_info,
-            "precision": {"name": config.precision, **precision_check},
+            "precision": {"name": config.precision, "requested": requested, **precision_check},
             "chunk_size": bs or chunk_size(model, tuple(x.shape[1:]), model_device(model)),
         })  # fmt: skip
     elapsed = time.perf_counter() - started
@@ -250,6 +254,38 @@ def defense_budget(defense: Defense) -> dict[str, Any]:
 
 PRECISION_CHECK_N = 500
 PRECISION_TOLERANCE = 0.005
+
+
+def _resolve_auto_precision(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: DPConfig, say: Report
+) -> tuple[DPConfig, dict[str, Any]]:
+    """``--precision auto``: bf16 for the weak attack and the defenses where the device
+    computes it natively *and* the weak attack's accuracy on the first 2,000 examples agrees
+    with fp32's within the tolerance; fp32 otherwise. Accuracies and the strong and adaptive
+    attacks are fp32 whatever is chosen."""
+    device = model_device(model)
+    if not native_bf16(device):
+        say(f"precision auto: fp32 ({device} has no native bfloat16)")
+        return replace(config, precision="fp32"), {"auto": "no native bfloat16"}
+    n = min(AUTO_CHECK_N, len(x))
+    runs = {}
+    for name in ("fp32", "bf16"):
+        x_adv = pgd(model, x[:n], y[:n], threat=config.threat(), steps=config.steps,
+                    step_size=config.step_size, random_start=config.random_start,
+                    generator=torch.Generator().manual_seed(config.seed),
+                    batch_size=config.batch_size, precision=name)  # fmt: skip
+        runs[name] = accuracy(model, x_adv, y[:n])
+    agree = abs(runs["fp32"] - runs["bf16"]) <= PRECISION_TOLERANCE
+    chosen = "bf16" if agree else "fp32"
+    say(f"precision auto: {chosen} (weak attack on {n} examples: fp32 {runs['fp32']:.4f}, "
+        f"bf16 {runs['bf16']:.4f}; tolerance {PRECISION_TOLERANCE:.1%})")  # fmt: skip
+    return replace(config, precision=chosen), {
+        "check_n": n, "fp32_attacked": runs["fp32"], "reduced_attacked": runs["bf16"],
+        "agrees_within_0.5pct": agree, "auto": "native bfloat16",
+    }  # fmt: skip
+
+
+AUTO_CHECK_N = 2000
 
 
 def _precision_check(

@@ -64,8 +64,9 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int,
                    help="images per chunk of the attack loop (default: 64 on a CPU, 1024 on a GPU)")  # fmt: skip
     p.add_argument("--precision", default="fp32",
-                   help="fp32, or bf16 (autocast) for the weak attack and the defenses; checked "
-                   "against fp32 on 500 examples")  # fmt: skip
+                   help="fp32; bf16 (autocast) for the weak attack and the defenses, checked "
+                   "against fp32 on 500 examples; or auto: bf16 only where the device has it "
+                   "natively and the weak attack agrees with fp32 on 2,000 examples")  # fmt: skip
     p.add_argument("--save-splits", action="store_true",
                    help="also save the versions of the training and validation splits")  # fmt: skip
     p.add_argument("--device", default="auto")

@@ -1,0 +1,30 @@
+"""--precision auto: bf16 only where it is native and measured equal to fp32."""
+
+import pytest
+
+from defpert import rq1
+from defpert.rq1 import DPConfig, run_dp
+
+
+def config(**kw):
+    return DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, defenses=("ce",),
+                    strong=False, adaptive_limit=0, precision="auto", **kw)  # fmt: skip
+
+
+def test_auto_is_fp32_without_native_bfloat16(digits_model, digits_test, monkeypatch):
+    monkeypatch.setattr(rq1, "native_bf16", lambda device: False)
+    said = []
+    (result,) = run_dp(digits_model, digits_test.head(50), config(), report=said.append)
+    assert result["precision"]["name"] == "fp32" and result["precision"]["requested"] == "auto"
+    assert any("precision auto: fp32" in s and "no native bfloat16" in s for s in said)
+
+
+@pytest.mark.parametrize("tolerance, chosen", [(1.0, "bf16"), (-1.0, "fp32")])
+def test_auto_uses_bf16_only_when_the_check_agrees(digits_model, digits_test, monkeypatch,
+                                                    tolerance, chosen):  # fmt: skip
+    monkeypatch.setattr(rq1, "native_bf16", lambda device: True)
+    monkeypatch.setattr(rq1, "PRECISION_TOLERANCE", tolerance)
+    (result,) = run_dp(digits_model, digits_test.head(50), config())
+    p = result["precision"]
+    assert p["name"] == chosen and p["check_n"] == 50
+    assert p["agrees_within_0.5pct"] == (chosen == "bf16")
