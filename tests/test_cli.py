@@ -333,3 +333,41 @@ def test_a_rerun_says_it_resumes_and_a_fresh_run_does_not(capsys, digits_run, tm
     code, again_out, again = run(capsys, *argv)
     assert code == 0 and "resuming: 4 finished pieces" in again  # original, adversarial, ce x 2
     assert again_out == first_out  # the same table
+
+
+def _stderr_of(argv, *, terminal: bool) -> str:
+    """Run the CLI with stderr on a pseudo-terminal (as a user sees it) or on a pipe."""
+    import os
+    import pty
+
+    cmd = [sys.executable, "-m", "defpert", *argv]
+    if not terminal:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done writing
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait() == 0
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_show_on_a_terminal_and_not_in_a_pipe(tmp_path):
+    argv = ["train", "--dataset", "digits", "--epochs", "2", "--model", "mlp"]
+    on_terminal = _stderr_of([*argv, "--out", str(tmp_path / "t")], terminal=True)
+    in_pipe = _stderr_of([*argv, "--out", str(tmp_path / "p")], terminal=False)
+    assert "epoch 1/2" in on_terminal and "100%" in on_terminal
+    assert "epoch 1/2" not in in_pipe and "100%" not in in_pipe
