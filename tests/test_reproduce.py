@@ -148,7 +148,7 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
     assert "test examples: 120; strong attack on 40," in md
     compute = metrics["compute_seconds"]  # the total cost of the study, stage by stage
     assert set(compute) == {"train standard", "train fgsm-rs", "rq1 linf", "rq1 l2",
-                            "rq1 linf-fgsm-rs", "rq1 l2-fgsm-rs", "sweep", "total"}  # fmt: skip
+                            "rq1 linf-fgsm-rs", "rq1 l2-fgsm-rs", "sweep", "budget fgsm-rs", "total"}  # fmt: skip
     assert compute["total"] == pytest.approx(sum(v for k, v in compute.items() if k != "total"))
     assert min(compute.values()) > 0 and f"compute time: {compute['total']:.0f} s in all" in md
     assert "adversarial training: linf eps 0.3" in md
