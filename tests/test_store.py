@@ -56,3 +56,39 @@ def test_code_version_hashes_the_package_sources():
     version = store.code_version()
     assert version["version"] == store.__version__
     assert len(version["source_sha256"]) == 64
+
+
+def test_a_defense_of_other_settings_recomputes_only_its_own_pieces(
+    digits_model, digits_test, tmp_path, monkeypatch
+):
+    data = digits_test.head(30)
+    base = dict(norm="linf", eps=0.1, steps=3, step_size=0.03, strong=False, adaptive_limit=0)
+    defended = _count_calls(monkeypatch, rq1, "defend")
+    attacked = _count_calls(monkeypatch, rq1, "pgd")
+    run_dp(digits_model, data, DPConfig(**base, defenses=("ce", "margin")), out=tmp_path)
+    assert (len(defended), len(attacked)) == (2, 3)  # original + one per defense
+    changed = DPConfig(**base, defenses=("ce", "margin"), defense_eps=0.05)
+    run_dp(digits_model, data, changed, out=tmp_path)
+    assert (len(defended), len(attacked)) == (4, 5)  # both defenses again, not the original
+    run_dp(digits_model, data, DPConfig(**base, defenses=("ce",), defense_eps=0.05), out=tmp_path)
+    assert (len(defended), len(attacked)) == (4, 5)  # nothing new to compute
+
+
+def test_another_run_lends_the_attacks_on_the_original_data(
+    digits_model, digits_test, tmp_path, monkeypatch
+):
+    data = digits_test.head(30)
+    config = DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, defenses=("ce",),
+                      strong_tier="quick", strong_steps=3, square_queries=10, strong_limit=10,
+                      adaptive_limit=0)  # fmt: skip
+    strong = _count_calls(monkeypatch, rq1, "strong_attack")
+    first = run_dp(digits_model, data, config, out=tmp_path / "a")
+    assert len(strong) == 2  # original and defended
+    other = DPConfig(**{**vars(config), "defense_eps": 0.05})
+    second = run_dp(digits_model, data, other, out=tmp_path / "b", lend_from=tmp_path / "a")
+    assert len(strong) == 3  # only the defended points: the original's result was lent
+    for key in ("original_attacked", "original_attacked_strong"):
+        assert second[0]["accuracy"][key] == first[0]["accuracy"][key]
+    elsewhere = DPConfig(**{**vars(config), "eps": 0.12})  # other attacks: nothing to lend
+    run_dp(digits_model, data, elsewhere, out=tmp_path / "c", lend_from=tmp_path / "a")
+    assert len(strong) == 5

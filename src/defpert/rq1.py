@@ -62,11 +62,15 @@ def run_dp(
     split_name: str = "test",
     progress: bool = False,
     report: Report | None = None,
+    lend_from: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the RQ1 study on ``data``; return one result dict per defense (the ``--json`` form).
 
     With ``out``, every data version and strong/adaptive result is saved as it completes;
     a rerun (after an interruption) reuses them and ends with the same results.
+    ``lend_from`` names another run directory whose shared pieces (the original data,
+    attacked weakly and strongly) are copied when they were computed with the same
+    attacks, data and weights.
     """
     config.validate()
     if split_name not in SPLITS:
@@ -79,10 +83,16 @@ def run_dp(
     auto_check: dict[str, Any] = {}
     if requested == "auto":
         config, auto_check = _resolve_auto_precision(model, x, y, config, say)
-    fingerprint = {"config": asdict(config), "dataset": data.spec.name, "n": len(x),
+    shared = {k: v for k, v in asdict(config).items() if k not in DEFENSE_FIELDS}
+    fingerprint = {"config": shared, "dataset": data.spec.name, "n": len(x),
                    "data_sha256": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
                    "weights_sha256": weights_digest(model)}  # fmt: skip
     store = Store(run, split_name, y, fingerprint)
+    for method in config.defenses:
+        store.for_defense(method, {"method": method,
+                                   **{k: getattr(config, k) for k in DEFENSE_FIELDS if k != "defenses"}})  # fmt: skip
+    if lend_from is not None:
+        store.adopt(Path(lend_from))
     if store.finished():
         say(f"resuming: {store.finished()} finished pieces (data versions, attack results) of "
             f"an earlier run are reused from {run}; only the rest is computed")  # fmt: skip
@@ -251,6 +261,12 @@ def defense_budget(defense: Defense) -> dict[str, Any]:
                            "warm_start": inner.warm_start, "optimizer": defense.optimizer}  # fmt: skip
     return budget
 
+
+# The settings that only concern the defenses: changing them recomputes those defenses'
+# pieces and keeps the attacks on the original data.
+DEFENSE_FIELDS = ("defenses", "defense_eps", "defense_steps", "defense_step_size",
+                  "defense_optimizer", "inner_steps", "inner_restarts", "warm_start",
+                  "adaptive_limit", "adaptive_square_queries")  # fmt: skip
 
 PRECISION_CHECK_N = 500
 PRECISION_TOLERANCE = 0.005

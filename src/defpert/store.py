@@ -94,13 +94,21 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+# The pieces that do not depend on any defense: the original data, attacked weakly and
+# strongly. Other runs with the same shared fingerprint can lend them (Store.adopt).
+SHARED_VERSIONS = ("original", "adversarial", "strong-adversarial")
+SHARED_RECORDS = ("strong-original",)
+
+
 class Store:
     """Finished pieces of a ``dp`` run, saved as each completes and reused by a rerun.
 
     Each data version (``versions/<split>/...npz``) and each strong or adaptive result
     (``partial/<split>/...json``) is one piece, written atomically. ``fingerprint``
-    records what the pieces were computed from (config, data, model weights; the code is
-    added here); pieces of another fingerprint are discarded, never mixed in. Without a
+    records what the shared pieces were computed from (the attacks' config, data, model
+    weights; the code is added here); each defense's pieces have their own fingerprint on
+    top (:meth:`for_defense`), so a change of one defense's settings recomputes that
+    defense only. Pieces of another fingerprint are discarded, never mixed in. Without a
     run directory nothing is saved or reused.
     """
 
@@ -114,6 +122,7 @@ class Store:
             return
         stamp = self.partial / "fingerprint.json"
         fingerprint = json.loads(json.dumps({**fingerprint, "code": code_version()}))
+        self.fingerprint = fingerprint
         if not stamp.is_file() or read_json(stamp) != fingerprint:
             if distributed.is_main():
                 for old in (self.versions, self.partial):
@@ -121,12 +130,50 @@ class Store:
             distributed.barrier()
             write_json(stamp, fingerprint)
 
+    def for_defense(self, method: str, fingerprint: dict[str, Any]) -> None:
+        """Keep ``method``'s pieces only if they were computed with this ``fingerprint``
+        (its budget and settings); otherwise remove them so they are recomputed."""
+        if self.versions is None or self.partial is None:
+            return
+        stamp = self.partial / f"defense-{method}.json"
+        fingerprint = json.loads(json.dumps(fingerprint))
+        if stamp.is_file() and read_json(stamp) == fingerprint:
+            return
+        if distributed.is_main():
+            shutil.rmtree(self.versions / method, ignore_errors=True)
+            for kind in ("strong", "adaptive"):
+                (self.partial / f"{kind}-{method}.json").unlink(missing_ok=True)
+        distributed.barrier()
+        write_json(stamp, fingerprint)
+
+    def adopt(self, other_run: Path) -> int:
+        """Copy the shared pieces (the original data, attacked) from another run directory
+        of the same shared fingerprint; returns how many were copied."""
+        if self.versions is None or self.partial is None or not distributed.is_main():
+            return 0
+        split = self.versions.name
+        other_versions = other_run / "versions" / split
+        other_partial = other_run / "partial" / split
+        stamp = other_partial / "fingerprint.json"
+        if not stamp.is_file() or read_json(stamp) != self.fingerprint:
+            return 0
+        copied = 0
+        pairs = [(other_versions / f"{n}.npz", self.versions / f"{n}.npz") for n in SHARED_VERSIONS]
+        pairs += [(other_partial / f"{n}.json", self.partial / f"{n}.json") for n in SHARED_RECORDS]
+        for source, target in pairs:
+            if source.is_file() and not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, functools.partial(_copy, source))
+                copied += 1
+        return copied
+
     def finished(self) -> int:
         """How many pieces an earlier run of the same fingerprint left here."""
         if self.versions is None or self.partial is None:
             return 0
         versions = list(self.versions.rglob("*.npz")) if self.versions.is_dir() else []
-        results = [p for p in self.partial.glob("*.json") if p.name != "fingerprint.json"]
+        results = [p for p in self.partial.glob("*.json")
+                   if p.name != "fingerprint.json" and not p.name.startswith("defense-")]  # fmt: skip
         return len(versions) + len(results)
 
     def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -163,3 +210,7 @@ class Store:
         result = compute()
         write_json(path, result)
         return result
+
+
+def _copy(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)

@@ -91,6 +91,7 @@ def run_budget_sweep(
         raise DefpertError("a defense budget must be 0 or more")
     budgets = [e for e in defense_eps_values if e > 0] or [base.eps]
     by_budget: dict[float, list[dict[str, Any]]] = {}
+    first_run: Path | None = None
     for eps_def in budgets:
         steps = base.defense_steps or base.steps
         cfg = replace(base, adaptive_limit=0, defense_eps=eps_def,
@@ -99,7 +100,10 @@ def run_budget_sweep(
         if report:
             report(f"defender's budget: {base.norm} eps_def={eps_def:g} (attack eps {base.eps:g})")
         where = Path(out) / f"eps-def-{eps_def:g}" if out is not None else None
-        by_budget[eps_def] = run_dp(model, data, cfg, progress=progress, out=where)
+        # every budget attacks the same original data: computed once, lent to the others
+        by_budget[eps_def] = run_dp(model, data, cfg, progress=progress, out=where,
+                                    lend_from=first_run)  # fmt: skip
+        first_run = first_run or where
     rows = []
     for eps_def in defense_eps_values:
         for result in by_budget[eps_def or budgets[0]]:
