@@ -102,10 +102,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for name, r in sorted(records.items()):
         if args.verify:
             verified(name)
-        acc = r.get("accuracy", {})
+        acc, part = r.get("accuracy", {}), r.get("slice", {})
         robust = acc.get("robust")
-        shown = (f"{robust['accuracy']:.2%} ({robust['attack']}, n={robust['n']})"
-                 if robust else "–")  # fmt: skip
+        if robust:
+            shown = f"{robust['accuracy']:.2%} ({robust['attack']}, n={robust['n']})"
+        elif part:
+            shown = f"{part['pgd40']:.2%} (PGD-40, {part['norm']} {part['eps']:g}, n={part['n']})"
+        else:
+            shown = "–"
         print(f"{PREFIX + name:28s} {r['dataset']:14s} {r['training']:22s} "
               f"{acc.get('test', float('nan')):7.2%}  {shown}")  # fmt: skip
     if args.verify:
