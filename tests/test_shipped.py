@@ -39,6 +39,12 @@ def test_shipped_checkpoint_matches_its_record(name):
     assert accuracy(model, x_adv, test.labels) == pytest.approx(part["pgd40"], abs=0.005)
 
 
+def test_robust_checkpoints_are_shipped_for_mnist_and_fashion_mnist():
+    kinds = {(r["dataset"], r["training"]) for r in SHIPPED.values()}
+    assert ("mnist", "adversarial-pgd") in kinds
+    assert ("fashion-mnist", "adversarial-pgd") in kinds
+
+
 @pytest.fixture
 def shipped_root(tmp_path, digits_cnn, monkeypatch):
     """A shipped directory holding the digits cnn as ``digits-cnn``."""
