@@ -15,6 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from defpert.wording import aligned
+from defpert.wording import percent as _pct
+
 # The numbers to trust first, so that a phone's narrow screen shows them without scrolling.
 COLUMNS = [
     ("original_attacked_strong", "strong attack, original"),
@@ -86,10 +89,6 @@ def write_csv(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
 def _pp(v: float) -> str:
     """A difference of two accuracies, in percentage points."""
     return f"{100 * v:+.1f} pp"
-
-
-def _pct(v: Any) -> str:
-    return f"{v:.1%}" if isinstance(v, float) and v == v else "–"  # nan: a dash
 
 
 def _threat_title(r: Mapping[str, Any]) -> str:
@@ -384,12 +383,8 @@ def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]
                 rows.append([r["defense"], "proactive", _pct(a.get("defensive")),
                              _pct(a.get("defensive_attacked")),
                              _pct(a.get("defensive_attacked_strong")), ""])  # fmt: skip
-        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-        lines = [f"{key}: {t['norm']} eps {t['eps']:g}, budget from the "
-                 f"{t.get('budget_from', 'defended')} point"]  # fmt: skip
-        for row in [head, *rows]:
-            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-            cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
-            lines.append("  " + "  ".join(cells).rstrip())
-        blocks.append("\n".join(lines))
+        title = (f"{key}: {t['norm']} eps {t['eps']:g}, budget from the "
+                 f"{t.get('budget_from', 'defended')} point")  # fmt: skip
+        blocks.append(title + "\n" + "\n".join("  " + line for line in
+                                                aligned([head, *rows], left=2).splitlines()))  # fmt: skip
     return "\n\n".join(blocks)

@@ -93,8 +93,9 @@ def run_dp(
                                    **{k: getattr(config, k) for k in DEFENSE_FIELDS if k != "defenses"}})  # fmt: skip
     if lend_from is not None:
         store.adopt(Path(lend_from))
-    if store.finished():
-        say(f"resuming: {store.finished()} finished pieces (data versions, attack results) of "
+    reused = store.finished()
+    if reused:
+        say(f"resuming: {reused} finished pieces (data versions, attack results) of "
             f"an earlier run are reused from {run}; only the rest is computed")  # fmt: skip
     started = time.perf_counter()
     bs = config.batch_size

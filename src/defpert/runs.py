@@ -75,6 +75,15 @@ def _umask() -> int:
     return mask
 
 
+def copy_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy a file so that ``target`` is either absent or complete, never half-written."""
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(source, tmp)
+
+    return write_atomic(target, copy)
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Atomically replace ``path`` with ``data``."""
 

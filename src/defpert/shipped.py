@@ -13,13 +13,11 @@ measured. The hash is checked before every use: weights that do not match are re
 from __future__ import annotations
 
 import os
-import shutil
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from defpert.errors import DefpertError
-from defpert.runs import file_sha256, read_json, write_atomic
+from defpert.runs import copy_atomic, file_sha256, read_json
 
 if TYPE_CHECKING:
     from defpert.train import TrainConfig
@@ -86,9 +84,5 @@ def install(name: str, into: Path, root: Path | None = None) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     for file in ("model.safetensors", "model.json", "metrics.json"):
         if (folder / file).is_file():
-            write_atomic(into / file, partial(_copy, folder / file))
+            copy_atomic(folder / file, into / file)
     return into
-
-
-def _copy(source: Path, target: Path) -> None:
-    shutil.copyfile(source, target)

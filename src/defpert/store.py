@@ -22,7 +22,7 @@ from torch import nn
 
 from defpert import __version__, distributed
 from defpert.errors import DefpertError
-from defpert.runs import read_json, write_atomic, write_json
+from defpert.runs import copy_atomic, read_json, write_atomic, write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -163,7 +163,7 @@ class Store:
         for source, target in pairs:
             if source.is_file() and not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(target, functools.partial(_copy, source))
+                copy_atomic(source, target)
                 copied += 1
         return copied
 
@@ -210,7 +210,3 @@ class Store:
         result = compute()
         write_json(path, result)
         return result
-
-
-def _copy(source: Path, target: Path) -> None:
-    shutil.copyfile(source, target)

@@ -8,6 +8,7 @@ from typing import Any
 
 from defpert.cli.common import say
 from defpert.errors import DefpertError
+from defpert.wording import aligned, percent
 
 
 def add_study_parsers(sub: Any) -> None:
@@ -139,24 +140,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         head += [f"original strong (n={first['strong_n']})",
                  f"defensive strong (n={first['strong_n']})"]  # fmt: skip
         keys += ["original_attacked_strong", "defensive_attacked_strong"]
-    print(_aligned([head, *([f"{r['eps']:g}"] + [_pct(r.get(k)) for k in keys] for r in rows)]))
+    print(aligned([head, *([f"{r['eps']:g}"] + [percent(r.get(k)) for k in keys] for r in rows)]))
     print(f"\nsaved sweep.json and sweep-{args.norm}.png under {out}")
     return 0
-
-
-def _pct(value: Any) -> str:
-    return f"{value:.1%}" if isinstance(value, float) and value == value else "–"
-
-
-def _aligned(rows: list[list[str]]) -> str:
-    """Rows of cells as text: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(
-            [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        )
-        for r in rows
-    )
 
 
 def _budget_sweep(
@@ -184,10 +170,10 @@ def _budget_sweep(
     head = ["defense", "eps_def", f"weak (n={first['strong_n'] or first['n']})",
             f"strong (n={first['strong_n']})" if first["strong_n"] else "strong"]  # fmt: skip
     body = [[r["defense"] if r["eps_def"] else "none", f"{r['eps_def']:g}",
-             _pct(r["weak_strong_n"] if r["strong_n"] else r["weak"]), _pct(r["strong"])]
+             percent(r["weak_strong_n"] if r["strong_n"] else r["weak"]), percent(r["strong"])]
             for r in rows]  # fmt: skip
     body = [list(row) for row in dict.fromkeys(tuple(row) for row in body)]  # "none" once
-    print(_aligned([head, *body]))
+    print(aligned([head, *body]))
     print(f"\nsaved budget.json and budget-{args.norm}.png under {out}")
     return 0
 
