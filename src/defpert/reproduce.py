@@ -279,7 +279,8 @@ def _reproduce(
         from defpert.figures import budget_curves
 
         caption = (f"Accuracy versus the defender's budget ({budget['model']} model, "
-                   f"{first['norm']} eps {first['eps']:g}, strong attack on {config.sweep_strong_limit} examples)")  # fmt: skip
+                   f"{first['norm']} eps {first['eps']:g} measured from the {config.budget_from} point, "
+                   f"strong attack on the first {config.sweep_strong_limit} examples)")  # fmt: skip
         figures[caption] = _save_figure(
             run / "figures" / f"budget-{budget['model']}.png", budget_curves(budget["rows"])
         )
