@@ -27,27 +27,40 @@ def interleaved(
     for _ in range(warmup):
         for fn in runs.values():
             fn()
+            synchronize()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(reps):
         for name, fn in runs.items():
             start = time.perf_counter()
             fn()
+            synchronize()  # a GPU's work is queued: time it done, not launched
             seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def peak_gflops(size: int = 2048, reps: int = 5) -> float:
-    """The machine's measured fp32 matmul rate (GFLOP/s): the arithmetic limit."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def peak_gflops(size: int = 2048, reps: int = 5, device: str | torch.device = "cpu") -> float:
+    """The device's measured fp32 matmul rate (GFLOP/s): the arithmetic limit."""
+    if torch.device(device).type == "cuda":
+        size = 8192  # a small product cannot fill a GPU
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
     a @ b
+    synchronize()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         a @ b
+        synchronize()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / median(times) / 1e9
 

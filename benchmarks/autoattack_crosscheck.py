@@ -31,6 +31,7 @@ from _common import emit
 from defpert.attacks import StrongConfig, strong_attack
 from defpert.attacks._common import project
 from defpert.data import load_split
+from defpert.devices import pick_device
 from defpert.evaluate import correct
 from defpert.models import load_checkpoint
 from defpert.reference import GradientMasked
@@ -133,11 +134,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--peers", default="100,10",
                    help="AutoAttack's APGD/FAB iterations to run: 100 (the paper's), 10 (torchattacks' default)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out")
     args = p.parse_args()
+    device = pick_device(args.device)
     eps = {k: float(v) for k, v in (item.split("=") for item in args.eps.split(","))}
     test = load_split(args.dataset, "test").head(args.n)
-    x, y = test.images, test.labels
+    x, y = test.images, test.labels  # on the CPU: each attack moves its chunks to the model
     rows = []
     for name in args.models.split(","):
         checkpoint = args.robust if name == "robust" else args.standard
@@ -145,13 +148,15 @@ def main() -> None:
             raise SystemExit(
                 f"--models {name} needs --{'robust' if name == 'robust' else 'standard'}"
             )
-        model, _ = load_checkpoint(checkpoint)
-        model.eval()
+        model, _ = load_checkpoint(checkpoint, map_location=device)
+        model = model.to(device).eval()
         if name == "masked":
             model = GradientMasked(model, levels=16).eval()
         peers = [int(v) for v in args.peers.split(",") if v]
         rows.append(compare(name, model, x, y, args.norm, eps[name], peers))
-    emit({"benchmark": "autoattack_crosscheck", "cpu": cpu_description(), "rows": rows}, args.out)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    emit({"benchmark": "autoattack_crosscheck", "cpu": cpu_description(), "gpu": gpu,
+          "rows": rows}, args.out)  # fmt: skip
     print(markdown(rows))
 
 

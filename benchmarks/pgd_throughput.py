@@ -75,7 +75,7 @@ def implementations(
             art_classifier(model, x, 10), norm=np.inf if norm == "linf" else 2, eps=threat.eps,
             eps_step=step, max_iter=steps, num_random_init=0, batch_size=len(x), verbose=False,
         )  # fmt: skip
-    x_np, y_np = x.numpy(), y.numpy()
+    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
     runs["art"] = lambda: art.generate(x=x_np, y=y_np)
     return runs
 
@@ -91,9 +91,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     device = pick_device()
     torch.manual_seed(0)
-    model = build_model("cnn", (1, 28, 28), 10, mean=0.1307, std=0.3081).eval().to(device)
-    flops = flops_per_image_step(model, (1, 28, 28))
-    peak = peak_gflops()
+    model = build_model("cnn", (1, 28, 28), 10, mean=0.1307, std=0.3081).eval()
+    flops = flops_per_image_step(model, (1, 28, 28))  # counted on the CPU copy
+    model = model.to(device)
+    peak = peak_gflops(device=device)
     from defpert import calibrate
 
     chosen = calibrate.chunk_size(model, (1, 28, 28), device)
@@ -104,6 +105,7 @@ def main() -> None:
     rows = []
     for batch in [int(b) for b in args.batch.split(",")]:
         x, y = mnist_batch(batch)
+        x, y = x.to(device), y.to(device)  # on a GPU every peer starts from device memory
         for norm in args.norms.split(","):
             seconds = interleaved(implementations(model, x, y, norm, args.steps), reps=args.reps)
             rate = {name: batch * args.steps / median(s) for name, s in seconds.items()}

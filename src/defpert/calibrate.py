@@ -81,6 +81,8 @@ def measure(
                     loss = nn.functional.cross_entropy(model(x), y, reduction="sum")
                     (grad,) = torch.autograd.grad(loss, x)
                     grad.sign_()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
                     done += size
                     elapsed = time.perf_counter() - started
                     if elapsed >= seconds / 3:
