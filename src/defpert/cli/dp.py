@@ -62,7 +62,7 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--adaptive-limit", type=int, default=200,
                    help="examples for the adaptive attack on reactive defenses")  # fmt: skip
     p.add_argument("--batch-size", type=int,
-                   help="images per chunk of the attack loop (default: 64 on a CPU, 1024 on a GPU)")  # fmt: skip
+                   help="images per chunk of the attack loop (default: measured once per CPU; 2048 on a GPU)")  # fmt: skip
     p.add_argument("--precision", default="fp32",
                    help="fp32; bf16 (autocast) for the weak attack and the defenses, checked "
                    "against fp32 on 500 examples; or auto: bf16 only where the device has it "
