@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -61,7 +62,14 @@ def test_writes_every_file(quick_run):
 def test_second_run_reuses_finished_stages(quick_run, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--quick", "--dataset", "digits", "--out", str(quick_run)]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    # the time per stage is printed at the end, also when every stage was reused
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    table = captured.out.split("stage", 1)[1].split("report:")[0]
+    for name, seconds in metrics["compute_seconds"].items():
+        assert re.search(rf"^{re.escape(name)}\s+{seconds:,.0f}\s", table, re.M), name
+    assert table.strip().splitlines()[-1].startswith("total")
     for stage in (
         "model (standard): reused",
         "RQ1 linf: reused",

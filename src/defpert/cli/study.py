@@ -226,5 +226,14 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     from defpert.report import terminal_summary
 
     print(terminal_summary(metrics["rq1"]))
+    print("\n" + stage_times(metrics["compute_seconds"]))
     print(f"\nreport: {out}/report.html ({metrics['seconds_this_invocation']:.0f} s)")
     return 0
+
+
+def stage_times(compute_seconds: dict[str, float]) -> str:
+    """Where the study's time went: each stage's compute (a resumed stage keeps the time it
+    took when it ran), aligned, the total last."""
+    rows = [["stage", "seconds", "minutes"]]
+    rows += [[name, f"{s:,.0f}", f"{s / 60:.1f}"] for name, s in compute_seconds.items()]
+    return aligned(rows)
