@@ -258,10 +258,15 @@ def _run_steps(
             inner_points = len(found)
         with autocast(x.device, precision):
             logits = model(points)
-        # summed over examples, averaged over each example's inner points
-        loss = objective(logits.float(), point_labels).sum() / inner_points
+        if logits.dtype != torch.float32:
+            logits = logits.float()
+        # summed over examples, averaged over each example's inner points; no operation is
+        # spent on a factor of 1 (on a GPU each one is a kernel launch of a launch-bound step)
+        loss = objective(logits, point_labels).sum()
+        if inner_points != 1:
+            loss = loss / inner_points
         (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
-        delta = feasible(delta + take_step(sign * grad))
+        delta = feasible(delta + take_step(grad if sign == 1 else sign * grad))
     return (x + delta) if create_graph else (x + delta).detach()
 
 
