@@ -66,7 +66,8 @@ def test_second_run_reuses_finished_stages(quick_run, capsys):
     err = captured.err
     # the time per stage is printed at the end, also when every stage was reused
     metrics = json.loads((quick_run / "metrics.json").read_text())
-    table = captured.out.split("stage", 1)[1].split("report:")[0]
+    assert "\nstage " in captured.out, "no time-per-stage table"
+    table = captured.out.split("\nstage ", 1)[1].split("report:")[0]
     for name, seconds in metrics["compute_seconds"].items():
         assert re.search(rf"^{re.escape(name)}\s+{seconds:,.0f}\s", table, re.M), name
     assert table.strip().splitlines()[-1].startswith("total")
