@@ -3,6 +3,7 @@
 # the repository root on the GPU machine, its results packed into $OUT/results.tgz.
 #
 #   benchmarks/gpu_session.sh smoke          # environment, throughput alone, a timed slice
+#   EPOCHS=10 benchmarks/gpu_session.sh train SECONDS  # PGD-40 and TRADES side by side
 #   EPOCHS=10 benchmarks/gpu_session.sh main SECONDS   # the long work, in parallel
 #
 # Expects (carried beside the working tree, ignored by git): .whl/ (openTSNE, ART,
@@ -79,6 +80,16 @@ if [ "$MODE" = smoke ]; then
     job dp-slice 60 $DP --checkpoint shipped:mnist-cnn-pgd -e 0.3 -k 40 -a 0.01 \
         --defense robustify,hedge --limit 300 --strong-limit 100 --adaptive-limit 50 \
         --adaptive-square-queries 200 --out "$W/dp-slice"
+elif [ "$MODE" = train ]; then
+    # the two MNIST recipes no CPU here can afford (10 epochs of PGD-40: ~7.3 min of an H100)
+    L=$(($(left) - 15))
+    job train-pgd40 $L $TRAIN --adversarial pgd --adv-steps 40 --adv-step-size 0.01 \
+        --epochs "${EPOCHS:-10}" --out "$W/mnist-cnn-pgd40" &
+    PIDS=($!)
+    job train-trades $L $TRAIN --adversarial trades --adv-steps 40 --adv-step-size 0.01 \
+        --epochs "${EPOCHS:-10}" --out "$W/mnist-cnn-trades" &
+    PIDS+=($!)
+    wait "${PIDS[@]}"
 else
     EPOCHS=${EPOCHS:-10}
     L=$(($(left) - 15))
