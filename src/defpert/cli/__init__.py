@@ -93,12 +93,13 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from defpert.shipped import PREFIX, index, verified
+    from defpert.wording import aligned
 
     records = index()
     if not records:
         print("no checkpoints are shipped with this installation")
         return 0
-    print(f"{'checkpoint':28s} {'dataset':14s} {'training':22s} {'clean':>7s}  robust (threat, n)")
+    rows = [["checkpoint", "dataset", "training", "clean", "robust (threat, n)"]]
     for name, r in sorted(records.items()):
         if args.verify:
             verified(name)
@@ -110,8 +111,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
             shown = f"{part['pgd40']:.2%} (PGD-40, {part['norm']} {part['eps']:g}, n={part['n']})"
         else:
             shown = "–"
-        print(f"{PREFIX + name:28s} {r['dataset']:14s} {r['training']:22s} "
-              f"{acc.get('test', float('nan')):7.2%}  {shown}")  # fmt: skip
+        test = acc.get("test")
+        rows.append([PREFIX + name, r["dataset"], r["training"],
+                     f"{test:.2%}" if test is not None else "–", shown])  # fmt: skip
+    print(aligned(rows, left=3))
     if args.verify:
         print("every SHA-256 matches")
     return 0
