@@ -58,3 +58,48 @@ def test_distributed_training_matches_single_process(tmp_path):
     }
     assert acc["one"] > 0.9 and acc["two"] > 0.9
     assert abs(acc["one"] - acc["two"]) <= 0.03  # same seed and global batch: within noise
+
+
+def _saved_as_rank_sees_it(rank: int, port: int, runs: list[str], out: str) -> None:
+    """One rank of a 2-rank gloo group: asks its own run directory for a saved version."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from defpert.store import Store
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))  # fmt: skip
+    try:
+        store = Store(Path(runs[rank]), "test", torch.zeros(2, dtype=torch.long), {"same": 1})
+        found = store.saved("original") is not None
+        Path(out, f"rank{rank}").write_text(str(found))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_takes_rank_0s_view_of_what_is_saved(tmp_path):
+    """A rank that sees a saved file rank 0 does not (rank 0 wrote it a moment before this
+    rank looked, as under load) must still compute it with rank 0: one skipped collective
+    deadlocks the run. Here the two ranks look at different directories, one holding the
+    file, so their disks disagree for certain."""
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    from defpert.store import Store, save_version
+
+    runs = [tmp_path / "rank0-run", tmp_path / "rank1-run"]
+    for run in runs:
+        Store(run, "test", torch.zeros(2, dtype=torch.long), {"same": 1})  # stamps it
+    save_version(runs[1] / "versions" / "test" / "original.npz", torch.zeros(2, 1, 8, 8),
+                 torch.zeros(2, dtype=torch.long))  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_saved_as_rank_sees_it, args=(port, [str(r) for r in runs], str(tmp_path)), nprocs=2)
+    assert (tmp_path / "rank0").read_text() == "False"
+    assert (tmp_path / "rank1").read_text() == "False"  # rank 0's view, not its own disk's

@@ -11,7 +11,8 @@ accuracies and saved arrays are the same as a single process's, element for elem
 (with the same number of threads per process). Only rank 0 prints and writes files;
 the other ranks wait for each write, so a file read later exists on every rank.
 
-Backend: ``nccl`` when the ranks have GPUs (each uses ``cuda:LOCAL_RANK``), else ``gloo``.
+Backend: ``nccl`` when every rank has a GPU of its own (rank i uses ``cuda:LOCAL_RANK``), else ``gloo``
+(ranks beyond the GPUs share them).
 """
 
 from __future__ import annotations
@@ -46,17 +47,25 @@ def is_main() -> bool:
 
 
 def local_device() -> torch.device:
-    """This rank's GPU when there are GPUs, else the CPU."""
+    """This rank's GPU when there are GPUs (ranks beyond the GPUs share them), else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        )
     return torch.device("cpu")
+
+
+def _one_gpu_per_rank() -> bool:
+    """nccl needs a GPU of its own per rank; with fewer GPUs than ranks gloo is used."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return torch.cuda.is_available() and torch.cuda.device_count() >= ranks_here
 
 
 def init() -> None:
     """Join the process group torchrun describes (no-op for a single process)."""
     if not launched() or dist.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if _one_gpu_per_rank() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_device())
     dist.init_process_group(backend)
@@ -109,6 +118,18 @@ def share_rows(out: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor
     for (lo, hi), block in zip(blocks, gathered, strict=True):
         out[lo:hi] = block[: hi - lo].to(out.device)
     return out
+
+
+def main_decides(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank.
+
+    A decision that leads to collectives (reuse a saved file, or compute and write it) must
+    be the same on every rank: a rank that looks at the disk after rank 0 has written the
+    file would see it and skip the collectives rank 0 waits in (a deadlock seen under load).
+    """
+    if not active():
+        return flag
+    return bool(from_main(torch.tensor([int(flag)]))[0])
 
 
 def from_main(tensor: torch.Tensor) -> torch.Tensor:

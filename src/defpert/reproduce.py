@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from defpert import distributed
 from defpert.data import get_spec, load_split
 from defpert.devices import pick_device
 from defpert.errors import DefpertError
@@ -135,11 +136,10 @@ def _stage(
 
     # compare as saved (tuples become lists); results of other code are never reused
     config = json.loads(json.dumps({**config, "code": code_version()}))
-    if path.is_file():
-        saved = read_json(path)
-        if saved.get("config") == config:
-            report(f"{name}: reused from {path}")
-            return saved["result"]
+    saved = read_json(path) if path.is_file() else {}
+    if distributed.main_decides(saved.get("config") == config):  # every rank alike
+        report(f"{name}: reused from {path}")
+        return read_json(path)["result"]
     started = time.perf_counter()
     result = compute()
     write_json(path, {"config": config, "result": result, "seconds": time.perf_counter() - started})

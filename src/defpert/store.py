@@ -123,7 +123,8 @@ class Store:
         stamp = self.partial / "fingerprint.json"
         fingerprint = json.loads(json.dumps({**fingerprint, "code": code_version()}))
         self.fingerprint = fingerprint
-        if not stamp.is_file() or read_json(stamp) != fingerprint:
+        stale = not stamp.is_file() or read_json(stamp) != fingerprint
+        if distributed.main_decides(stale):
             if distributed.is_main():
                 for old in (self.versions, self.partial):
                     shutil.rmtree(old, ignore_errors=True)
@@ -137,7 +138,7 @@ class Store:
             return
         stamp = self.partial / f"defense-{method}.json"
         fingerprint = json.loads(json.dumps(fingerprint))
-        if stamp.is_file() and read_json(stamp) == fingerprint:
+        if distributed.main_decides(stamp.is_file() and read_json(stamp) == fingerprint):
             return
         if distributed.is_main():
             shutil.rmtree(self.versions / method, ignore_errors=True)
@@ -189,8 +190,10 @@ class Store:
 
     def saved(self, name: str) -> torch.Tensor | None:
         """A saved data version, or None."""
-        path = self.versions / f"{name}.npz" if self.versions is not None else None
-        if path is None or not path.is_file():
+        if self.versions is None:
+            return None
+        path = self.versions / f"{name}.npz"
+        if not distributed.main_decides(path.is_file()):
             return None
         with np.load(path, allow_pickle=False) as saved:
             return torch.from_numpy(saved["images"])
@@ -205,7 +208,7 @@ class Store:
         if self.partial is None:
             return compute()
         path = self.partial / f"{name}.json"
-        if path.is_file():
+        if distributed.main_decides(path.is_file()):
             return dict(read_json(path))
         result = compute()
         write_json(path, result)
