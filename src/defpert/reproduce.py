@@ -139,7 +139,7 @@ def _stage(
     saved = read_json(path) if path.is_file() else {}
     if distributed.main_decides(saved.get("config") == config):  # every rank alike
         report(f"{name}: reused from {path}")
-        return read_json(path)["result"]
+        return (saved or read_json(path))["result"]  # read once, unless another rank wrote it
     started = time.perf_counter()
     result = compute()
     write_json(path, {"config": config, "result": result, "seconds": time.perf_counter() - started})
