@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from defpert import rq1, store
 from defpert.reproduce import _stage
 from defpert.rq1 import DPConfig, run_dp
@@ -92,3 +95,62 @@ def test_another_run_lends_the_attacks_on_the_original_data(
     elsewhere = DPConfig(**{**vars(config), "eps": 0.12})  # other attacks: nothing to lend
     run_dp(digits_model, data, elsewhere, out=tmp_path / "c", lend_from=tmp_path / "a")
     assert len(strong) == 5
+
+
+def test_a_run_killed_in_its_strong_stage_continues_after_the_last_finished_attack(
+    digits_model, digits_test, tmp_path, monkeypatch
+):
+    from defpert.attacks import strong as strong_module
+
+    class Killed(Exception):
+        pass
+
+    ran: list[str] = []
+    kill_at: list[str] = []
+
+    def plan(self):
+        def attack(name):
+            def run(m, x, y, t, g, a):
+                if name in kill_at:
+                    kill_at.clear()
+                    raise Killed
+                ran.append(name)
+                return (x + t.eps * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
+
+            return run
+
+        return [(name, attack(name)) for name in ("noise-a", "noise-b", "noise-c")]
+
+    monkeypatch.setattr(strong_module.StrongConfig, "plan", plan)
+    data = digits_test.head(30)
+    config = DPConfig(norm="linf", eps=0.25, steps=2, step_size=0.1, defenses=("ce",),
+                      strong_limit=30, adaptive_limit=0)  # fmt: skip
+    whole = run_dp(digits_model, data, config, out=tmp_path / "whole")
+    kill_at.append("noise-c")
+    with pytest.raises(Killed):
+        run_dp(digits_model, data, config, out=tmp_path / "run")
+    journal = tmp_path / "run/partial/test/strong-original.journal.npz"
+    assert journal.is_file()
+    ran.clear()
+    again = run_dp(digits_model, data, config, out=tmp_path / "run")
+    assert ran[0] == "noise-c"  # the original's cascade continued after noise-b
+    assert ran[1:] == ["noise-a", "noise-b", "noise-c"]  # the defended points, in full
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in whole]
+    assert [r["strong"]["broken_by"] for r in again] == [r["strong"]["broken_by"] for r in whole]
+    assert not journal.exists()  # removed once the stage's result is recorded
+
+
+def test_an_unreadable_journal_starts_the_cascade_over(tmp_path):
+    journal = store.FileJournal(tmp_path / "strong-x.journal.npz")
+    assert journal.read() is None
+    journal.path.write_bytes(b"not an npz")
+    assert journal.read() is None
+    state = store.CascadeState(["apgd-ce"], torch.rand(4, 1, 8, 8), torch.tensor([True, False, True, True]),
+                               {"clean": 1, "apgd-ce": 0}, {"apgd-ce": 1.5},
+                               torch.Generator().manual_seed(3).get_state())  # fmt: skip
+    journal.write(state)
+    back = journal.read()
+    assert back is not None and back.done == ["apgd-ce"]
+    assert torch.equal(back.worst, state.worst) and torch.equal(back.robust, state.robust)
+    assert back.broken_by == state.broken_by and back.seconds == state.seconds
+    assert torch.equal(back.generator, state.generator)

@@ -187,3 +187,78 @@ def test_budget_from_sets_the_distance_to_the_natural_image(digits_model, digits
         assert max(far.values()) <= 0.1 + 1e-5
     else:  # man-in-the-middle: the defended point's budget adds to the attack's
         assert far["weak"] > 0.1 + 1e-3
+
+
+class _Interrupted(Exception):
+    """Stands for a kill between two attacks of the cascade."""
+
+
+class _MemoryJournal:
+    """Keeps the cascade's last state; raises after ``stop_after`` writes (a kill)."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.state: strong_module.CascadeState | None = None
+        self.writes = 0
+        self.stop_after = stop_after
+
+    def read(self):
+        return self.state
+
+    def write(self, state):
+        self.state = strong_module.CascadeState(
+            list(state.done), state.worst.clone(), state.robust.clone(), dict(state.broken_by),
+            dict(state.seconds), state.generator.clone(),
+        )  # fmt: skip
+        self.writes += 1
+        if self.writes == self.stop_after:
+            raise _Interrupted
+
+
+def _noise(m, x, y, t, g, a):
+    """A random corner of the L-inf ball: its result depends on the generator's state."""
+    return (x + t.eps * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
+
+
+def test_an_interrupted_cascade_continues_to_the_uninterrupted_result(
+    digits_model, xy, monkeypatch
+):
+    x, y = xy
+    threat = LinfBall(0.25)
+    ran: list[tuple[str, int]] = []
+
+    def plan(self):
+        def spy(name):
+            def run(m, xi, yi, t, g, a):
+                ran.append((name, len(xi)))
+                return _noise(m, xi, yi, t, g, a)
+
+            return run
+
+        return [(name, spy(name)) for name in ("noise-a", "noise-b", "noise-c", "noise-d")]
+
+    monkeypatch.setattr(strong_module.StrongConfig, "plan", plan)
+    cfg = StrongConfig(tier="standard")
+    whole = strong_attack(digits_model, x, y, threat=threat, config=cfg, seed=5)
+    assert whole.broken_by["noise-c"] > 0 and whole.broken_by["noise-d"] > 0
+    journal = _MemoryJournal(stop_after=2)
+    with pytest.raises(_Interrupted):
+        strong_attack(digits_model, x, y, threat=threat, config=cfg, seed=5, journal=journal)
+    assert journal.state is not None and journal.state.done == ["noise-a", "noise-b"]
+    ran.clear()
+    resumed = strong_attack(digits_model, x, y, threat=threat, config=cfg, seed=5, journal=journal)
+    assert [name for name, _ in ran] == ["noise-c", "noise-d"]  # finished ones are not rerun
+    assert torch.equal(resumed.adversarial, whole.adversarial)
+    assert torch.equal(resumed.robust, whole.robust)
+    assert resumed.broken_by == whole.broken_by
+    assert set(resumed.seconds) == set(whole.seconds)
+
+
+def test_a_journal_of_another_cascade_is_not_continued(digits_model, xy):
+    x, y = xy
+    threat = LinfBall(0.06)
+    cfg = StrongConfig(tier="quick", **SHORT)
+    journal = _MemoryJournal()
+    strong_attack(digits_model, x[:20], y[:20], threat=threat, config=cfg, journal=journal)
+    whole = strong_attack(digits_model, x, y, threat=threat, config=cfg)
+    other = strong_attack(digits_model, x, y, threat=threat, config=cfg, journal=journal)
+    assert torch.equal(other.adversarial, whole.adversarial)  # 20 examples' state: ignored

@@ -124,12 +124,18 @@ def run_dp(
     kept: dict[str, torch.Tensor] = {}
 
     def strong(
-        images: torch.Tensor, known: dict[str, torch.Tensor], keep: str = "", anchored: bool = False
-    ) -> dict[str, Any]:
+        name: str, images: torch.Tensor, known: dict[str, torch.Tensor], keep: str = "",
+        anchored: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        journal = store.journal(name)
+        earlier = journal.read() if journal is not None else None
+        if earlier is not None and earlier.done:
+            say(f"continuing the strong attack after {', '.join(earlier.done)} (saved progress)")
         result = strong_attack(
             model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg, seed=config.seed,
             known_adversarial={k: v[:n_strong] for k, v in known.items()}, progress=progress,
             anchor=natural[:n_strong] if anchored and natural is not None else None,
+            journal=journal,
         )  # fmt: skip
         if keep:  # saved before the summary, so a saved summary always has its points
             kept[keep] = result.adversarial
@@ -140,7 +146,8 @@ def run_dp(
     if config.strong:
         say(f"strong attack ({strong_cfg.tier}) on the original data ({n_strong} examples)")
         original_strong = store.record(
-            "strong-original", partial(strong, x, {"weak": x_adv}, keep="strong-adversarial")
+            "strong-original",
+            partial(strong, "strong-original", x, {"weak": x_adv}, keep="strong-adversarial"),
         )
         x_strong = kept.get("strong-adversarial", store.saved("strong-adversarial"))
 
@@ -192,7 +199,8 @@ def run_dp(
                         progress=progress))  # fmt: skip
                     acc["defensive_undo_attacked"] = on_first(known["undo-then-attack"], n_strong)
                 defensive_strong = store.record(
-                    f"strong-{method}", partial(strong, x_def, known, anchored=True)
+                    f"strong-{method}",
+                    partial(strong, f"strong-{method}", x_def, known, anchored=True),
                 )
                 acc["defensive_attacked_strong"] = defensive_strong["accuracy"]
                 strong_info["weak_on_same_examples"]["defensive_attacked"] = on_first(

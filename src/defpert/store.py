@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from defpert import __version__, distributed
+from defpert.attacks.strong import CascadeState
 from defpert.errors import DefpertError
 from defpert.runs import copy_atomic, read_json, write_atomic, write_json
 
@@ -144,6 +145,7 @@ class Store:
             shutil.rmtree(self.versions / method, ignore_errors=True)
             for kind in ("strong", "adaptive"):
                 (self.partial / f"{kind}-{method}.json").unlink(missing_ok=True)
+                (self.partial / f"{kind}-{method}{JOURNAL_SUFFIX}").unlink(missing_ok=True)
         distributed.barrier()
         write_json(stamp, fingerprint)
 
@@ -212,4 +214,50 @@ class Store:
             return dict(read_json(path))
         result = compute()
         write_json(path, result)
+        if distributed.is_main():
+            (self.partial / f"{name}{JOURNAL_SUFFIX}").unlink(missing_ok=True)
         return result
+
+    def journal(self, name: str) -> FileJournal | None:
+        """Where the long computation of result ``name`` keeps its progress until the result
+        is recorded (then the journal is removed); None without a run directory."""
+        return FileJournal(self.partial / f"{name}{JOURNAL_SUFFIX}") if self.partial else None
+
+
+JOURNAL_SUFFIX = ".journal.npz"
+
+
+class FileJournal:
+    """A strong cascade's progress in one ``.npz`` (arrays and a JSON string: nothing is
+    unpickled), replaced atomically after each attack. An unreadable journal is ignored:
+    the cascade then starts over, it never stops the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> CascadeState | None:
+        if not distributed.main_decides(self.path.is_file()):
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as saved:
+                meta = json.loads(str(saved["meta"]))
+                return CascadeState(
+                    done=list(meta["done"]),
+                    worst=torch.from_numpy(saved["worst"]),
+                    robust=torch.from_numpy(saved["robust"]),
+                    broken_by={str(k): int(v) for k, v in meta["broken_by"].items()},
+                    seconds={str(k): float(v) for k, v in meta["seconds"].items()},
+                    generator=torch.from_numpy(saved["generator"]),
+                )
+        except Exception:  # a journal of an older layout or a damaged file: start over
+            return None
+
+    def write(self, state: CascadeState) -> None:
+        meta = {"done": state.done, "broken_by": state.broken_by, "seconds": state.seconds}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, worst=state.worst.numpy(), robust=state.robust.numpy(),
+                         generator=state.generator.numpy(), meta=np.array(json.dumps(meta)))  # fmt: skip
+
+        write_atomic(self.path, write)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -146,6 +146,33 @@ def _pgd_restarts(
 
 
 @dataclass
+class CascadeState:
+    """An unfinished cascade, as saved after each attack so that a rerun continues it: the
+    attacks done (plan order), the worst points and survivors so far, and the generator's
+    state for the next attack. Continuing from it gives the uninterrupted run's results."""
+
+    done: list[str]
+    worst: torch.Tensor
+    robust: torch.Tensor
+    broken_by: dict[str, int]
+    seconds: dict[str, float]
+    generator: torch.Tensor
+
+    def continues(self, x: torch.Tensor, plan: list[str]) -> bool:
+        """Whether this state belongs to a cascade of ``plan`` on inputs shaped like ``x``."""
+        return (self.worst.shape == x.shape and self.robust.shape == (len(x),)
+                and self.done == plan[: len(self.done)])  # fmt: skip
+
+
+class Journal(Protocol):
+    """Where a long cascade keeps its progress (e.g. a file beside a run's results)."""
+
+    def read(self) -> CascadeState | None: ...
+
+    def write(self, state: CascadeState) -> None: ...
+
+
+@dataclass
 class StrongResult:
     """Worst case over the suite: the adversarial inputs, which examples survived, and how."""
 
@@ -171,6 +198,7 @@ def strong_attack(
     known_adversarial: list[torch.Tensor] | dict[str, torch.Tensor] | None = None,
     progress: bool = False,
     anchor: torch.Tensor | None = None,
+    journal: Journal | None = None,
 ) -> StrongResult:
     """Worst case per example over the tier's cascade (see the module docstring).
 
@@ -180,6 +208,8 @@ def strong_attack(
     ``anchor`` (the natural images of defended inputs ``x``), a point must also lie within
     eps of the anchor: the budget measured from the natural image as well. Gradient attacks
     optimise inside that intersection; FAB's and Square's points are projected onto it.
+    A ``journal`` receives the cascade's state after each attack and, when it holds the
+    state of an interrupted run of the same cascade, the run continues from there.
     """
     cfg = config or StrongConfig()
     x, y = x.detach().cpu(), y.detach().cpu()
@@ -197,16 +227,26 @@ def strong_attack(
         robust[newly] = False
         broken_by[name] = broken_by.get(name, 0) + len(newly)
 
-    known = known_adversarial or {}
-    if not isinstance(known, dict):
-        known = {f"given[{i}]" if i else "weak": cand for i, cand in enumerate(known)}
-    for name, cand in known.items():
-        idx = robust.nonzero().squeeze(1)
-        absorb(name, cand[idx], idx)
-
     generator = torch.Generator().manual_seed(seed)
     plan = cfg.plan()
-    with tqdm(plan, desc=f"strong ({cfg.tier})", disable=not progress, leave=False) as bar:
+    names = [name for name, _ in plan]
+    state = journal.read() if journal is not None else None
+    if state is not None and state.continues(x, names):
+        worst, robust = state.worst.clone(), state.robust.clone()
+        broken_by, seconds = dict(state.broken_by), dict(state.seconds)
+        generator.set_state(state.generator)
+        done = list(state.done)
+    else:
+        known = known_adversarial or {}
+        if not isinstance(known, dict):
+            known = {f"given[{i}]" if i else "weak": cand for i, cand in enumerate(known)}
+        for name, cand in known.items():
+            idx = robust.nonzero().squeeze(1)
+            absorb(name, cand[idx], idx)
+        done = []
+
+    with tqdm(plan[len(done):], desc=f"strong ({cfg.tier})", disable=not progress,
+              leave=False) as bar:  # fmt: skip
         for name, attack in bar:
             idx = robust.nonzero().squeeze(1)
             bar.set_postfix_str(f"{name}: {len(idx)} unbroken")
@@ -216,5 +256,9 @@ def strong_attack(
             a = anchor[idx] if anchor is not None else None
             absorb(name, attack(model, x[idx], y[idx], threat, generator, a), idx)
             seconds[name] = round(time.perf_counter() - started, 3)
+            done.append(name)
+            if journal is not None:
+                journal.write(CascadeState(done, worst, robust, broken_by, seconds,
+                                           generator.get_state()))  # fmt: skip
     size = threat.size(worst - x)
     return StrongResult(worst, robust, broken_by, float(size.max()) if len(size) else 0.0, seconds)
