@@ -20,7 +20,7 @@ def measuring(monkeypatch, tmp_path):
     monkeypatch.setattr(calibrate, "_chosen", {})
     calls = []
 
-    def fake(model, shape, device, candidates=calibrate.CANDIDATES, seconds=0.25):
+    def fake(model, shape, device, candidates=calibrate.CANDIDATES, seconds=0.4, rounds=5):
         calls.append(tuple(shape))
         return {32: 100.0, 64: 250.0, 128: 400.0, 256: 300.0, 512: 120.0}
 
@@ -63,3 +63,38 @@ def test_an_environment_override_wins_and_is_checked(measuring, digits_model, mo
 def test_real_measurement_reports_every_candidate(digits_model):
     rates = calibrate.measure(digits_model, (1, 8, 8), torch.device("cpu"), (16, 64), 0.03)
     assert set(rates) == {16, 64} and all(r > 0 for r in rates.values())
+
+
+def test_a_choice_measured_on_a_busier_machine_is_measured_again_when_quieter(
+    measuring, digits_model, monkeypatch
+):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 1.5)  # others share the CPU
+    assert calibrate.chunk_size(digits_model, (1, 8, 8), cpu) == 128
+    cache_file = calibrate.default_cache_dir() / calibrate.CACHE_FILE
+    (entry,) = json.loads(cache_file.read_text()).values()
+    assert entry["load_per_core"] == 1.5
+    calibrate._chosen.clear()
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 1.2)  # about as busy: reused
+    calibrate.chunk_size(digits_model, (1, 8, 8), cpu)
+    assert len(measuring) == 1
+    calibrate._chosen.clear()
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 0.1)  # quiet: measured again
+    calibrate.chunk_size(digits_model, (1, 8, 8), cpu)
+    assert len(measuring) == 2
+    (entry,) = json.loads(cache_file.read_text()).values()
+    assert entry["load_per_core"] == 0.1
+    calibrate._chosen.clear()
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 3.0)  # busy again: quiet one kept
+    calibrate.chunk_size(digits_model, (1, 8, 8), cpu)
+    assert len(measuring) == 2
+
+
+def test_a_cached_choice_of_unknown_load_is_measured_again(measuring, digits_model, monkeypatch):
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 2.0)
+    key = calibrate._key(digits_model, (1, 8, 8))
+    cache_file = calibrate.default_cache_dir() / calibrate.CACHE_FILE
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps({key: {"chunk": 512}}))  # an older entry: no load
+    assert calibrate.chunk_size(digits_model, (1, 8, 8), torch.device("cpu")) == 128
+    assert len(measuring) == 1

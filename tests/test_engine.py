@@ -231,3 +231,15 @@ def test_hedge_objective_ignores_labels():
     assert torch.equal(
         hedge(logits, torch.zeros(5, dtype=torch.long)), hedge(logits, torch.arange(5))
     )
+
+
+def test_the_fused_cross_entropy_sum_gives_each_example_the_same_gradient():
+    from defpert.objectives import cross_entropy, margin, summed
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(64, 10, generator=g) * 30).requires_grad_(True)
+    labels = torch.randint(0, 10, (64,), generator=g)
+    for objective in (cross_entropy, margin):
+        (fused,) = torch.autograd.grad(summed(objective)(logits, labels), logits)
+        (plain,) = torch.autograd.grad(objective(logits, labels).sum(), logits)
+        assert torch.equal(fused, plain)

@@ -9,6 +9,12 @@ and caches the choice under the machine's identity (CPU model and flags, threads
 version) and the model's; later runs reuse it. ``DEFPERT_CHUNK=N`` or ``--batch-size N``
 overrides it. A GPU always takes large chunks.
 
+A measurement taken while other programs load the CPU is mostly noise (measured here: five
+candidates within 13 % of each other under load, where the quiet machine separates them by
+up to 40 %), so each choice is cached with the load it was measured under (the one-minute
+load average per core), and a run on a clearly quieter machine measures again and keeps
+the quieter measurement. A choice measured quiet is never replaced by a busier one.
+
 The engine's results depend on the chunk size only through float32 summation order (it
 draws random starts for the whole input at once); APGD's and FAB's restarts draw per
 chunk, so two machines that chose different chunks may differ by an example in the strong
@@ -51,7 +57,9 @@ def chunk_size(model: nn.Module, input_shape: tuple[int, ...], device: torch.dev
     if key not in _chosen:
         chosen = 0
         if distributed.is_main():  # one rank measures; every rank uses its choice
-            chosen = _cached(key) or _measure_and_cache(key, model, input_shape, device)
+            chosen = _cached(key, load_per_core()) or _measure_and_cache(
+                key, model, input_shape, device
+            )
         if distributed.active():
             chosen = int(distributed.from_main(torch.tensor([chosen]))[0])
         _chosen[key] = chosen
@@ -63,16 +71,17 @@ def measure(
     input_shape: tuple[int, ...],
     device: torch.device,
     candidates: tuple[int, ...] = CANDIDATES,
-    seconds: float = 0.25,
+    seconds: float = 0.4,
+    rounds: int = 5,
 ) -> dict[int, float]:
     """Image-steps per second of one PGD step (forward, backward to the input) per chunk
-    size: the candidates interleaved over three rounds, each timed for about ``seconds``,
-    the median kept (a busy machine slows every candidate alike)."""
+    size: the candidates interleaved over ``rounds`` rounds, each timed for about
+    ``seconds`` in all, the median kept (a busy machine slows every candidate alike)."""
     from defpert.engine import frozen_parameters
 
     rates: dict[int, list[float]] = {c: [] for c in candidates}
     with frozen_parameters(model), torch.enable_grad():
-        for _ in range(3):
+        for _ in range(rounds):
             for size in candidates:
                 x = torch.rand(size, *input_shape, device=device, requires_grad=True)
                 y = torch.zeros(size, dtype=torch.long, device=device)
@@ -85,7 +94,7 @@ def measure(
                         torch.cuda.synchronize(device)
                     done += size
                     elapsed = time.perf_counter() - started
-                    if elapsed >= seconds / 3:
+                    if elapsed >= seconds / rounds:
                         break
                 rates[size].append(done / elapsed)
     return {size: statistics.median(r) for size, r in rates.items()}
@@ -96,6 +105,7 @@ def _measure_and_cache(
 ) -> int:
     training = model.training
     model.eval()
+    load = load_per_core()
     try:
         rates = measure(model, input_shape, device)
     finally:
@@ -106,6 +116,7 @@ def _measure_and_cache(
         cache = read_json(path) if path.is_file() else {}
         cache[key] = {"chunk": best, "image_steps_per_second": {str(k): round(v) for k, v in rates.items()},
                       "cpu": cpu_info(), "threads": torch.get_num_threads(),
+                      "load_per_core": round(load, 2),
                       "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
         write_json(path, cache)
     except (OSError, DefpertError, ValueError):
@@ -113,13 +124,30 @@ def _measure_and_cache(
     return best
 
 
-def _cached(key: str) -> int:
+def _cached(key: str, load_now: float) -> int:
+    """The cached choice, unless it was measured on a clearly busier machine than now (or
+    under an unknown load): then 0, so that it is measured again."""
     path = default_cache_dir() / CACHE_FILE
     try:
         entry = read_json(path).get(key, {}) if path.is_file() else {}
+        measured_under = float(entry.get("load_per_core", float("inf")))
+        if measured_under > load_now + BUSIER:
+            return 0
         return int(entry.get("chunk", 0))
-    except (OSError, DefpertError, ValueError, AttributeError):
+    except (OSError, DefpertError, ValueError, AttributeError, TypeError):
         return 0
+
+
+# How much busier (load average per core) a cached measurement may have been than now.
+BUSIER = 0.5
+
+
+def load_per_core() -> float:
+    """The one-minute load average per logical core (0 where the system does not say)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return 0.0
 
 
 def _key(model: nn.Module, input_shape: tuple[int, ...]) -> str:

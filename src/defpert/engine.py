@@ -23,7 +23,7 @@ from defpert import distributed
 from defpert.calibrate import chunk_size
 from defpert.devices import autocast, model_device
 from defpert.errors import DefpertError
-from defpert.objectives import Objective
+from defpert.objectives import Objective, summed
 from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box, validate_schedule
 
 # Maps (model, point, labels, previous) to the points where the objective is evaluated,
@@ -240,6 +240,7 @@ def _run_steps(
 
     delta = feasible(torch.zeros_like(x) if delta0 is None else delta0)
     take_step = _stepper(threat, schedule, create_graph)
+    total = summed(objective)
     offsets: torch.Tensor | None = None  # the inner attacks' last offsets from the point
     for _ in range(schedule.steps):
         if not create_graph:
@@ -262,7 +263,7 @@ def _run_steps(
             logits = logits.float()
         # summed over examples, averaged over each example's inner points; no operation is
         # spent on a factor of 1 (on a GPU each one is a kernel launch of a launch-bound step)
-        loss = objective(logits, point_labels).sum()
+        loss = total(logits, point_labels)
         if inner_points != 1:
             loss = loss / inner_points
         (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
