@@ -262,3 +262,24 @@ def test_a_journal_of_another_cascade_is_not_continued(digits_model, xy):
     whole = strong_attack(digits_model, x, y, threat=threat, config=cfg)
     other = strong_attack(digits_model, x, y, threat=threat, config=cfg, journal=journal)
     assert torch.equal(other.adversarial, whole.adversarial)  # 20 examples' state: ignored
+
+
+def test_an_interrupted_adaptive_attack_continues_to_the_uninterrupted_result(digits_model, xy):
+    x, y = xy[0][:40], xy[1][:40]
+    masked = GradientMasked(digits_model, levels=16)  # only Square (last) breaks it
+    defense = Defense("hedge", LinfBall(0.1), steps=3, step_size=0.03)
+    threat = LinfBall(0.15)
+    cfg = AdaptiveConfig(steps=5, restarts=1, unrolled_steps=2, square_queries=300)
+    whole = adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2)
+    assert whole["broken_by"]["square-300"] > 0
+    journal = _MemoryJournal(stop_after=4)
+    with pytest.raises(_Interrupted):
+        adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2, journal=journal)
+    assert journal.state is not None and len(journal.state.done) == 4
+    journal.stop_after, journal.writes = None, 0
+    resumed = adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2,
+                              journal=journal)  # fmt: skip
+    assert journal.writes == 2  # the unrolled stage and Square: the four done are not rerun
+    assert resumed["robust"] == whole["robust"]
+    assert resumed["broken_by"] == whole["broken_by"]
+    assert set(resumed["seconds"]) == set(whole["seconds"])

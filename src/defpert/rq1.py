@@ -223,7 +223,8 @@ def run_dp(
                     known["strong"] = x_strong[:n_adaptive]
                 adaptive = store.record(f"adaptive-{method}", partial(
                     adaptive_attack, model, defense, x[:n_adaptive], y[:n_adaptive], threat=threat,
-                    known=known, config=config.adaptive_config(), seed=config.seed))  # fmt: skip
+                    known=known, config=config.adaptive_config(), seed=config.seed,
+                    journal=store.journal(f"adaptive-{method}")))  # fmt: skip
                 acc["adaptive"] = adaptive["accuracy"]
                 if x_strong is not None:
                     acc["bare_strong_adaptive_examples"] = on_first(x_strong, n_adaptive)

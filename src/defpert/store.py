@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from defpert import __version__, distributed
-from defpert.attacks.strong import CascadeState
+from defpert.attacks.journal import CascadeState
 from defpert.errors import DefpertError
 from defpert.runs import copy_atomic, read_json, write_atomic, write_json
 

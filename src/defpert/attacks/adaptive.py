@@ -30,6 +30,7 @@ from torch import nn
 
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
+from defpert.attacks.journal import CascadeState, Journal
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.defenses import DefendedModel, Defense
@@ -72,11 +73,13 @@ def adaptive_attack(
     known: dict[str, torch.Tensor] | None = None,
     config: AdaptiveConfig | None = None,
     seed: int = 0,
+    journal: Journal | None = None,
 ) -> dict[str, Any]:
     """Worst case per example through ``defense`` (see the module docstring).
 
     ``known`` maps a name to points (N, C, H, W) found against the bare model. Returns
-    ``{"accuracy", "n", "robust" (list of bools), "broken_by", "seconds", "config"}``.
+    ``{"accuracy", "n", "robust" (list of bools), "broken_by", "seconds", "config"}``. A
+    ``journal`` keeps the cascade's state after each stage; a rerun continues from it.
     """
     cfg = config or AdaptiveConfig()
     x, y = x.detach().cpu(), y.detach().cpu()
@@ -118,7 +121,17 @@ def adaptive_attack(
         stages.append((f"square-{cfg.square_queries}", lambda xi, yi: square(
             exact, xi, yi, threat=threat, queries=cfg.square_queries, generator=generator,
             batch_size=ADAPTIVE_CHUNK * 4)))  # fmt: skip
-    for name, run in stages:
+    done: list[str] = []
+    state = journal.read() if journal is not None else None
+    if state is not None and state.continues(x, [name for name, _ in stages]):
+        robust, broken_by, seconds = (
+            state.robust.clone(),
+            dict(state.broken_by),
+            dict(state.seconds),
+        )
+        generator.set_state(state.generator)
+        done = list(state.done)
+    for name, run in stages[len(done) :]:
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0:
             break
@@ -126,6 +139,9 @@ def adaptive_attack(
         candidate = run(x[idx], y[idx]) if not isinstance(run, _rows_of) else run(idx)
         absorb(name, candidate, idx)
         seconds[name] = round(time.perf_counter() - started, 3)
+        done.append(name)
+        if journal is not None:  # no points are kept: the inputs stand in for them
+            journal.write(CascadeState(done, x, robust, broken_by, seconds, generator.get_state()))
     return {
         "accuracy": float(robust.float().mean()) if len(robust) else float("nan"),
         "n": len(y),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
 from defpert.attacks.fab import fab
+from defpert.attacks.journal import CascadeState, Journal
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.engine import madry_step_size
@@ -143,33 +144,6 @@ def _pgd_restarts(
         best[idx] = cand
         unbroken[idx] = correct(model, cand, y[idx])
     return best
-
-
-@dataclass
-class CascadeState:
-    """An unfinished cascade, as saved after each attack so that a rerun continues it: the
-    attacks done (plan order), the worst points and survivors so far, and the generator's
-    state for the next attack. Continuing from it gives the uninterrupted run's results."""
-
-    done: list[str]
-    worst: torch.Tensor
-    robust: torch.Tensor
-    broken_by: dict[str, int]
-    seconds: dict[str, float]
-    generator: torch.Tensor
-
-    def continues(self, x: torch.Tensor, plan: list[str]) -> bool:
-        """Whether this state belongs to a cascade of ``plan`` on inputs shaped like ``x``."""
-        return (self.worst.shape == x.shape and self.robust.shape == (len(x),)
-                and self.done == plan[: len(self.done)])  # fmt: skip
-
-
-class Journal(Protocol):
-    """Where a long cascade keeps its progress (e.g. a file beside a run's results)."""
-
-    def read(self) -> CascadeState | None: ...
-
-    def write(self, state: CascadeState) -> None: ...
 
 
 @dataclass
