@@ -498,6 +498,23 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "holds no saved versions",
     ),
     ("unknown command", None, ["nonsense"], "invalid choice: 'nonsense'"),
+    (
+        "--lend-from a directory that is no run",
+        digits_checkpoint,
+        [
+            "dp",
+            "--dataset",
+            "digits",
+            "--checkpoint",
+            "ck",
+            "--lend-from",
+            ".",
+            "--no-strong",
+            "--limit",
+            "10",
+        ],  # fmt: skip
+        "not a defpert dp run directory",
+    ),
 ]
 
 

@@ -300,6 +300,11 @@ def test_default_output_directories_are_named_by_the_settings(
     assert (tmp_path / "runs/dp-digits-linf-eps0.2-k2/metrics.json").is_file()
     assert (tmp_path / "runs/dp-digits-l2-eps1-k2/metrics.json").is_file()
     assert f"model: {digits_run}" in capsys.readouterr().err  # the checkpoint used is named
+    # the other budget convention gets its own directory and borrows the first run's attacks
+    assert main([*common, "-p", "linf", "-e", "0.2", "-a", "0.05", "--budget-from", "original",
+                 "--lend-from", "runs/dp-digits-linf-eps0.2-k2"]) == 0  # fmt: skip
+    assert (tmp_path / "runs/dp-digits-linf-eps0.2-k2-from-original/metrics.json").is_file()
+    assert "lent 2 finished pieces" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -154,3 +154,25 @@ def test_an_unreadable_journal_starts_the_cascade_over(tmp_path):
     assert torch.equal(back.worst, state.worst) and torch.equal(back.robust, state.robust)
     assert back.broken_by == state.broken_by and back.seconds == state.seconds
     assert torch.equal(back.generator, state.generator)
+
+
+def test_the_other_budget_convention_borrows_the_attacks_on_the_original_data(
+    digits_model, digits_test, tmp_path, monkeypatch
+):
+    data = digits_test.head(30)
+    config = DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, defenses=("ce",),
+                      strong_tier="quick", strong_steps=3, square_queries=10, strong_limit=10,
+                      adaptive_limit=0)  # fmt: skip
+    strong = _count_calls(monkeypatch, rq1, "strong_attack")
+    heard: list[str] = []
+    first = run_dp(digits_model, data, config, out=tmp_path / "a")
+    stricter = DPConfig(**{**vars(config), "budget_from": "original"})
+    second = run_dp(digits_model, data, stricter, out=tmp_path / "b", lend_from=tmp_path / "a",
+                    report=heard.append)  # fmt: skip
+    assert len(strong) == 3  # the defended points only: the original's result was lent
+    assert any(line.startswith("lent ") for line in heard)
+    assert (
+        second[0]["accuracy"]["original_attacked_strong"]
+        == (first[0]["accuracy"]["original_attacked_strong"])
+    )
+    assert second[0]["threat"]["budget_from"] == "original"

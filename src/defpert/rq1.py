@@ -91,8 +91,11 @@ def run_dp(
     for method in config.defenses:
         store.for_defense(method, {"method": method,
                                    **{k: getattr(config, k) for k in DEFENSE_FIELDS if k != "defenses"}})  # fmt: skip
-    if lend_from is not None:
-        store.adopt(Path(lend_from))
+    if lend_from is not None and run is not None:
+        lent = store.adopt(Path(lend_from))
+        say(f"lent {lent} finished pieces of the original data's attacks from {lend_from}"
+            if lent else f"nothing to lend from {lend_from}: its attacks, data, model or code "
+            "differ from this run's")  # fmt: skip
     reused = store.finished()
     if reused:
         say(f"resuming: {reused} finished pieces (data versions, attack results) of "
@@ -273,10 +276,11 @@ def defense_budget(defense: Defense) -> dict[str, Any]:
 
 
 # The settings that only concern the defenses: changing them recomputes those defenses'
-# pieces and keeps the attacks on the original data.
+# pieces and keeps the attacks on the original data (whose budget is always measured from
+# the natural image, so the budget convention is one of them).
 DEFENSE_FIELDS = ("defenses", "defense_eps", "defense_steps", "defense_step_size",
                   "defense_optimizer", "inner_steps", "inner_restarts", "warm_start",
-                  "adaptive_limit", "adaptive_square_queries")  # fmt: skip
+                  "adaptive_limit", "adaptive_square_queries", "budget_from")  # fmt: skip
 
 PRECISION_CHECK_N = 500
 PRECISION_TOLERANCE = 0.005

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from defpert.cli.common import say
@@ -75,6 +76,10 @@ def add_dp_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of other settings in --out (default: refuse)")  # fmt: skip
+    p.add_argument("--lend-from", metavar="DIR",
+                   help="copy the attacks on the original data (weak and strong) from another "
+                   "run directory that ran the same attacks on the same data and model "
+                   "(e.g. the same study with other defense settings or --budget-from)")  # fmt: skip
     add_common(p)
 
 
@@ -96,6 +101,10 @@ def default_out(command: str, dataset: str, config: Any) -> str:
     name = f"runs/{command}-{dataset}-{config.norm}"
     if command == "dp":
         name += f"-eps{config.eps:g}-k{config.steps}"
+        if config.strong and config.strong_tier != "standard":
+            name += f"-{config.strong_tier}"
+        if config.budget_from != "defended":
+            name += f"-from-{config.budget_from}"
     return name
 
 
@@ -143,6 +152,11 @@ def run_dp_command(args: argparse.Namespace) -> int:
         say(f"note: {device} has no native bfloat16 here; bf16 will be slower than fp32")
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     args.out = args.out or default_out("dp", spec.name, config)
+    lend_from = args.lend_from
+    if lend_from is not None and not (Path(lend_from) / "config.json").is_file():
+        raise DefpertError(
+            f"--lend-from {lend_from}: not a defpert dp run directory (no config.json)"
+        )
     ensure_dir(args.out)  # fail before any training if the output cannot be written
     checkpoint = args.checkpoint or default_checkpoint(
         spec.name, data_dir=data_dir, device=device, progress=args.progress, report=say
@@ -174,7 +188,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
                 else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
             )
             results = run_dp(model, data, cfg, out=out, split_name=split_name,
-                             progress=args.progress, report=say)  # fmt: skip
+                             progress=args.progress, report=say, lend_from=lend_from)  # fmt: skip
             if i == 0:
                 if args.json:
                     payload: Any = results[0] if len(results) == 1 else results
