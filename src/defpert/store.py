@@ -228,7 +228,7 @@ JOURNAL_SUFFIX = ".journal.npz"
 
 
 class FileJournal:
-    """A strong cascade's progress in one ``.npz`` (arrays and a JSON string: nothing is
+    """A cascade's progress (strong or adaptive) in one ``.npz`` (arrays and JSON: nothing is
     unpickled), replaced atomically after each attack. An unreadable journal is ignored:
     the cascade then starts over, it never stops the run."""
 
