@@ -77,13 +77,17 @@ def test_a_defense_of_other_settings_recomputes_only_its_own_pieces(
     assert (len(defended), len(attacked)) == (4, 5)  # nothing new to compute
 
 
+# A short study with the strong suite: what one run can lend another.
+LENDING = DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, defenses=("ce",),
+                   strong_tier="quick", strong_steps=3, square_queries=10, strong_limit=10,
+                   adaptive_limit=0)  # fmt: skip
+
+
 def test_another_run_lends_the_attacks_on_the_original_data(
     digits_model, digits_test, tmp_path, monkeypatch
 ):
     data = digits_test.head(30)
-    config = DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, defenses=("ce",),
-                      strong_tier="quick", strong_steps=3, square_queries=10, strong_limit=10,
-                      adaptive_limit=0)  # fmt: skip
+    config = LENDING
     strong = _count_calls(monkeypatch, rq1, "strong_attack")
     first = run_dp(digits_model, data, config, out=tmp_path / "a")
     assert len(strong) == 2  # original and defended
@@ -160,9 +164,7 @@ def test_the_other_budget_convention_borrows_the_attacks_on_the_original_data(
     digits_model, digits_test, tmp_path, monkeypatch
 ):
     data = digits_test.head(30)
-    config = DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, defenses=("ce",),
-                      strong_tier="quick", strong_steps=3, square_queries=10, strong_limit=10,
-                      adaptive_limit=0)  # fmt: skip
+    config = LENDING
     strong = _count_calls(monkeypatch, rq1, "strong_attack")
     heard: list[str] = []
     first = run_dp(digits_model, data, config, out=tmp_path / "a")
