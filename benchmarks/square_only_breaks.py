@@ -31,17 +31,16 @@ from defpert.defenses import defend
 from defpert.dp_config import DPConfig
 from defpert.evaluate import correct
 from defpert.models import load_checkpoint
+from defpert.objectives import margin
 from defpert.shipped import resolve
 
 PATH_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def margins(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per example: negative means misclassified."""
     with torch.no_grad():
-        z = model(x)
-    own = z.gather(1, y[:, None])[:, 0]
-    z[torch.arange(len(y)), y] = -torch.inf
-    return own - z.max(1).values
+        return -margin(model(x), y)
 
 
 def probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Any) -> dict[str, Any]:
