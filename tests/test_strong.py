@@ -91,6 +91,28 @@ def test_each_attack_stays_in_the_ball(digits_model, xy, threat):
         assert accuracy(digits_model, adv, y) < accuracy(digits_model, x, y)
 
 
+@pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
+def test_random_starts_do_not_depend_on_the_chunk_size(digits_model, xy, threat):
+    # The engine's chunk is calibrated per machine: a seed must give the same points on
+    # every machine, so each example's random starts cannot depend on how rows are chunked.
+    x, y = xy
+
+    def attacks(batch_size: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return [
+            apgd(digits_model, x, y, threat=threat, steps=5, loss="dlr-targeted", targets=2,
+                 restarts=2, generator=g, batch_size=batch_size),
+            fab(digits_model, x, y, threat=threat, steps=5, targeted=False, restarts=2,
+                generator=g, batch_size=batch_size),
+        ]  # fmt: skip
+
+    whole, chunked = attacks(64), attacks(7)
+    for a, b in zip(whole, chunked, strict=True):
+        assert not torch.equal(a, x)
+        assert torch.allclose(a, b, atol=1e-4)
+        assert torch.equal(correct(digits_model, a, y), correct(digits_model, b, y))
+
+
 def test_square_breaks_a_model_with_zero_gradients(digits_model, xy):
     x, y = xy
     masked = GradientMasked(digits_model, levels=16)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from defpert.devices import model_device
 from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box
 
 
@@ -34,3 +35,10 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits without a graph, as float32."""
     with torch.no_grad():
         return model(x).float()
+
+
+def clean_logits_of(model: nn.Module, x: torch.Tensor, size: int) -> torch.Tensor:
+    """Logits (N, classes) of CPU inputs ``x``, computed on the model's device in chunks of
+    ``size``; returned on the CPU."""
+    device = model_device(model)
+    return torch.cat([logits_of(model, x[part].to(device)).cpu() for part in chunks(len(x), size)])

@@ -13,7 +13,8 @@ CPU torch wheel), and ART's APGD works through numpy copies per batch and draws 
 numpy's global RNG. This version follows AutoAttack's ``autopgd_base.py`` (MIT licence):
 the same checkpoints (22 %, then shrinking by 3 % down to 6 % of the iterations), the same
 oscillation rule (rho = 0.75), momentum 0.75, initial step 2 eps. Random starts are drawn
-uniformly in the ball from a seeded CPU generator, so a run repeats exactly for a seed.
+uniformly in the ball from a seeded CPU generator, for all the examples of a run at once,
+so a run repeats exactly for a seed, whatever chunk size the machine's calibration chose.
 
 >>> x_adv = apgd(model, x, y, threat=LinfBall(0.3), steps=100, loss="ce")
 """
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.attacks._common import chunks, logits_of, project, rows
+from defpert.attacks._common import chunks, clean_logits_of, project, rows
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.engine import frozen_parameters
@@ -96,47 +97,32 @@ def apgd(
     device = model_device(model)
     size = batch_size or chunk_size(model, tuple(x.shape[1:]), device)
     x, y = x.detach().cpu(), y.detach().cpu()
-    out = x.clone()
-    for part in chunks(len(x), size):
-        xb, yb = x[part].to(device), y[part].to(device)
-        ab = anchor[part].to(device) if anchor is not None else None
-        out[part] = _apgd_chunk(
-            model, xb, yb, threat, steps, loss, restarts, targets, eot, generator, ab
-        ).cpu()
-    return out
-
-
-def _apgd_chunk(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
-    steps: int,
-    loss: str,
-    restarts: int,
-    targets: int,
-    eot: int,
-    generator: torch.Generator | None,
-    anchor: torch.Tensor | None,
-) -> torch.Tensor:
-    clean_logits = logits_of(model, x)
-    unbroken = clean_logits.argmax(1) == y
     best = x.clone()
+    if len(x) == 0:
+        return best
+    clean_logits = clean_logits_of(model, x, size)
+    unbroken = clean_logits.argmax(1) == y
     ranks = range(2, targets + 2) if loss == "dlr-targeted" else [0]
+    # Runs outside, chunks inside: each run's random starts are drawn for all the examples
+    # it attacks at once, so they do not depend on the chunk size (which is calibrated per
+    # machine), and a later run fills whole chunks with the examples still unbroken.
     for rank in ranks:
         target_all = clean_logits.sort(dim=1)[1][:, -rank] if rank else None
         for _ in range(restarts):
             idx = rows(unbroken)
             if len(idx) == 0:
                 return best
-            target = target_all[idx] if target_all is not None else None
-            delta0 = threat.random_init(x[idx].shape, generator).to(x.device)
-            a = anchor[idx] if anchor is not None else None
-            adv, broken, high = _single_run(
-                model, x[idx], y[idx], target, threat, steps, loss, delta0, eot, a
-            )
-            best[idx] = torch.where(broken.view(-1, 1, 1, 1), adv, high)
-            unbroken[idx[broken]] = False
+            starts = threat.random_init(x[idx].shape, generator)
+            for part in chunks(len(idx), size):
+                sel = idx[part]
+                target = target_all[sel].to(device) if target_all is not None else None
+                a = anchor[sel].to(device) if anchor is not None else None
+                adv, broken, high = _single_run(
+                    model, x[sel].to(device), y[sel].to(device), target, threat, steps, loss,
+                    starts[part].to(device), eot, a,
+                )  # fmt: skip
+                best[sel] = torch.where(broken.view(-1, 1, 1, 1), adv, high).cpu()
+                unbroken[sel[broken.cpu()]] = False
     return best
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.attacks._common import chunks, logits_of, rows
+from defpert.attacks._common import chunks, clean_logits_of, logits_of, rows
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.engine import frozen_parameters
@@ -51,27 +51,31 @@ def fab(
     device = model_device(model)
     size = batch_size or chunk_size(model, tuple(x.shape[1:]), device)
     x, y = x.detach().cpu(), y.detach().cpu()
-    out = x.clone()
-    for part in chunks(len(x), size):
-        xb, yb = x[part].to(device), y[part].to(device)
-        logits = logits_of(model, xb)
-        unbroken = logits.argmax(1) == yb
-        best = xb.clone()
-        for rank in range(2, targets + 2) if targeted else [0]:
-            target_all = logits.sort(dim=1)[1][:, -rank] if rank else None
-            for restart in range(restarts):
-                idx = rows(unbroken)
-                if len(idx) == 0:
-                    break
-                target = target_all[idx] if target_all is not None else None
-                adv = _single_run(model, xb[idx], yb[idx], target, threat, steps, restart > 0,
-                                  generator, alpha_max, eta, beta)  # fmt: skip
-                within = threat.size(adv - xb[idx]) <= threat.eps * (1 + 1e-6)
-                wrong = (logits_of(model, adv).argmax(1) != yb[idx]) & within
-                best[idx[wrong]] = adv[wrong]
-                unbroken[idx[wrong]] = False
-        out[part] = best.cpu()
-    return out
+    best = x.clone()
+    if len(x) == 0:
+        return best
+    logits = clean_logits_of(model, x, size)
+    unbroken = logits.argmax(1) == y
+    # Runs outside, chunks inside (as in APGD): random starts drawn for all the examples a
+    # run attacks at once, independent of the chunk size.
+    for rank in range(2, targets + 2) if targeted else [0]:
+        target_all = logits.sort(dim=1)[1][:, -rank] if rank else None
+        for restart in range(restarts):
+            idx = rows(unbroken)
+            if len(idx) == 0:
+                return best
+            starts = threat.random_init(x[idx].shape, generator) if restart > 0 else None
+            for part in chunks(len(idx), size):
+                sel = idx[part]
+                xb, yb = x[sel].to(device), y[sel].to(device)
+                target = target_all[sel].to(device) if target_all is not None else None
+                start = starts[part].to(device) if starts is not None else None
+                adv = _single_run(model, xb, yb, target, threat, steps, start, alpha_max, eta, beta)
+                within = threat.size(adv - xb) <= threat.eps * (1 + 1e-6)
+                wrong = ((logits_of(model, adv).argmax(1) != yb) & within).cpu()
+                best[sel[wrong]] = adv[wrong.to(device)].cpu()
+                unbroken[sel[wrong]] = False
+    return best
 
 
 def _boundary(
@@ -108,8 +112,7 @@ def _single_run(
     target: torch.Tensor | None,
     threat: ThreatModel,
     steps: int,
-    random_start: bool,
-    generator: torch.Generator | None,
+    start: torch.Tensor | None,
     alpha_max: float,
     eta: float,
     beta: float,
@@ -120,8 +123,8 @@ def _single_run(
     u = torch.arange(n, device=x.device)
     best_adv, best_norm = x.clone(), torch.full((n,), 1e10, device=x.device)
     x1, x0 = x.clone(), x.reshape(n, -1)
-    if random_start:
-        t = threat.random_init(x.shape, generator).to(x.device)
+    if start is not None:  # a random start, half-way to the ball's surface
+        t = start
         x1 = (x + 0.5 * threat.eps * t / threat.size(t).clamp_min(1e-12).view(shape)).clamp(0, 1)
     for _ in range(steps):
         with torch.no_grad():
