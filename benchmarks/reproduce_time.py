@@ -3,9 +3,8 @@
     python benchmarks/reproduce_time.py [--full] [--dataset mnist] [--out DIR]
 
 Runs the command in a fresh run directory (the dataset must be fetched; the model is
-trained as part of the run) and reports the wall time and each stage's seconds, read from
-the run directory. Alongside: the image-steps the full study's weak attacks and defenses
-need, and what they cost at the engine's measured rate, to show where the time goes.
+trained as part of the run) and reports the wall time and each stage's seconds (training,
+each threat model's RQ1, the sweeps), read from the run directory, with the machine it ran on.
 """
 
 from __future__ import annotations
