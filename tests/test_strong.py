@@ -92,7 +92,7 @@ def test_each_attack_stays_in_the_ball(digits_model, xy, threat):
 
 
 @pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
-def test_random_starts_do_not_depend_on_the_chunk_size(digits_model, xy, threat):
+def test_random_draws_do_not_depend_on_the_chunk_size(digits_model, xy, threat):
     # The engine's chunk is calibrated per machine: a seed must give the same points on
     # every machine, so each example's random starts cannot depend on how rows are chunked.
     x, y = xy
@@ -104,6 +104,8 @@ def test_random_starts_do_not_depend_on_the_chunk_size(digits_model, xy, threat)
                  restarts=2, generator=g, batch_size=batch_size),
             fab(digits_model, x, y, threat=threat, steps=5, targeted=False, restarts=2,
                 generator=g, batch_size=batch_size),
+            square(digits_model, x, y, threat=threat, queries=30, generator=g,
+                   forward_chunk=batch_size),
         ]  # fmt: skip
 
     whole, chunked = attacks(64), attacks(7)

@@ -15,10 +15,10 @@ up to 40 %), so each choice is cached with the load it was measured under (the o
 load average per core), and a run on a clearly quieter machine measures again and keeps
 the quieter measurement. A choice measured quiet is never replaced by a busier one.
 
-The engine's results depend on the chunk size only through float32 summation order (it
-draws random starts for the whole input at once); APGD's and FAB's restarts draw per
-chunk, so two machines that chose different chunks may differ by an example in the strong
-suite. The same machine reuses its choice, and every ``dp`` result records the chunk used.
+Results depend on the chunk size only through float32 summation order: the engine, APGD
+and FAB draw their random starts for all the examples of a run at once, and Square draws
+one window per query for a fixed number of examples whatever the chunk of its forward
+passes. Every ``dp`` result records the chunk used.
 """
 
 from __future__ import annotations

@@ -33,15 +33,21 @@ from defpert.attacks.apgd import apgd
 from defpert.attacks.journal import CascadeState, Journal
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
+from defpert.calibrate import chunk_size
 from defpert.defenses import DefendedModel, Defense
+from defpert.devices import model_device
 from defpert.engine import madry_step_size
 from defpert.errors import DefpertError
 from defpert.evaluate import correct
 from defpert.threat import ThreatModel
 
-# A defense runs its own steps inside every forward pass: small chunks keep memory flat.
-ADAPTIVE_CHUNK = 64
+# The unrolled defense keeps every one of its steps' graphs: small chunks keep memory flat.
+# (Elsewhere a defended forward pass is a run of the classifier's passes, chunked as the
+# engine's, at the size measured for the classifier on this machine.)
 UNROLLED_CHUNK = 16
+# Examples that share each of Square's random windows: fixed, so its draws are the same on
+# every machine.
+SQUARE_GROUP = 256
 
 
 @dataclass(frozen=True)
@@ -83,15 +89,14 @@ def adaptive_attack(
     """
     cfg = config or AdaptiveConfig()
     x, y = x.detach().cpu(), y.detach().cpu()
+    chunk = chunk_size(model, tuple(x.shape[1:]), model_device(model))
     exact = DefendedModel(model, defense, mode="bpda")  # its forward pass is the exact defense
     robust = torch.ones(len(y), dtype=torch.bool)
     broken_by: dict[str, int] = {}
     seconds: dict[str, float] = {}
 
     def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
-        still = correct(
-            exact, project(threat, x[idx], candidate), y[idx], batch_size=ADAPTIVE_CHUNK
-        )
+        still = correct(exact, project(threat, x[idx], candidate), y[idx], batch_size=chunk)
         robust[idx[~still]] = False
         broken_by[name] = broken_by.get(name, 0) + int((~still).sum())
 
@@ -106,13 +111,13 @@ def adaptive_attack(
         ("bpda-pgd-margin", lambda xi, yi: pgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps,
             step_size=madry_step_size(threat.eps, cfg.steps), loss="margin",
-            batch_size=ADAPTIVE_CHUNK)),
+            batch_size=chunk)),
         ("bpda-apgd-ce", lambda xi, yi: apgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps, loss="ce", restarts=cfg.restarts,
-            eot=cfg.eot, generator=generator, batch_size=ADAPTIVE_CHUNK)),
+            eot=cfg.eot, generator=generator, batch_size=chunk)),
         ("bpda-apgd-dlr", lambda xi, yi: apgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps, loss="dlr", restarts=cfg.restarts,
-            eot=cfg.eot, generator=generator, batch_size=ADAPTIVE_CHUNK)),
+            eot=cfg.eot, generator=generator, batch_size=chunk)),
         ("unrolled", lambda xi, yi: pgd(
             unrolled, xi, yi, threat=threat, steps=cfg.unrolled_steps, step_size=unrolled_step,
             loss="ce", batch_size=UNROLLED_CHUNK)),
@@ -120,7 +125,7 @@ def adaptive_attack(
     if cfg.square_queries:
         stages.append((f"square-{cfg.square_queries}", lambda xi, yi: square(
             exact, xi, yi, threat=threat, queries=cfg.square_queries, generator=generator,
-            batch_size=ADAPTIVE_CHUNK * 4)))  # fmt: skip
+            batch_size=SQUARE_GROUP, forward_chunk=chunk)))  # fmt: skip
     done: list[str] = []
     state = journal.read() if journal is not None else None
     if state is not None and state.continues(x, [name for name, _ in stages]):

@@ -16,17 +16,24 @@ Python's unseeded ``random`` at L2). All randomness comes from a seeded CPU gene
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from defpert.attacks._common import chunks, logits_of, rows
+from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.errors import DefpertError
 from defpert.threat import ThreatModel
 
-# Square's queries are forward passes only; large chunks amortise the per-query overhead.
+# The model's logits for a batch of images (no graph).
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# Examples that share each query's random window (AutoAttack's design): a fixed number, so
+# the draws, and the results, are the same on every machine.
 SQUARE_CHUNK = 1000
 
 
@@ -41,37 +48,50 @@ def square(
     p_init: float = 0.8,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    forward_chunk: int | None = None,
 ) -> torch.Tensor:
     """Square Attack (margin loss, untargeted); returns one point of the ball per example (CPU).
 
     ``x`` (N, C, H, W) in [0, 1], ``y`` (N,). Each restart runs only on examples not yet
-    misclassified.
+    misclassified. ``batch_size`` examples (default 1,000) share each query's random window;
+    a query's forward pass runs in chunks of ``forward_chunk`` images (default: the engine's
+    measured chunk, which keeps activations in cache: on the AVX2 CPU, forward passes of 896
+    MNIST images ran 1.6x faster in chunks of 64 than whole). The chunks change no draw.
     """
     if queries < 1 or restarts < 1:
         raise DefpertError("Square needs at least 1 query and 1 restart")
     device = model_device(model)
+    size = forward_chunk or chunk_size(model, tuple(x.shape[1:]), device)
+    forward = functools.partial(_logits, model, size=size)
     g = generator or torch.Generator().manual_seed(0)
     x, y = x.detach().cpu(), y.detach().cpu()
     out = x.clone()
     for part in chunks(len(x), batch_size or SQUARE_CHUNK):
         xb, yb = x[part].to(device), y[part].to(device)
         best = xb.clone()
-        unbroken = logits_of(model, xb).argmax(1) == yb
+        unbroken = forward(xb).argmax(1) == yb
         for _ in range(restarts):
             idx = rows(unbroken)
             if len(idx) == 0:
                 break
             run = _linf_run if threat.norm == "linf" else _l2_run
-            adv = run(model, xb[idx], yb[idx], threat.eps, queries, p_init, g)
+            adv = run(forward, xb[idx], yb[idx], threat.eps, queries, p_init, g)
             best[idx] = adv
-            unbroken[idx] = logits_of(model, adv).argmax(1) == yb[idx]
+            unbroken[idx] = forward(adv).argmax(1) == yb[idx]
         out[part] = best.cpu()
     return out
 
 
-def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _logits(model: nn.Module, x: torch.Tensor, *, size: int) -> torch.Tensor:
+    """Logits without a graph, computed ``size`` images at a time."""
+    if len(x) <= size:
+        return logits_of(model, x)
+    return torch.cat([logits_of(model, x[part]) for part in chunks(len(x), size)])
+
+
+def _margin(forward: Forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``z_y - max_{j != y} z_j`` (B,): negative means misclassified."""
-    logits = logits_of(model, x)
+    logits = forward(x)
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.scatter(1, y[:, None], float("-inf"))
     return true - others.amax(dim=1)
@@ -97,12 +117,12 @@ def _randint(high: int, g: torch.Generator) -> int:
 
 
 def _linf_run(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
+    forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
     g: torch.Generator,
 ) -> torch.Tensor:  # fmt: skip
     n, c, h, w = x.shape
     best = (x + eps * _signs((n, c, 1, w), g, x.device)).clamp(0, 1)  # vertical stripes
-    margin = _margin(model, best, y)
+    margin = _margin(forward, best, y)
     for i in range(queries):
         idx = rows(margin > 0)
         if len(idx) == 0:
@@ -113,7 +133,7 @@ def _linf_run(
         change[:, vh : vh + side, vw : vw + side] = 2.0 * eps * _signs((c, 1, 1), g, x.device)
         xi = x[idx]
         cand = torch.minimum(torch.maximum(best[idx] + change, xi - eps), xi + eps).clamp(0, 1)
-        new = _margin(model, cand, y[idx])
+        new = _margin(forward, cand, y[idx])
         better = new < margin[idx]
         margin[idx] = torch.where(better, new, margin[idx])
         best[idx[better]] = cand[better]
@@ -145,7 +165,7 @@ def _l2_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 def _l2_run(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
+    forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
     g: torch.Generator,
 ) -> torch.Tensor:  # fmt: skip
     n, c, h, w = x.shape
@@ -159,7 +179,7 @@ def _l2_run(
             if patch.shape[-2:] == (s, s):
                 delta[:, :, vh : vh + s, vw : vw + s] += profile * _signs((n, c, 1, 1), g, x.device)
     best = (x + delta / (_l2_norm(delta) + 1e-12) * eps).clamp(0, 1)
-    margin = _margin(model, best, y)
+    margin = _margin(forward, best, y)
     for i in range(queries):
         idx = rows(margin > 0)
         if len(idx) == 0:
@@ -186,7 +206,7 @@ def _l2_run(
         cur[window2] = 0.0
         cur[window] = new
         cand = (xi + cur / (_l2_norm(cur) + 1e-12) * eps).clamp(0, 1)
-        value = _margin(model, cand, y[idx])
+        value = _margin(forward, cand, y[idx])
         better = value < margin[idx]
         margin[idx] = torch.where(better, value, margin[idx])
         best[idx[better]] = cand[better]
