@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from defpert.attacks._common import chunks, logits_of, rows
+from defpert.attacks._common import chunks, logits_of, project, rows
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.errors import DefpertError
@@ -49,6 +49,7 @@ def square(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     forward_chunk: int | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Square Attack (margin loss, untargeted); returns one point of the ball per example (CPU).
 
@@ -57,6 +58,9 @@ def square(
     a query's forward pass runs in chunks of ``forward_chunk`` images (default: the engine's
     measured chunk, which keeps activations in cache: on the AVX2 CPU, forward passes of 896
     MNIST images ran 1.6x faster in chunks of 64 than whole). The chunks change no draw.
+    With an ``anchor`` (N, C, H, W), every query is projected into the intersection of the
+    balls around ``x`` and around the anchor, so the search runs where the threat model
+    allows (a point found outside it and projected afterwards may no longer fool the model).
     """
     if queries < 1 or restarts < 1:
         raise DefpertError("Square needs at least 1 query and 1 restart")
@@ -66,8 +70,10 @@ def square(
     g = generator or torch.Generator().manual_seed(0)
     x, y = x.detach().cpu(), y.detach().cpu()
     out = x.clone()
+    anchor = anchor.detach().cpu() if anchor is not None else None
     for part in chunks(len(x), batch_size or SQUARE_CHUNK):
         xb, yb = x[part].to(device), y[part].to(device)
+        ab = anchor[part].to(device) if anchor is not None else None
         best = xb.clone()
         unbroken = forward(xb).argmax(1) == yb
         for _ in range(restarts):
@@ -75,7 +81,8 @@ def square(
             if len(idx) == 0:
                 break
             run = _linf_run if threat.norm == "linf" else _l2_run
-            adv = run(forward, xb[idx], yb[idx], threat.eps, queries, p_init, g)
+            inside = _feasible(threat, ab[idx] if ab is not None else None)
+            adv = run(forward, xb[idx], yb[idx], threat.eps, queries, p_init, g, inside)
             best[idx] = adv
             unbroken[idx] = forward(adv).argmax(1) == yb[idx]
         out[part] = best.cpu()
@@ -95,6 +102,18 @@ def _margin(forward: Forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.scatter(1, y[:, None], float("-inf"))
     return true - others.amax(dim=1)
+
+
+# Projects candidates (for the rows ``idx`` of the run's images ``x``) into the threat model.
+Feasible = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _feasible(threat: ThreatModel, anchor: torch.Tensor | None) -> Feasible:
+    """Candidates as they are (the run keeps them in the ball around ``x`` and in the box),
+    or projected into the ball around the anchor as well."""
+    if anchor is None:
+        return lambda x, cand, idx: cand
+    return lambda x, cand, idx: project(threat, x, cand, anchor[idx])
 
 
 def _p_schedule(p_init: float, i: int, queries: int) -> float:
@@ -118,10 +137,12 @@ def _randint(high: int, g: torch.Generator) -> int:
 
 def _linf_run(
     forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
-    g: torch.Generator,
+    g: torch.Generator, inside: Feasible,
 ) -> torch.Tensor:  # fmt: skip
     n, c, h, w = x.shape
+    every = torch.arange(n, device=x.device)
     best = (x + eps * _signs((n, c, 1, w), g, x.device)).clamp(0, 1)  # vertical stripes
+    best = inside(x, best, every)
     margin = _margin(forward, best, y)
     for i in range(queries):
         idx = rows(margin > 0)
@@ -133,6 +154,7 @@ def _linf_run(
         change[:, vh : vh + side, vw : vw + side] = 2.0 * eps * _signs((c, 1, 1), g, x.device)
         xi = x[idx]
         cand = torch.minimum(torch.maximum(best[idx] + change, xi - eps), xi + eps).clamp(0, 1)
+        cand = inside(xi, cand, idx)
         new = _margin(forward, cand, y[idx])
         better = new < margin[idx]
         margin[idx] = torch.where(better, new, margin[idx])
@@ -166,9 +188,10 @@ def _l2_norm(t: torch.Tensor) -> torch.Tensor:
 
 def _l2_run(
     forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
-    g: torch.Generator,
+    g: torch.Generator, inside: Feasible,
 ) -> torch.Tensor:  # fmt: skip
     n, c, h, w = x.shape
+    every = torch.arange(n, device=x.device)
     delta = torch.zeros_like(x)
     s = h // 5
     start = (h - s * 5) // 2
@@ -178,7 +201,7 @@ def _l2_run(
             patch = delta[:, :, vh : vh + s, vw : vw + s]
             if patch.shape[-2:] == (s, s):
                 delta[:, :, vh : vh + s, vw : vw + s] += profile * _signs((n, c, 1, 1), g, x.device)
-    best = (x + delta / (_l2_norm(delta) + 1e-12) * eps).clamp(0, 1)
+    best = inside(x, (x + delta / (_l2_norm(delta) + 1e-12) * eps).clamp(0, 1), every)
     margin = _margin(forward, best, y)
     for i in range(queries):
         idx = rows(margin > 0)
@@ -205,7 +228,7 @@ def _l2_run(
         new = new / (new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt() + 1e-12) * room
         cur[window2] = 0.0
         cur[window] = new
-        cand = (xi + cur / (_l2_norm(cur) + 1e-12) * eps).clamp(0, 1)
+        cand = inside(xi, (xi + cur / (_l2_norm(cur) + 1e-12) * eps).clamp(0, 1), idx)
         value = _margin(forward, cand, y[idx])
         better = value < margin[idx]
         margin[idx] = torch.where(better, value, margin[idx])

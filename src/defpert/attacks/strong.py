@@ -102,7 +102,7 @@ class StrongConfig:
 
         def square_attack(restarts: int) -> Attack:
             return lambda m, x, y, t, g, a: square(m, x, y, threat=t, queries=q, restarts=restarts,
-                                                generator=g)  # fmt: skip
+                                                generator=g, anchor=a)  # fmt: skip
 
         if self.tier == "quick":
             return [("apgd-ce", apgd_attack("ce")),
@@ -181,7 +181,7 @@ def strong_attack(
     box before they count, so no point outside the threat model is ever reported. With an
     ``anchor`` (the natural images of defended inputs ``x``), a point must also lie within
     eps of the anchor: the budget measured from the natural image as well. Gradient attacks
-    optimise inside that intersection; FAB's and Square's points are projected onto it.
+    and Square search inside that intersection; FAB's points are projected onto it.
     A ``journal`` receives the cascade's state after each attack and, when it holds the
     state of an interrupted run of the same cascade, the run continues from there.
     """
