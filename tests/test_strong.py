@@ -235,6 +235,19 @@ def test_budget_from_sets_the_distance_to_the_natural_image(digits_model, digits
         assert far["weak"] > 0.1 + 1e-3
 
 
+def test_defended_points_face_the_bare_models_points_transferred(digits_model, digits_test):
+    from defpert.rq1 import DPConfig, run_dp
+
+    config = DPConfig(norm="linf", eps=0.1, steps=5, step_size=0.03, defenses=("ce",),
+                      strong_tier="quick", strong_steps=5, square_queries=20, strong_limit=40,
+                      adaptive_limit=0)  # fmt: skip
+    (result,) = run_dp(digits_model, digits_test.head(40), config)
+    broken = result["strong"]["broken_by"]["defensive"]
+    assert list(broken)[:4] == ["clean", "weak", "transfer-weak", "transfer-strong"]
+    robust = result["accuracy"]["defensive_attacked_strong"]
+    assert sum(broken.values()) == round(40 * (1 - robust))
+
+
 class _Interrupted(Exception):
     """Stands for a kill between two attacks of the cascade."""
 

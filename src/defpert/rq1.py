@@ -192,7 +192,11 @@ def run_dp(
                 say(
                     f"strong attack ({strong_cfg.tier}) on the defensive data ({n_strong} examples)"
                 )
-                known = {"weak": x_def_adv}
+                # the bare model's points transferred (each projected into the defended
+                # point's threat model before it counts), then the defense's own attacks
+                known = {"weak": x_def_adv, "transfer-weak": x_adv}
+                if x_strong is not None:
+                    known["transfer-strong"] = x_strong
                 if method in ROBUSTIFY:  # Moon et al.'s check: undo the defense, then attack
                     say(f"undo-then-attack on the {method} points ({n_strong} examples)")
                     known["undo-then-attack"] = store.version(f"{method}/undo-attacked", partial(
