@@ -191,7 +191,9 @@ def how_to_read(
         + (f" and Square with {queries} queries through the defense" if queries else "")
         + ",",
         "on the first `adaptive n` examples, beside the bare model's strong accuracy on the",
-        "same examples. On `robustify` points the strong attack also includes Moon et al.'s",
+        "same examples. On a proactively defended point the strong attack also starts from",
+        "the bare model's weak and strong points, projected into its threat model; on `robustify`",
+        "points it also includes Moon et al.'s",
         "undo-then-attack (the robustification reversed within the defender's budget, then",
         "PGD from there inside the same threat model). *Threat model:* an attack on a proactively defended point has its",
         "budget measured from the defended point (man-in-the-middle, Moon et al. 2022), so it",
