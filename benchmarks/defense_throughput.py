@@ -6,7 +6,8 @@ defpert's ``defend`` against the textbook loop (the whole batch, a channels-firs
 with ReLU before pooling, trainable parameters) on the same weights, and, for the
 methods it can express (``ce``: PGD targeted at the true label; ``anti-adversary``:
 targeted at the model's own prediction), against torchattacks. Interleaved in one
-process, medians. An image-step is one outer step; ``robustify`` does 1 + 10 passes in each (its inner PGD-10).
+process, medians. An image-step is one outer step; ``robustify`` does 1 + inner-steps passes in each
+(3 with its default 2-step inner PGD).
 """
 
 from __future__ import annotations
