@@ -31,12 +31,12 @@ from defpert.train import TrainConfig, recipe, train
 SETTINGS: list[tuple[str, str, dict[str, object]]] = [
     ("ce", "ce", {}),
     ("margin", "margin", {}),
-    ("robustify, signed steps", "robustify", {"inner_steps": 10}),
+    ("robustify, signed steps (the default)", "robustify", {"inner_steps": 10}),
     ("robustify, Adam", "robustify", {"inner_steps": 10, "optimizer": "adam"}),
     ("robustify, RMSprop", "robustify", {"inner_steps": 10, "optimizer": "rmsprop"}),
     ("robustify, 3 restarts", "robustify", {"inner_steps": 10, "inner_restarts": 3}),
     ("robustify, 2 inner steps, warm start", "robustify", {"inner_steps": 2, "warm_start": True}),
-    ("robustify, 2 inner steps, cold (the default)", "robustify", {"inner_steps": 2}),
+    ("robustify, 2 inner steps, cold", "robustify", {"inner_steps": 2}),
     ("robustify-label-free", "robustify-label-free", {"inner_steps": 10}),
 ]
 

@@ -41,7 +41,7 @@ class DPConfig:
     defense_steps: int | None = None
     defense_step_size: float | None = None
     defense_optimizer: str = "steepest"  # engine.OPTIMIZERS
-    inner_steps: int = 2  # robustify: PGD steps of the inner attack (attacker's eps)
+    inner_steps: int = 10  # robustify: PGD steps of the inner attack (attacker's eps)
     inner_restarts: int = 1  # robustify: random starts averaged per outer step
     warm_start: bool = False  # robustify: inner attack continues from the last step's
     seed: int = 0

@@ -87,7 +87,7 @@ class ReproduceConfig:
     threats: list[dict[str, Any]] = field(default_factory=list)
     sweep_eps: list[float] = field(default_factory=list)
     models: tuple[str, ...] = ("standard",)  # how each studied model is trained: MODEL_KINDS
-    inner_steps: int = 2  # robustify's inner PGD (at the attack's eps)
+    inner_steps: int = 10  # robustify's inner PGD (at the attack's eps)
     # PGD steps per batch of the "pgd" and "trades" models (Madry et al.: 40 of 0.01; 10 of
     # 2.5 eps / 10 costs a quarter, and is what the shipped checkpoints were trained with)
     adv_steps: int = 10
@@ -124,6 +124,7 @@ class ReproduceConfig:
             cfg.strong_tier, cfg.square_queries, cfg.adaptive_square_queries = "quick", 200, 50
             cfg.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
             cfg.tsne_per_class, cfg.adv_steps, cfg.adv_epochs = 20, 10, cfg.epochs
+            cfg.inner_steps = 5
         return cfg
 
 

@@ -34,9 +34,8 @@ def add_dp_parser(sub: Any) -> None:
     )
     p.add_argument("--defense-optimizer", default="steepest",
                    help="the defense's step: steepest (sign for L-inf; default), adam or rmsprop")  # fmt: skip
-    p.add_argument("--inner-steps", type=int, default=2,
-                   help="robustify: PGD steps of its inner attack (at the attack's eps, "
-                        "steps of 2.5 eps / steps; default 2)")  # fmt: skip
+    p.add_argument("--inner-steps", type=int, default=10,
+                   help="robustify: PGD steps of its inner attack (at the attack's eps)")  # fmt: skip
     p.add_argument("--inner-restarts", type=int, default=1,
                    help="robustify: random starts of the inner attack, averaged")  # fmt: skip
     p.add_argument("--warm-start", action="store_true",
