@@ -364,6 +364,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "--inner-restarts must be at least 1, got 0",
     ),
     (
+        "checkpoint of another dataset of the same shape",
+        None,
+        ["dp", "--checkpoint", "shipped:fashion-mnist-cnn-pgd", "--no-strong", "--limit", "5"],
+        "was trained on fashion-mnist, not mnist; pass --dataset fashion-mnist",
+    ),
+    (
         "robustify with no inner step",
         None,
         [*D, "--defense", "robustify", "--inner-steps", "0"],

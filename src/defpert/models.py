@@ -193,12 +193,14 @@ def load_checkpoint(
     run_dir: str | os.PathLike[str],
     *,
     expect_input_shape: tuple[int, ...] | None = None,
+    expect_dataset: str | None = None,
     map_location: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model from a checkpoint directory, without executing anything from the files.
 
     ``expect_input_shape`` refuses a checkpoint made for other inputs (e.g. a digits model
-    asked to classify MNIST).
+    asked to classify MNIST); ``expect_dataset`` one trained on another dataset of the same
+    shape (a Fashion-MNIST model asked to classify MNIST scores near chance, silently).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -217,6 +219,12 @@ def load_checkpoint(
         raise DefpertError(
             f"checkpoint {run} was made for inputs of shape {shape} "
             f"({card.get('dataset', '?')}), not {tuple(expect_input_shape)}"
+        )
+    trained_on = card.get("dataset")
+    if expect_dataset is not None and trained_on is not None and trained_on != expect_dataset:
+        raise DefpertError(
+            f"checkpoint {run} was trained on {trained_on}, not {expect_dataset}; "
+            f"pass --dataset {trained_on}"
         )
     model = build_model(
         card["architecture"], shape, int(card["num_classes"]),  # type: ignore[arg-type]

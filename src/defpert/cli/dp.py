@@ -162,7 +162,10 @@ def run_dp_command(args: argparse.Namespace) -> int:
         spec.name, data_dir=data_dir, device=device, progress=args.progress, report=say
     )
     model, card = load_checkpoint(
-        checkpoint, expect_input_shape=spec.input_shape, map_location=device
+        checkpoint,
+        expect_input_shape=spec.input_shape,
+        expect_dataset=spec.name,
+        map_location=device,
     )
     run_config = {"command": "dp", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint),

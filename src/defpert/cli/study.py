@@ -108,7 +108,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     checkpoint = args.checkpoint or default_checkpoint(spec.name, data_dir=data_dir, device=device,
                                                        progress=args.progress, report=say)  # fmt: skip
-    model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape, map_location=device)
+    model, _ = load_checkpoint(checkpoint, expect_input_shape=spec.input_shape,
+                               expect_dataset=spec.name, map_location=device)  # fmt: skip
     data = load_split(spec.name, "test", data_dir, progress=args.progress)
     if args.limit > len(data):
         say(f"warning: --limit {args.limit} is above the test split's {len(data):,} images; "
