@@ -216,6 +216,30 @@ def test_square_searches_inside_both_balls(digits_model, digits_test, threat):
     assert broken_inside > int((~correct(digits_model, projected, y)).sum())
 
 
+@pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
+def test_fab_keeps_its_breaks_inside_both_balls(digits_model, digits_test, threat):
+    # FAB seeks the nearest boundary point from the defended point; with the budget also
+    # measured from the natural image, projecting that one point afterwards loses breaks
+    # that FAB's other misclassified iterates, projected into the intersection, still make.
+    from defpert.attacks._common import project
+    from defpert.attacks.fab import fab
+    from defpert.defenses import defend
+
+    x, y = digits_test.images[:200], digits_test.labels[:200]
+    x_def = defend(digits_model, x, y, Defense("ce", threat, steps=10, step_size=threat.eps / 4))
+
+    def run(anchor: torch.Tensor | None) -> torch.Tensor:
+        return fab(digits_model, x_def, y, threat=threat, steps=30, anchor=anchor,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    inside = run(x)
+    assert (threat.size(inside - x) <= threat.eps * (1 + 1e-5)).all()
+    assert (threat.size(inside - x_def) <= threat.eps * (1 + 1e-5)).all()
+    projected = project(threat, x_def, run(None), x)  # the nearest point, projected afterwards
+    broken_inside = int((~correct(digits_model, inside, y)).sum())
+    assert broken_inside > int((~correct(digits_model, projected, y)).sum())
+
+
 @pytest.mark.parametrize("budget_from", ["defended", "original"])
 def test_budget_from_sets_the_distance_to_the_natural_image(digits_model, digits_test, budget_from):
     from defpert.rq1 import DPConfig, run_dp

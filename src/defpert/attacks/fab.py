@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.attacks._common import chunks, clean_logits_of, logits_of, rows
+from defpert.attacks._common import chunks, clean_logits_of, logits_of, project, rows
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.engine import frozen_parameters
@@ -43,14 +43,22 @@ def fab(
     alpha_max: float = 0.1,
     eta: float = 1.05,
     beta: float = 0.9,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FAB-T (``targeted``) or FAB; returns a point per example (CPU): the adversarial point
-    found within eps, else the clean input."""
+    found within eps, else the clean input.
+
+    With an ``anchor`` (the natural images of defended inputs ``x``), a point counts only if
+    it also lies within eps of the anchor: every misclassified iterate is projected into the
+    intersection of the two balls and kept if it still fools the model, so a break found
+    inside the intersection is never lost to a projection of the nearest point afterwards.
+    """
     if steps < 1 or restarts < 1:
         raise DefpertError("FAB needs at least 1 step and 1 restart")
     device = model_device(model)
     size = batch_size or chunk_size(model, tuple(x.shape[1:]), device)
     x, y = x.detach().cpu(), y.detach().cpu()
+    anchor = anchor.detach().cpu() if anchor is not None else None
     best = x.clone()
     if len(x) == 0:
         return best
@@ -70,8 +78,12 @@ def fab(
                 xb, yb = x[sel].to(device), y[sel].to(device)
                 target = target_all[sel].to(device) if target_all is not None else None
                 start = starts[part].to(device) if starts is not None else None
-                adv = _single_run(model, xb, yb, target, threat, steps, start, alpha_max, eta, beta)
+                ab = anchor[sel].to(device) if anchor is not None else None
+                adv = _single_run(model, xb, yb, target, threat, steps, start, alpha_max, eta,
+                                  beta, ab)  # fmt: skip
                 within = threat.size(adv - xb) <= threat.eps * (1 + 1e-6)
+                if ab is not None:
+                    within &= threat.size(adv - ab) <= threat.eps * (1 + 1e-6)
                 wrong = ((logits_of(model, adv).argmax(1) != yb) & within).cpu()
                 best[sel[wrong]] = adv[wrong.to(device)].cpu()
                 unbroken[sel[wrong]] = False
@@ -116,12 +128,16 @@ def _single_run(
     alpha_max: float,
     eta: float,
     beta: float,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """One FAB run: the nearest misclassified point found (or ``x``), or, given an
+    ``anchor``, a misclassified point inside both balls when one was found."""
     n = len(x)
     shape = (-1, *([1] * (x.dim() - 1)))
     linf = threat.norm == "linf"
     u = torch.arange(n, device=x.device)
     best_adv, best_norm = x.clone(), torch.full((n,), 1e10, device=x.device)
+    inside, found = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
     x1, x0 = x.clone(), x.reshape(n, -1)
     if start is not None:  # a random start, half-way to the ball's surface
         t = start
@@ -144,12 +160,17 @@ def _single_run(
             wrong = logits_of(model, x1).argmax(1) != y
             if wrong.any():
                 i = rows(wrong)
+                if anchor is not None:  # the iterate, projected into both balls, may still fool
+                    candidate = project(threat, x[i], x1[i], anchor[i])
+                    fools = logits_of(model, candidate).argmax(1) != y[i]
+                    inside[i[fools]] = candidate[fools]
+                    found[i[fools]] = True
                 norm = threat.size(x1[i] - x[i])
                 closer = norm < best_norm[i]
                 best_adv[i[closer]] = x1[i[closer]]
                 best_norm[i] = torch.minimum(norm, best_norm[i])
                 x1[i] = x[i] + (x1[i] - x[i]) * beta
-    return best_adv
+    return best_adv if anchor is None else torch.where(found.view(shape), inside, best_adv)
 
 
 def _project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,8 @@ class StrongConfig:
 
         def fab_attack(targeted: bool, restarts: int = 1) -> Attack:
             return lambda m, x, y, t, g, a: fab(m, x, y, threat=t, steps=steps, targeted=targeted,
-                                             restarts=restarts, generator=g, batch_size=bs)  # fmt: skip
+                                             restarts=restarts, generator=g, batch_size=bs,
+                                             anchor=a)  # fmt: skip
 
         def square_attack(restarts: int) -> Attack:
             return lambda m, x, y, t, g, a: square(m, x, y, threat=t, queries=q, restarts=restarts,
@@ -181,7 +182,8 @@ def strong_attack(
     box before they count, so no point outside the threat model is ever reported. With an
     ``anchor`` (the natural images of defended inputs ``x``), a point must also lie within
     eps of the anchor: the budget measured from the natural image as well. Gradient attacks
-    and Square search inside that intersection; FAB's points are projected onto it.
+    and Square search inside that intersection; FAB keeps its iterates that still fool the
+    model once projected into it.
     A ``journal`` receives the cascade's state after each attack and, when it holds the
     state of an interrupted run of the same cascade, the run continues from there.
     """
