@@ -37,8 +37,11 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
 
 
-def clean_logits_of(model: nn.Module, x: torch.Tensor, size: int) -> torch.Tensor:
-    """Logits (N, classes) of CPU inputs ``x``, computed on the model's device in chunks of
-    ``size``; returned on the CPU."""
+def logits_in_chunks(model: nn.Module, x: torch.Tensor, size: int) -> torch.Tensor:
+    """Logits (N, classes) without a graph of inputs ``x`` on any device, computed on the
+    model's device ``size`` images at a time; returned on ``x``'s device."""
     device = model_device(model)
-    return torch.cat([logits_of(model, x[part].to(device)).cpu() for part in chunks(len(x), size)])
+    if len(x) <= size:
+        return logits_of(model, x.to(device)).to(x.device)
+    return torch.cat([logits_of(model, x[part].to(device)).to(x.device)
+                      for part in chunks(len(x), size)])  # fmt: skip

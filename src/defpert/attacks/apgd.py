@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.attacks._common import chunks, clean_logits_of, project, rows
+from defpert.attacks._common import chunks, logits_in_chunks, project, rows
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.engine import frozen_parameters
@@ -100,7 +100,7 @@ def apgd(
     best = x.clone()
     if len(x) == 0:
         return best
-    clean_logits = clean_logits_of(model, x, size)
+    clean_logits = logits_in_chunks(model, x, size)
     unbroken = clean_logits.argmax(1) == y
     ranks = range(2, targets + 2) if loss == "dlr-targeted" else [0]
     # Runs outside, chunks inside: each run's random starts are drawn for all the examples

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.attacks._common import chunks, clean_logits_of, logits_of, project, rows
+from defpert.attacks._common import chunks, logits_in_chunks, logits_of, project, rows
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.engine import frozen_parameters
@@ -62,7 +62,7 @@ def fab(
     best = x.clone()
     if len(x) == 0:
         return best
-    logits = clean_logits_of(model, x, size)
+    logits = logits_in_chunks(model, x, size)
     unbroken = logits.argmax(1) == y
     # Runs outside, chunks inside (as in APGD): random starts drawn for all the examples a
     # run attacks at once, independent of the chunk size.

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from defpert.attacks._common import chunks, logits_of, project, rows
+from defpert.attacks._common import chunks, logits_in_chunks, project, rows
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.errors import DefpertError
@@ -66,7 +66,7 @@ def square(
         raise DefpertError("Square needs at least 1 query and 1 restart")
     device = model_device(model)
     size = forward_chunk or chunk_size(model, tuple(x.shape[1:]), device)
-    forward = functools.partial(_logits, model, size=size)
+    forward = functools.partial(logits_in_chunks, model, size=size)
     g = generator or torch.Generator().manual_seed(0)
     x, y = x.detach().cpu(), y.detach().cpu()
     out = x.clone()
@@ -87,13 +87,6 @@ def square(
             unbroken[idx] = forward(adv).argmax(1) == yb[idx]
         out[part] = best.cpu()
     return out
-
-
-def _logits(model: nn.Module, x: torch.Tensor, *, size: int) -> torch.Tensor:
-    """Logits without a graph, computed ``size`` images at a time."""
-    if len(x) <= size:
-        return logits_of(model, x)
-    return torch.cat([logits_of(model, x[part]) for part in chunks(len(x), size)])
 
 
 def _margin(forward: Forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
