@@ -118,6 +118,17 @@ def test_results_do_not_depend_on_batch_size(digits_model, xy, threat, method):
         assert torch.equal(p, preds[0])
 
 
+def test_two_step_inner_attack_does_not_depend_on_batch_size(digits_model, xy):
+    # Steps of 1.25 eps carry a pixel across the ball on the sign of its gradient; where
+    # that component is float rounding, its sign changed with the chunk size (small chunks
+    # take other matrix kernels), and one example in 64 came out 10 pixels different.
+    x, y = xy[0][:64], xy[1][:64]
+    d = Defense("robustify", LinfBall(0.15), steps=5, step_size=0.15 / 4, inner_steps=2)
+    outs = [defend(digits_model, x, y, d, batch_size=b) for b in (1, 2, 3, 7, 64)]
+    for o in outs[1:]:
+        assert torch.allclose(o, outs[0], atol=1e-4)
+
+
 def test_summed_loss_still_moves_confident_inputs():
     # Logit gaps near 100 make each example's cross-entropy gradient ~1e-43: divided by the
     # batch size (a mean loss) it underflows to exactly zero in float32, summed it does not.

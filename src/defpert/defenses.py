@@ -107,7 +107,8 @@ class Defense:
             return None
         threat = self.attack_threat or self.threat
         steps = self.inner_steps
-        return InnerAttack(threat, Schedule(steps, madry_step_size(threat.eps, steps)),
+        schedule = Schedule(steps, madry_step_size(threat.eps, steps), noise_floor=1e-6)
+        return InnerAttack(threat, schedule,
                            restarts=self.inner_restarts, warm_start=self.warm_start,
                            seed=self.seed)  # fmt: skip
 
@@ -120,7 +121,9 @@ class InnerAttack:
     first continues from the previous inner attack's offsets instead of a fresh random
     start. Each example draws its random starts from its own generator, seeded by ``seed``
     and the example's position (:meth:`for_chunk` gives a chunk's first position), so the
-    result depends neither on the chunk size nor on the number of processes.
+    result depends neither on the chunk size nor on the number of processes; gradient
+    components at float-rounding level take no step (``Schedule.noise_floor``), so a
+    rounding difference between chunk sizes cannot send a pixel across the ball.
     """
 
     threat: ThreatModel

@@ -52,6 +52,10 @@ class Schedule:
     ascend: bool = True
     random_start: bool = False
     optimizer: str = "steepest"  # OPTIMIZERS
+    # Gradient components below this fraction of the example's largest count as zero: at
+    # 1e-6 they are float rounding, whose sign changes with the summation order (the chunk
+    # size), and an L-inf step would move such a pixel by the full step either way.
+    noise_floor: float = 0.0
 
     def __post_init__(self) -> None:
         validate_schedule(self.steps, self.step_size)
@@ -282,8 +286,17 @@ def _stepper(
     """
     if schedule.optimizer == "steepest":
         step = threat.straight_through_step if create_graph else threat.step
+        if schedule.noise_floor > 0:
+            floor = schedule.noise_floor
+            return lambda grad: step(_without_noise(grad, floor), schedule.step_size)
         return lambda grad: step(grad, schedule.step_size)
     return _ScaledStep(threat, schedule)
+
+
+def _without_noise(grad: torch.Tensor, floor: float) -> torch.Tensor:
+    """``grad`` with each component below ``floor`` times its example's largest set to 0."""
+    largest = grad.detach().flatten(1).abs().amax(1).view(-1, *([1] * (grad.dim() - 1)))
+    return torch.where(grad.detach().abs() > floor * largest, grad, torch.zeros_like(grad))
 
 
 class _ScaledStep:
