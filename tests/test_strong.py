@@ -195,32 +195,12 @@ def test_both_balls_projection_is_feasible_and_keeps_feasible_points(threat):
 
 
 @pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
-def test_square_searches_inside_both_balls(digits_model, digits_test, threat):
-    # With the budget also measured from the natural image, Square's own queries must stay
-    # in the intersection: a point found outside and projected afterwards may fool nothing.
-    from defpert.attacks._common import project
-    from defpert.defenses import defend
-
-    x, y = digits_test.images[:200], digits_test.labels[:200]
-    x_def = defend(digits_model, x, y, Defense("ce", threat, steps=10, step_size=threat.eps / 4))
-
-    def run(anchor: torch.Tensor | None) -> torch.Tensor:
-        return square(digits_model, x_def, y, threat=threat, queries=300, anchor=anchor,
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
-
-    inside = run(x)
-    assert (threat.size(inside - x) <= threat.eps * (1 + 1e-5)).all()
-    assert (threat.size(inside - x_def) <= threat.eps * (1 + 1e-5)).all()
-    projected = project(threat, x_def, run(None), x)  # searched outside, then projected
-    broken_inside = int((~correct(digits_model, inside, y)).sum())
-    assert broken_inside > int((~correct(digits_model, projected, y)).sum())
-
-
-@pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
-def test_fab_keeps_its_breaks_inside_both_balls(digits_model, digits_test, threat):
-    # FAB seeks the nearest boundary point from the defended point; with the budget also
-    # measured from the natural image, projecting that one point afterwards loses breaks
-    # that FAB's other misclassified iterates, projected into the intersection, still make.
+@pytest.mark.parametrize("attack", ["square", "fab"])
+def test_black_box_and_fab_search_inside_both_balls(digits_model, digits_test, threat, attack):
+    # With the budget also measured from the natural image, a point found in the defended
+    # point's ball and projected afterwards may fool nothing: Square's queries must stay in
+    # the intersection, and FAB must keep each misclassified iterate that still fools once
+    # projected there (not only its nearest boundary point, projected at the end).
     from defpert.attacks._common import project
     from defpert.attacks.fab import fab
     from defpert.defenses import defend
@@ -229,13 +209,16 @@ def test_fab_keeps_its_breaks_inside_both_balls(digits_model, digits_test, threa
     x_def = defend(digits_model, x, y, Defense("ce", threat, steps=10, step_size=threat.eps / 4))
 
     def run(anchor: torch.Tensor | None) -> torch.Tensor:
-        return fab(digits_model, x_def, y, threat=threat, steps=30, anchor=anchor,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+        g = torch.Generator().manual_seed(0)
+        if attack == "square":
+            return square(digits_model, x_def, y, threat=threat, queries=300, anchor=anchor,
+                          generator=g)  # fmt: skip
+        return fab(digits_model, x_def, y, threat=threat, steps=30, anchor=anchor, generator=g)
 
     inside = run(x)
     assert (threat.size(inside - x) <= threat.eps * (1 + 1e-5)).all()
     assert (threat.size(inside - x_def) <= threat.eps * (1 + 1e-5)).all()
-    projected = project(threat, x_def, run(None), x)  # the nearest point, projected afterwards
+    projected = project(threat, x_def, run(None), x)  # searched outside, then projected
     broken_inside = int((~correct(digits_model, inside, y)).sum())
     assert broken_inside > int((~correct(digits_model, projected, y)).sum())
 
