@@ -131,13 +131,14 @@ def _single_run(
     anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One FAB run: the nearest misclassified point found (or ``x``), or, given an
-    ``anchor``, a misclassified point inside both balls when one was found."""
+    ``anchor``, the last misclassified iterate that still fools once projected into both
+    balls (or ``x``)."""
     n = len(x)
     shape = (-1, *([1] * (x.dim() - 1)))
     linf = threat.norm == "linf"
     u = torch.arange(n, device=x.device)
     best_adv, best_norm = x.clone(), torch.full((n,), 1e10, device=x.device)
-    inside, found = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+    inside = x.clone()  # with an anchor: the last iterate that fools inside both balls
     x1, x0 = x.clone(), x.reshape(n, -1)
     if start is not None:  # a random start, half-way to the ball's surface
         t = start
@@ -164,13 +165,12 @@ def _single_run(
                     candidate = project(threat, x[i], x1[i], anchor[i])
                     fools = logits_of(model, candidate).argmax(1) != y[i]
                     inside[i[fools]] = candidate[fools]
-                    found[i[fools]] = True
                 norm = threat.size(x1[i] - x[i])
                 closer = norm < best_norm[i]
                 best_adv[i[closer]] = x1[i[closer]]
                 best_norm[i] = torch.minimum(norm, best_norm[i])
                 x1[i] = x[i] + (x1[i] - x[i]) * beta
-    return best_adv if anchor is None else torch.where(found.view(shape), inside, best_adv)
+    return best_adv if anchor is None else inside
 
 
 def _project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
