@@ -114,7 +114,7 @@ def test_a_run_killed_in_its_strong_stage_continues_after_the_last_finished_atta
 
     def plan(self):
         def attack(name):
-            def run(m, x, y, t, g, a):
+            def run(m, x, y, t, g, a, r):
                 if name in kill_at:
                     kill_at.clear()
                     raise Killed
@@ -158,6 +158,16 @@ def test_an_unreadable_journal_starts_the_cascade_over(tmp_path):
     assert torch.equal(back.worst, state.worst) and torch.equal(back.robust, state.robust)
     assert back.broken_by == state.broken_by and back.seconds == state.seconds
     assert torch.equal(back.generator, state.generator)
+    assert back.running is None
+    # a running attack's bookmark comes back with its position and tensors
+    state.running = store.Bookmark({"part": 0, "restart": 1, "query": 250},
+                                   {"out": torch.rand(4, 1, 8, 8), "run_margin": torch.rand(3)})  # fmt: skip
+    journal.write(state)
+    back = journal.read()
+    assert back is not None and back.running is not None
+    assert back.running.position == state.running.position
+    assert set(back.running.tensors) == {"out", "run_margin"}
+    assert all(torch.equal(back.running.tensors[k], v) for k, v in state.running.tensors.items())
 
 
 def test_the_other_budget_convention_borrows_the_attacks_on_the_original_data(
@@ -178,3 +188,60 @@ def test_the_other_budget_convention_borrows_the_attacks_on_the_original_data(
         == (first[0]["accuracy"]["original_attacked_strong"])
     )
     assert second[0]["threat"]["budget_from"] == "original"
+
+
+def test_a_strong_attack_killed_inside_square_continues_from_its_file(
+    digits_model, digits_test, tmp_path, monkeypatch
+):
+    from defpert.attacks import StrongConfig, strong_attack
+    from defpert.reference import GradientMasked
+    from defpert.threat import LinfBall
+
+    class Killed(Exception):
+        pass
+
+    masked = GradientMasked(digits_model, levels=16)  # only Square breaks it
+    x, y = digits_test.images[:40], digits_test.labels[:40]
+    kw = {"threat": LinfBall(0.15), "config": StrongConfig(tier="quick", steps=3, square_queries=200),
+          "seed": 2}  # fmt: skip
+    whole = strong_attack(masked, x, y, **kw)
+    monkeypatch.setattr(store.FileJournal, "interval", 0.0)  # a bookmark at every query
+    journal = store.FileJournal(tmp_path / "strong-x.journal.npz")
+    real_write, writes = store.FileJournal.write, []
+
+    def write_then_die(self, state):
+        real_write(self, state)
+        writes.append(state.running.position if state.running else None)
+        if len(writes) == 6 + 100:  # APGD-CE and APGD-T: 6 writes; then 100 queries of Square
+            raise Killed
+
+    monkeypatch.setattr(store.FileJournal, "write", write_then_die)
+    with pytest.raises(Killed):
+        strong_attack(masked, x, y, journal=journal, **kw)
+    monkeypatch.setattr(store.FileJournal, "write", real_write)
+    saved = journal.read()
+    assert saved is not None and saved.done == ["apgd-ce", "apgd-t"]
+    assert saved.running is not None and saved.running.position == {
+        "part": 0,
+        "restart": 0,
+        "query": 99,
+    }
+    assert saved.running.tensors["unbroken"].dtype == torch.bool
+    again = strong_attack(masked, x, y, journal=journal, **kw)
+    assert whole.broken_by["square-200"] > 0
+    assert torch.equal(again.adversarial, whole.adversarial) and again.broken_by == whole.broken_by
+
+
+def test_the_resume_line_names_the_attack_it_continues_inside():
+    from defpert.attacks import StrongConfig
+    from defpert.attacks.journal import Bookmark
+
+    state = store.CascadeState(["apgd-ce", "apgd-t"], torch.zeros(2, 1, 8, 8), torch.ones(2, dtype=torch.bool),
+                               {}, {}, torch.Generator().get_state())  # fmt: skip
+    config = StrongConfig(tier="standard")
+    assert rq1._resumed_at(state, config) == "after apgd-ce, apgd-t"
+    state.running = Bookmark({"runs_done": 2}, {})
+    assert (
+        rq1._resumed_at(state, config)
+        == "after apgd-ce, apgd-t and inside pgd-ce-100 from its last bookmark"
+    )

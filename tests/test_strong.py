@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -51,11 +53,11 @@ def test_cascade_attacks_only_unbroken_examples(digits_model, xy, monkeypatch):
 
     def spied_plan(self):
         def spy(name, attack):
-            def run(m, xi, yi, t, g, a):
+            def run(m, xi, yi, t, g, a, r):
                 # every example handed to an attack is still classified correctly
                 still = int(correct(m, xi, yi).sum())
                 seen.append((name, len(xi), still))
-                return attack(m, xi, yi, t, g, a)
+                return attack(m, xi, yi, t, g, a, r)
 
             return run
 
@@ -260,7 +262,10 @@ class _Interrupted(Exception):
 
 
 class _MemoryJournal:
-    """Keeps the cascade's last state; raises after ``stop_after`` writes (a kill)."""
+    """Keeps the cascade's last state; raises after ``stop_after`` writes (a kill). A running
+    attack leaves a bookmark at every point it can (``interval`` 0)."""
+
+    interval = 0.0
 
     def __init__(self, stop_after: int | None = None) -> None:
         self.state: strong_module.CascadeState | None = None
@@ -273,14 +278,17 @@ class _MemoryJournal:
     def write(self, state):
         self.state = strong_module.CascadeState(
             list(state.done), state.worst.clone(), state.robust.clone(), dict(state.broken_by),
-            dict(state.seconds), state.generator.clone(),
+            dict(state.seconds), state.generator.clone(), state.running and strong_module.Bookmark(
+                dict(state.running.position),
+                {k: v.clone() for k, v in state.running.tensors.items()},
+            ),
         )  # fmt: skip
         self.writes += 1
         if self.writes == self.stop_after:
             raise _Interrupted
 
 
-def _noise(m, x, y, t, g, a):
+def _noise(m, x, y, t, g, a, r=None):
     """A random corner of the L-inf ball: its result depends on the generator's state."""
     return (x + t.eps * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
 
@@ -294,7 +302,7 @@ def test_an_interrupted_cascade_continues_to_the_uninterrupted_result(
 
     def plan(self):
         def spy(name):
-            def run(m, xi, yi, t, g, a):
+            def run(m, xi, yi, t, g, a, r):
                 ran.append((name, len(xi)))
                 return _noise(m, xi, yi, t, g, a)
 
@@ -317,6 +325,94 @@ def test_an_interrupted_cascade_continues_to_the_uninterrupted_result(
     assert torch.equal(resumed.robust, whole.robust)
     assert resumed.broken_by == whole.broken_by
     assert set(resumed.seconds) == set(whole.seconds)
+
+
+@pytest.mark.parametrize("threat", [LinfBall(0.15), L2Ball(1.5)], ids=["linf", "l2"])
+@pytest.mark.parametrize("inside", ["apgd-t", "square"])
+def test_an_attack_interrupted_inside_continues_from_its_bookmark(
+    digits_model, xy, threat, inside, monkeypatch
+):
+    apgd_module = importlib.import_module("defpert.attacks.apgd")  # the name is the function's
+    x, y = xy
+    masked = GradientMasked(digits_model, levels=16)  # APGD runs every target; Square breaks
+    cfg = StrongConfig(tier="quick", steps=5, square_queries=300)
+    targeted_runs: list[int] = []
+    real_run = apgd_module._single_run
+
+    def counted(model, xi, yi, target, *rest):
+        if target is not None:
+            targeted_runs.append(len(xi))
+        return real_run(model, xi, yi, target, *rest)
+
+    monkeypatch.setattr(apgd_module, "_single_run", counted)
+    whole = strong_attack(masked, x, y, threat=threat, config=cfg, seed=4)
+    assert len(targeted_runs) == 3 and whole.broken_by["square-300"] > 0
+    # writes: APGD-CE's bookmark and its end, APGD-T's 3 bookmarks and its end, then Square
+    stop = 3 if inside == "apgd-t" else 6 + 150
+    journal = _MemoryJournal(stop_after=stop)
+    with pytest.raises(_Interrupted):
+        strong_attack(masked, x, y, threat=threat, config=cfg, seed=4, journal=journal)
+    mark = journal.state.running
+    assert journal.state.done == (["apgd-ce"] if inside == "apgd-t" else ["apgd-ce", "apgd-t"])
+    if inside == "apgd-t":
+        assert mark.position == {"runs_done": 1}
+    else:
+        assert mark.position == {"part": 0, "restart": 0, "query": 149}
+        # Square still had examples to break after the bookmark
+        assert int((mark.tensors["run_margin"] <= 0).sum()) < whole.broken_by["square-300"]
+    targeted_runs.clear()
+    journal.stop_after = None
+    resumed = strong_attack(masked, x, y, threat=threat, config=cfg, seed=4, journal=journal)
+    assert len(targeted_runs) == (2 if inside == "apgd-t" else 0)  # only what was left
+    assert torch.equal(resumed.adversarial, whole.adversarial)
+    assert torch.equal(resumed.robust, whole.robust)
+    assert resumed.broken_by == whole.broken_by
+    assert set(resumed.seconds) == set(whole.seconds)
+
+
+def test_fab_interrupted_after_a_run_continues_from_its_bookmark(digits_model, xy, monkeypatch):
+    fab_module = importlib.import_module("defpert.attacks.fab")  # the name is the function's
+    calls: list[int] = []
+    real_run = fab_module._single_run
+    monkeypatch.setattr(fab_module, "_single_run", lambda *a: calls.append(1) or real_run(*a))
+    x, y = xy
+    kw = {"threat": LinfBall(0.08), "steps": 5, "targets": 3, "restarts": 2}
+    whole = fab(digits_model, x, y, generator=torch.Generator().manual_seed(1), **kw)
+    whole_calls = len(calls)
+    g = torch.Generator().manual_seed(1)
+    kept: list[tuple[strong_module.Bookmark, torch.Tensor, int]] = []
+
+    def kill_after_three(mark):
+        kept.append((strong_module.Bookmark(dict(mark.position),
+                                            {k: v.clone() for k, v in mark.tensors.items()}),
+                     g.get_state(), len(calls)))  # fmt: skip
+        if len(kept) == 3:
+            raise _Interrupted
+
+    calls.clear()
+    with pytest.raises(_Interrupted):
+        fab(
+            digits_model,
+            x,
+            y,
+            generator=g,
+            resume=strong_module.Resume(None, kill_after_three, 0.0),
+            **kw,
+        )
+    mark, state, calls_before = kept[-1]
+    assert mark.position == {"runs_done": 3}
+    g.set_state(state)
+    calls.clear()
+    again = fab(
+        digits_model,
+        x,
+        y,
+        generator=g,
+        resume=strong_module.Resume(mark, lambda m: None, 0.0),
+        **kw,
+    )
+    assert not torch.equal(whole, x) and torch.equal(again, whole)
+    assert len(calls) == whole_calls - calls_before > 0  # only the runs left, from the bookmark
 
 
 def test_a_journal_of_another_cascade_is_not_continued(digits_model, xy):

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from defpert.attacks import StrongResult, pgd, strong_attack
+from defpert.attacks import StrongConfig, StrongResult, pgd, strong_attack
 from defpert.attacks.adaptive import adaptive_attack
+from defpert.attacks.journal import CascadeState
 from defpert.attacks.undo import undo_then_attack
 from defpert.calibrate import chunk_size
 from defpert.data import SPLITS, Split
@@ -44,6 +45,17 @@ from defpert.store import Store, weights_digest
 Report = Callable[[str], None]
 
 __all__ = ["DPConfig", "format_table", "run_dp"]
+
+
+def _resumed_at(state: CascadeState, config: StrongConfig) -> str:
+    """Where an interrupted strong attack goes on: after the attacks it finished, and inside
+    the one it had begun (from that attack's last bookmark)."""
+    parts = [f"after {', '.join(state.done)}"] if state.done else []
+    if state.running is not None:
+        names = [name for name, _ in config.plan()]
+        running = names[len(state.done)] if len(state.done) < len(names) else "the next attack"
+        parts.append(f"inside {running} from its last bookmark")
+    return " and ".join(parts)
 
 
 def _strong_summary(result: StrongResult, natural: torch.Tensor, threat: Any) -> dict[str, Any]:
@@ -132,8 +144,8 @@ def run_dp(
     ) -> dict[str, Any]:  # fmt: skip
         journal = store.journal(name)
         earlier = journal.read() if journal is not None else None
-        if earlier is not None and earlier.done:
-            say(f"continuing the strong attack after {', '.join(earlier.done)} (saved progress)")
+        if earlier is not None and (earlier.done or earlier.running is not None):
+            say(f"continuing the strong attack {_resumed_at(earlier, strong_cfg)} (saved progress)")
         result = strong_attack(
             model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg, seed=config.seed,
             known_adversarial={k: v[:n_strong] for k, v in known.items()}, progress=progress,

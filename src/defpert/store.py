@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from defpert import __version__, distributed
-from defpert.attacks.journal import CascadeState
+from defpert.attacks.journal import Bookmark, CascadeState
 from defpert.errors import DefpertError
 from defpert.runs import copy_atomic, read_json, write_atomic, write_json
 
@@ -229,8 +229,11 @@ JOURNAL_SUFFIX = ".journal.npz"
 
 class FileJournal:
     """A cascade's progress (strong or adaptive) in one ``.npz`` (arrays and JSON: nothing is
-    unpickled), replaced atomically after each attack. An unreadable journal is ignored:
-    the cascade then starts over, it never stops the run."""
+    unpickled), replaced atomically after each attack and at a running attack's bookmarks,
+    at most once a minute. An unreadable journal is ignored: the cascade then starts over,
+    it never stops the run."""
+
+    interval = 60.0  # seconds between a running attack's bookmarks
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -241,6 +244,13 @@ class FileJournal:
         try:
             with np.load(self.path, allow_pickle=False) as saved:
                 meta = json.loads(str(saved["meta"]))
+                running = None
+                if meta.get("running") is not None:
+                    running = Bookmark(
+                        position={str(k): int(v) for k, v in meta["running"].items()},
+                        tensors={name[len(RUNNING) :]: torch.from_numpy(saved[name])
+                                 for name in saved.files if name.startswith(RUNNING)},
+                    )  # fmt: skip
                 return CascadeState(
                     done=list(meta["done"]),
                     worst=torch.from_numpy(saved["worst"]),
@@ -248,16 +258,25 @@ class FileJournal:
                     broken_by={str(k): int(v) for k, v in meta["broken_by"].items()},
                     seconds={str(k): float(v) for k, v in meta["seconds"].items()},
                     generator=torch.from_numpy(saved["generator"]),
+                    running=running,
                 )
         except Exception:  # a journal of an older layout or a damaged file: start over
             return None
 
     def write(self, state: CascadeState) -> None:
-        meta = {"done": state.done, "broken_by": state.broken_by, "seconds": state.seconds}
+        running = state.running
+        meta = {"done": state.done, "broken_by": state.broken_by, "seconds": state.seconds,
+                "running": running.position if running is not None else None}  # fmt: skip
+        arrays: dict[str, Any] = {f"{RUNNING}{name}": t.detach().cpu().numpy()
+                  for name, t in (running.tensors.items() if running is not None else ())}  # fmt: skip
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 np.savez(fh, worst=state.worst.numpy(), robust=state.robust.numpy(),
-                         generator=state.generator.numpy(), meta=np.array(json.dumps(meta)))  # fmt: skip
+                         generator=state.generator.numpy(), meta=np.array(json.dumps(meta)),
+                         **arrays)  # fmt: skip
 
         write_atomic(self.path, write)
+
+
+RUNNING = "running."  # the prefix of a running attack's bookmark tensors in the journal

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defpert.attacks._common import chunks, logits_in_chunks, project, rows
+from defpert.attacks.journal import Resume, offer_runs_done, runs_already_done
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.engine import frozen_parameters
@@ -80,6 +81,7 @@ def apgd(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     anchor: torch.Tensor | None = None,
+    resume: Resume | None = None,
 ) -> torch.Tensor:
     """APGD on ``loss``; returns a point of the ball per example (CPU).
 
@@ -89,6 +91,8 @@ def apgd(
     target classes (the 2nd, 3rd, ... most likely class of the clean input). ``eot``
     averages each gradient over that many forward passes, for a randomised model. With an
     ``anchor``, every iterate also stays within eps of it (see ``clip_to_both_balls``).
+    ``resume`` takes a bookmark after each run (target class and restart) and continues an
+    interrupted attack from its last one.
     """
     if loss not in APGD_LOSSES:
         raise DefpertError(f"unknown APGD loss {loss!r}; choose one of: {', '.join(APGD_LOSSES)}")
@@ -106,23 +110,25 @@ def apgd(
     # Runs outside, chunks inside: each run's random starts are drawn for all the examples
     # it attacks at once, so they do not depend on the chunk size (which is calibrated per
     # machine), and a later run fills whole chunks with the examples still unbroken.
-    for rank in ranks:
+    runs = [rank for rank in ranks for _ in range(restarts)]
+    first = runs_already_done(resume, best, unbroken)
+    for done, rank in enumerate(runs[first:], start=first):
         target_all = clean_logits.sort(dim=1)[1][:, -rank] if rank else None
-        for _ in range(restarts):
-            idx = rows(unbroken)
-            if len(idx) == 0:
-                return best
-            starts = threat.random_init(x[idx].shape, generator)
-            for part in chunks(len(idx), size):
-                sel = idx[part]
-                target = target_all[sel].to(device) if target_all is not None else None
-                a = anchor[sel].to(device) if anchor is not None else None
-                adv, broken, high = _single_run(
-                    model, x[sel].to(device), y[sel].to(device), target, threat, steps, loss,
-                    starts[part].to(device), eot, a,
-                )  # fmt: skip
-                best[sel] = torch.where(broken.view(-1, 1, 1, 1), adv, high).cpu()
-                unbroken[sel[broken.cpu()]] = False
+        idx = rows(unbroken)
+        if len(idx) == 0:
+            return best
+        starts = threat.random_init(x[idx].shape, generator)
+        for part in chunks(len(idx), size):
+            sel = idx[part]
+            target = target_all[sel].to(device) if target_all is not None else None
+            a = anchor[sel].to(device) if anchor is not None else None
+            adv, broken, high = _single_run(
+                model, x[sel].to(device), y[sel].to(device), target, threat, steps, loss,
+                starts[part].to(device), eot, a,
+            )  # fmt: skip
+            best[sel] = torch.where(broken.view(-1, 1, 1, 1), adv, high).cpu()
+            unbroken[sel[broken.cpu()]] = False
+        offer_runs_done(resume, done + 1, best, unbroken)
     return best
 
 

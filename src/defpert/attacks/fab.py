@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defpert.attacks._common import chunks, logits_in_chunks, logits_of, project, rows
+from defpert.attacks.journal import Resume, offer_runs_done, runs_already_done
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.engine import frozen_parameters
@@ -44,6 +45,7 @@ def fab(
     eta: float = 1.05,
     beta: float = 0.9,
     anchor: torch.Tensor | None = None,
+    resume: Resume | None = None,
 ) -> torch.Tensor:
     """FAB-T (``targeted``) or FAB; returns a point per example (CPU): the adversarial point
     found within eps, else the clean input.
@@ -52,6 +54,8 @@ def fab(
     it also lies within eps of the anchor: every misclassified iterate is projected into the
     intersection of the two balls and kept if it still fools the model, so a break found
     inside the intersection is never lost to a projection of the nearest point afterwards.
+    ``resume`` takes a bookmark after each run (target class and restart) and continues an
+    interrupted attack from its last one.
     """
     if steps < 1 or restarts < 1:
         raise DefpertError("FAB needs at least 1 step and 1 restart")
@@ -66,27 +70,30 @@ def fab(
     unbroken = logits.argmax(1) == y
     # Runs outside, chunks inside (as in APGD): random starts drawn for all the examples a
     # run attacks at once, independent of the chunk size.
-    for rank in range(2, targets + 2) if targeted else [0]:
+    ranks = range(2, targets + 2) if targeted else [0]
+    runs = [(rank, restart) for rank in ranks for restart in range(restarts)]
+    first = runs_already_done(resume, best, unbroken)
+    for done, (rank, restart) in enumerate(runs[first:], start=first):
         target_all = logits.sort(dim=1)[1][:, -rank] if rank else None
-        for restart in range(restarts):
-            idx = rows(unbroken)
-            if len(idx) == 0:
-                return best
-            starts = threat.random_init(x[idx].shape, generator) if restart > 0 else None
-            for part in chunks(len(idx), size):
-                sel = idx[part]
-                xb, yb = x[sel].to(device), y[sel].to(device)
-                target = target_all[sel].to(device) if target_all is not None else None
-                start = starts[part].to(device) if starts is not None else None
-                ab = anchor[sel].to(device) if anchor is not None else None
-                adv = _single_run(model, xb, yb, target, threat, steps, start, alpha_max, eta,
-                                  beta, ab)  # fmt: skip
-                within = threat.size(adv - xb) <= threat.eps * (1 + 1e-6)
-                if ab is not None:
-                    within &= threat.size(adv - ab) <= threat.eps * (1 + 1e-6)
-                wrong = ((logits_of(model, adv).argmax(1) != yb) & within).cpu()
-                best[sel[wrong]] = adv[wrong.to(device)].cpu()
-                unbroken[sel[wrong]] = False
+        idx = rows(unbroken)
+        if len(idx) == 0:
+            return best
+        starts = threat.random_init(x[idx].shape, generator) if restart > 0 else None
+        for part in chunks(len(idx), size):
+            sel = idx[part]
+            xb, yb = x[sel].to(device), y[sel].to(device)
+            target = target_all[sel].to(device) if target_all is not None else None
+            start = starts[part].to(device) if starts is not None else None
+            ab = anchor[sel].to(device) if anchor is not None else None
+            adv = _single_run(model, xb, yb, target, threat, steps, start, alpha_max, eta,
+                              beta, ab)  # fmt: skip
+            within = threat.size(adv - xb) <= threat.eps * (1 + 1e-6)
+            if ab is not None:
+                within &= threat.size(adv - ab) <= threat.eps * (1 + 1e-6)
+            wrong = ((logits_of(model, adv).argmax(1) != yb) & within).cpu()
+            best[sel[wrong]] = adv[wrong.to(device)].cpu()
+            unbroken[sel[wrong]] = False
+        offer_runs_done(resume, done + 1, best, unbroken)
     return best
 
 

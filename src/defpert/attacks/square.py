@@ -19,11 +19,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from defpert.attacks._common import chunks, logits_in_chunks, project, rows
+from defpert.attacks.journal import Bookmark, Resume
 from defpert.calibrate import chunk_size
 from defpert.devices import model_device
 from defpert.errors import DefpertError
@@ -50,6 +52,7 @@ def square(
     batch_size: int | None = None,
     forward_chunk: int | None = None,
     anchor: torch.Tensor | None = None,
+    resume: Resume | None = None,
 ) -> torch.Tensor:
     """Square Attack (margin loss, untargeted); returns one point of the ball per example (CPU).
 
@@ -61,6 +64,8 @@ def square(
     With an ``anchor`` (N, C, H, W), every query is projected into the intersection of the
     balls around ``x`` and around the anchor, so the search runs where the threat model
     allows (a point found outside it and projected afterwards may no longer fool the model).
+    ``resume`` takes bookmarks between queries and continues an interrupted attack from its
+    last one, with the same result.
     """
     if queries < 1 or restarts < 1:
         raise DefpertError("Square needs at least 1 query and 1 restart")
@@ -71,22 +76,71 @@ def square(
     x, y = x.detach().cpu(), y.detach().cpu()
     out = x.clone()
     anchor = anchor.detach().cpu() if anchor is not None else None
-    for part in chunks(len(x), batch_size or SQUARE_CHUNK):
+    mark = _own_bookmark(resume, len(x))
+    for p, part in enumerate(chunks(len(x), batch_size or SQUARE_CHUNK)):
+        if mark is not None and p < mark.position["part"]:
+            continue  # done before the interruption: its points are in the bookmark's ``out``
         xb, yb = x[part].to(device), y[part].to(device)
         ab = anchor[part].to(device) if anchor is not None else None
         best = xb.clone()
         unbroken = forward(xb).argmax(1) == yb
-        for _ in range(restarts):
+        first, at = 0, None
+        if mark is not None:  # the chunk that was running: as it stood at the bookmark
+            out = mark.tensors["out"].clone()
+            best, unbroken = mark.tensors["best"].to(device), mark.tensors["unbroken"].to(device)
+            first = mark.position["restart"]
+            at = _RunState(mark.position["query"], mark.tensors["run_best"].to(device),
+                           mark.tensors["run_margin"].to(device))  # fmt: skip
+            mark = None
+        for restart in range(first, restarts):
             idx = rows(unbroken)
             if len(idx) == 0:
                 break
             run = _linf_run if threat.norm == "linf" else _l2_run
             inside = _feasible(threat, ab[idx] if ab is not None else None)
-            adv = run(forward, xb[idx], yb[idx], threat.eps, queries, p_init, g, inside)
+            keep = _Keeper(resume, p, restart, out, best, unbroken) if resume else None
+            adv = run(forward, xb[idx], yb[idx], threat.eps, queries, p_init, g, inside, at, keep)
+            at = None
             best[idx] = adv
             unbroken[idx] = forward(adv).argmax(1) == yb[idx]
         out[part] = best.cpu()
     return out
+
+
+@dataclass
+class _RunState:
+    """One run of the random search, as it stood before query ``query``: the points kept so
+    far and their margins."""
+
+    query: int
+    best: torch.Tensor
+    margin: torch.Tensor
+
+
+class _Keeper:
+    """Offers the journal a bookmark before each query of a run (written when its interval
+    has passed): the chunk, restart and query, the finished chunks' points (``out``), the
+    running chunk's points and survivors before this restart, and the run's state."""
+
+    def __init__(self, resume: Resume, part: int, restart: int, out: torch.Tensor,
+                 best: torch.Tensor, unbroken: torch.Tensor) -> None:  # fmt: skip
+        self.resume, self.part, self.restart = resume, part, restart
+        self.out, self.best, self.unbroken = out, best, unbroken
+
+    def __call__(self, state: _RunState) -> None:
+        self.resume.offer(lambda: Bookmark(
+            {"part": self.part, "restart": self.restart, "query": state.query},
+            {"out": self.out, "best": self.best.cpu(), "unbroken": self.unbroken.cpu(),
+             "run_best": state.best.cpu(), "run_margin": state.margin.cpu()},
+        ))  # fmt: skip
+
+
+def _own_bookmark(resume: Resume | None, n: int) -> Bookmark | None:
+    """The bookmark an interrupted Square on these ``n`` examples left, if any."""
+    mark = resume.start if resume is not None else None
+    if mark is None or not mark.fits({"part", "restart", "query"}, out=n):
+        return None
+    return mark
 
 
 def _margin(forward: Forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -130,14 +184,21 @@ def _randint(high: int, g: torch.Generator) -> int:
 
 def _linf_run(
     forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
-    g: torch.Generator, inside: Feasible,
+    g: torch.Generator, inside: Feasible, at: _RunState | None = None,
+    keep: Callable[[_RunState], None] | None = None,
 ) -> torch.Tensor:  # fmt: skip
+    """One run on L-inf; from ``at`` (an interrupted run's state) when given, handing its
+    state to ``keep`` before each query."""
     n, c, h, w = x.shape
-    every = torch.arange(n, device=x.device)
-    best = (x + eps * _signs((n, c, 1, w), g, x.device)).clamp(0, 1)  # vertical stripes
-    best = inside(x, best, every)
-    margin = _margin(forward, best, y)
-    for i in range(queries):
+    if at is None:
+        every = torch.arange(n, device=x.device)
+        best = (x + eps * _signs((n, c, 1, w), g, x.device)).clamp(0, 1)  # vertical stripes
+        best = inside(x, best, every)
+        at = _RunState(0, best, _margin(forward, best, y))
+    best, margin = at.best, at.margin
+    for i in range(at.query, queries):
+        if keep is not None:
+            keep(_RunState(i, best, margin))
         idx = rows(margin > 0)
         if len(idx) == 0:
             break
@@ -181,22 +242,30 @@ def _l2_norm(t: torch.Tensor) -> torch.Tensor:
 
 def _l2_run(
     forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
-    g: torch.Generator, inside: Feasible,
+    g: torch.Generator, inside: Feasible, at: _RunState | None = None,
+    keep: Callable[[_RunState], None] | None = None,
 ) -> torch.Tensor:  # fmt: skip
+    """One run on L2; ``at`` and ``keep`` as in :func:`_linf_run`."""
     n, c, h, w = x.shape
-    every = torch.arange(n, device=x.device)
-    delta = torch.zeros_like(x)
-    s = h // 5
-    start = (h - s * 5) // 2
-    for vh in range(start, start + s * (h // s), s):
-        for vw in range(start, start + s * (w // s), s):
-            profile = _window_profile(s, x.device, g).view(1, 1, s, s)
-            patch = delta[:, :, vh : vh + s, vw : vw + s]
-            if patch.shape[-2:] == (s, s):
-                delta[:, :, vh : vh + s, vw : vw + s] += profile * _signs((n, c, 1, 1), g, x.device)
-    best = inside(x, (x + delta / (_l2_norm(delta) + 1e-12) * eps).clamp(0, 1), every)
-    margin = _margin(forward, best, y)
-    for i in range(queries):
+    if at is None:
+        every = torch.arange(n, device=x.device)
+        delta = torch.zeros_like(x)
+        s = h // 5
+        start = (h - s * 5) // 2
+        for vh in range(start, start + s * (h // s), s):
+            for vw in range(start, start + s * (w // s), s):
+                profile = _window_profile(s, x.device, g).view(1, 1, s, s)
+                patch = delta[:, :, vh : vh + s, vw : vw + s]
+                if patch.shape[-2:] == (s, s):
+                    delta[:, :, vh : vh + s, vw : vw + s] += profile * _signs(
+                        (n, c, 1, 1), g, x.device
+                    )
+        best = inside(x, (x + delta / (_l2_norm(delta) + 1e-12) * eps).clamp(0, 1), every)
+        at = _RunState(0, best, _margin(forward, best, y))
+    best, margin = at.best, at.margin
+    for i in range(at.query, queries):
+        if keep is not None:
+            keep(_RunState(i, best, margin))
         idx = rows(margin > 0)
         if len(idx) == 0:
             break

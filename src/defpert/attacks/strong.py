@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
 from defpert.attacks.fab import fab
-from defpert.attacks.journal import CascadeState, Journal
+from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.engine import madry_step_size
@@ -39,11 +39,13 @@ from defpert.threat import ThreatModel
 
 TIERS = ("quick", "standard", "plus")
 
-# An attack of the cascade: (model, x, y, threat, generator, anchor) -> candidate points.
+# An attack of the cascade: (model, x, y, threat, generator, anchor, resume) -> candidate
+# points. ``resume`` (None without a journal) carries the attack's bookmarks, if it leaves any.
 Attack = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, ThreatModel, torch.Generator, "torch.Tensor | None"],
+    [nn.Module, torch.Tensor, torch.Tensor, ThreatModel, torch.Generator, "torch.Tensor | None",
+     "Resume | None"],
     torch.Tensor,
-]
+]  # fmt: skip
 
 
 def check_tier(name: str) -> str:
@@ -86,24 +88,25 @@ class StrongConfig:
             runs = self.restarts or (5 if plus else 2)
 
             def run(m: nn.Module, x: torch.Tensor, y: torch.Tensor, t: ThreatModel,
-                    g: torch.Generator, a: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                    g: torch.Generator, a: torch.Tensor | None, r: Resume | None) -> torch.Tensor:  # fmt: skip
                 return _pgd_restarts(m, x, y, t, g, steps, loss, runs, bs, a)
 
             return run
 
         def apgd_attack(loss: str, restarts: int = 1, targets: int = 9) -> Attack:
-            return lambda m, x, y, t, g, a: apgd(m, x, y, threat=t, steps=steps, loss=loss,
-                                                 restarts=restarts, targets=targets, generator=g,
-                                                 batch_size=bs, anchor=a)  # fmt: skip
+            return lambda m, x, y, t, g, a, r: apgd(m, x, y, threat=t, steps=steps, loss=loss,
+                                                    restarts=restarts, targets=targets, generator=g,
+                                                    batch_size=bs, anchor=a, resume=r)  # fmt: skip
 
         def fab_attack(targeted: bool, restarts: int = 1) -> Attack:
-            return lambda m, x, y, t, g, a: fab(m, x, y, threat=t, steps=steps, targeted=targeted,
-                                             restarts=restarts, generator=g, batch_size=bs,
-                                             anchor=a)  # fmt: skip
+            return lambda m, x, y, t, g, a, r: fab(m, x, y, threat=t, steps=steps, targeted=targeted,
+                                                restarts=restarts, generator=g, batch_size=bs,
+                                                anchor=a, resume=r)  # fmt: skip
 
         def square_attack(restarts: int) -> Attack:
-            return lambda m, x, y, t, g, a: square(m, x, y, threat=t, queries=q, restarts=restarts,
-                                                generator=g, anchor=a)  # fmt: skip
+            return lambda m, x, y, t, g, a, r: square(m, x, y, threat=t, queries=q,
+                                                   restarts=restarts, generator=g, anchor=a,
+                                                   resume=r)  # fmt: skip
 
         if self.tier == "quick":
             return [("apgd-ce", apgd_attack("ce")),
@@ -125,6 +128,28 @@ class StrongConfig:
         """The suite as data, for JSON and the report: the tier, lengths and attack names."""
         return {**asdict(self), "square_queries": self.queries,
                 "attacks": [name for name, _ in self.plan()]}  # fmt: skip
+
+
+class _Clock:
+    """An attack's wall time in ``seconds[name]``, counting the time an interrupted run
+    spent in it before its last bookmark."""
+
+    def __init__(self, seconds: dict[str, float], name: str, *, continued: bool) -> None:
+        self.seconds, self.name = seconds, name
+        self.before = seconds.get(name, 0.0) if continued else 0.0
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds[self.name] = round(self.before + time.perf_counter() - self.started, 3)
+
+    def then(self, save: Callable[[Bookmark], None]) -> Callable[[Bookmark], None]:
+        """``save``, with the time so far recorded first."""
+
+        def timed(bookmark: Bookmark) -> None:
+            self.stop()
+            save(bookmark)
+
+        return timed
 
 
 def _pgd_restarts(
@@ -207,11 +232,13 @@ def strong_attack(
     plan = cfg.plan()
     names = [name for name, _ in plan]
     state = journal.read() if journal is not None else None
+    running: Bookmark | None = None
     if state is not None and state.continues(x, names):
         worst, robust = state.worst.clone(), state.robust.clone()
         broken_by, seconds = dict(state.broken_by), dict(state.seconds)
         generator.set_state(state.generator)
         done = list(state.done)
+        running = state.running
     else:
         known = known_adversarial or {}
         if not isinstance(known, dict):
@@ -221,6 +248,11 @@ def strong_attack(
             absorb(name, cand[idx], idx)
         done = []
 
+    def save(bookmark: Bookmark | None = None) -> None:
+        assert journal is not None
+        journal.write(CascadeState(done, worst, robust, broken_by, seconds,
+                                   generator.get_state(), bookmark))  # fmt: skip
+
     with tqdm(plan[len(done):], desc=f"strong ({cfg.tier})", disable=not progress,
               leave=False) as bar:  # fmt: skip
         for name, attack in bar:
@@ -228,13 +260,16 @@ def strong_attack(
             bar.set_postfix_str(f"{name}: {len(idx)} unbroken")
             if len(idx) == 0:
                 break
-            started = time.perf_counter()
+            clock = _Clock(seconds, name, continued=running is not None)
+            resume = None
+            if journal is not None:
+                resume = Resume(running, clock.then(save), journal.interval)
+            running = None
             a = anchor[idx] if anchor is not None else None
-            absorb(name, attack(model, x[idx], y[idx], threat, generator, a), idx)
-            seconds[name] = round(time.perf_counter() - started, 3)
+            absorb(name, attack(model, x[idx], y[idx], threat, generator, a, resume), idx)
+            clock.stop()
             done.append(name)
             if journal is not None:
-                journal.write(CascadeState(done, worst, robust, broken_by, seconds,
-                                           generator.get_state()))  # fmt: skip
+                save()
     size = threat.size(worst - x)
     return StrongResult(worst, robust, broken_by, float(size.max()) if len(size) else 0.0, seconds)
