@@ -224,7 +224,7 @@ def test_a_strong_attack_killed_inside_square_continues_from_its_file(
     assert saved.running is not None and saved.running.position == {
         "part": 0,
         "restart": 0,
-        "query": 99,
+        "query": 100,
     }
     assert saved.running.tensors["unbroken"].dtype == torch.bool
     again = strong_attack(masked, x, y, journal=journal, **kw)

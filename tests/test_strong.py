@@ -357,7 +357,7 @@ def test_an_attack_interrupted_inside_continues_from_its_bookmark(
     if inside == "apgd-t":
         assert mark.position == {"runs_done": 1}
     else:
-        assert mark.position == {"part": 0, "restart": 0, "query": 149}
+        assert mark.position == {"part": 0, "restart": 0, "query": 150}
         # Square still had examples to break after the bookmark
         assert int((mark.tensors["run_margin"] <= 0).sum()) < whole.broken_by["square-300"]
     targeted_runs.clear()
@@ -435,6 +435,7 @@ def test_an_interrupted_adaptive_attack_continues_to_the_uninterrupted_result(di
     whole = adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2)
     assert whole["broken_by"]["square-300"] > 0
     journal = _MemoryJournal(stop_after=4)
+    journal.interval = float("inf")  # no bookmarks inside a stage: stage by stage
     with pytest.raises(_Interrupted):
         adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2, journal=journal)
     assert journal.state is not None and len(journal.state.done) == 4
@@ -445,3 +446,29 @@ def test_an_interrupted_adaptive_attack_continues_to_the_uninterrupted_result(di
     assert resumed["robust"] == whole["robust"]
     assert resumed["broken_by"] == whole["broken_by"]
     assert set(resumed["seconds"]) == set(whole["seconds"])
+
+
+class _StopInsideSquare(_MemoryJournal):
+    """A kill at Square's bookmark before query 100."""
+
+    def write(self, state):
+        super().write(state)
+        if state.running is not None and state.running.position.get("query") == 100:
+            raise _Interrupted
+
+
+def test_an_adaptive_attack_interrupted_inside_square_continues_from_its_bookmark(digits_model, xy):
+    x, y = xy[0][:40], xy[1][:40]
+    masked = GradientMasked(digits_model, levels=16)  # only Square (last) breaks it
+    defense = Defense("hedge", LinfBall(0.1), steps=3, step_size=0.03)
+    kw = {"threat": LinfBall(0.15), "seed": 2,
+          "config": AdaptiveConfig(steps=5, restarts=1, unrolled_steps=2, square_queries=300)}  # fmt: skip
+    whole = adaptive_attack(masked, defense, x, y, **kw)
+    journal = _StopInsideSquare()
+    with pytest.raises(_Interrupted):
+        adaptive_attack(masked, defense, x, y, journal=journal, **kw)
+    assert journal.state.done[-1] == "unrolled" and journal.state.running is not None
+    broken_before = int((journal.state.running.tensors["run_margin"] <= 0).sum())
+    assert broken_before < whole["broken_by"]["square-300"]  # Square still had work to do
+    resumed = adaptive_attack(masked, defense, x, y, journal=journal, **kw)
+    assert resumed["robust"] == whole["robust"] and resumed["broken_by"] == whole["broken_by"]

@@ -21,7 +21,6 @@ Every candidate is classified by the exact defended model (defense, then classif
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import nn
 
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
-from defpert.attacks.journal import CascadeState, Journal
+from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.calibrate import chunk_size
@@ -85,7 +84,8 @@ def adaptive_attack(
 
     ``known`` maps a name to points (N, C, H, W) found against the bare model. Returns
     ``{"accuracy", "n", "robust" (list of bools), "broken_by", "seconds", "config"}``. A
-    ``journal`` keeps the cascade's state after each stage; a rerun continues from it.
+    ``journal`` keeps the cascade's state after each stage and the APGD and Square stages'
+    bookmarks inside them; a rerun continues from it.
     """
     cfg = config or AdaptiveConfig()
     x, y = x.detach().cpu(), y.detach().cpu()
@@ -104,29 +104,30 @@ def adaptive_attack(
     bpda = DefendedModel(model, defense, mode="bpda")
     unrolled = DefendedModel(model, defense, mode="unrolled")
     unrolled_step = cfg.unrolled_step_size or madry_step_size(threat.eps, cfg.unrolled_steps)
-    stages: list[tuple[str, Any]] = [("clean", lambda xi, yi: xi)]
+    stages: list[tuple[str, Any]] = [("clean", lambda xi, yi, r: xi)]
     for name, points in (known or {}).items():
         stages.append((f"transfer-{name}", _rows_of(points)))
     stages += [
-        ("bpda-pgd-margin", lambda xi, yi: pgd(
+        ("bpda-pgd-margin", lambda xi, yi, r: pgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps,
             step_size=madry_step_size(threat.eps, cfg.steps), loss="margin",
             batch_size=chunk)),
-        ("bpda-apgd-ce", lambda xi, yi: apgd(
+        ("bpda-apgd-ce", lambda xi, yi, r: apgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps, loss="ce", restarts=cfg.restarts,
-            eot=cfg.eot, generator=generator, batch_size=chunk)),
-        ("bpda-apgd-dlr", lambda xi, yi: apgd(
+            eot=cfg.eot, generator=generator, batch_size=chunk, resume=r)),
+        ("bpda-apgd-dlr", lambda xi, yi, r: apgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps, loss="dlr", restarts=cfg.restarts,
-            eot=cfg.eot, generator=generator, batch_size=chunk)),
-        ("unrolled", lambda xi, yi: pgd(
+            eot=cfg.eot, generator=generator, batch_size=chunk, resume=r)),
+        ("unrolled", lambda xi, yi, r: pgd(
             unrolled, xi, yi, threat=threat, steps=cfg.unrolled_steps, step_size=unrolled_step,
             loss="ce", batch_size=UNROLLED_CHUNK)),
     ]  # fmt: skip
     if cfg.square_queries:
-        stages.append((f"square-{cfg.square_queries}", lambda xi, yi: square(
+        stages.append((f"square-{cfg.square_queries}", lambda xi, yi, r: square(
             exact, xi, yi, threat=threat, queries=cfg.square_queries, generator=generator,
-            batch_size=SQUARE_GROUP, forward_chunk=chunk)))  # fmt: skip
+            batch_size=SQUARE_GROUP, forward_chunk=chunk, resume=r)))  # fmt: skip
     done: list[str] = []
+    running: Bookmark | None = None
     state = journal.read() if journal is not None else None
     if state is not None and state.continues(x, [name for name, _ in stages]):
         robust, broken_by, seconds = (
@@ -136,17 +137,28 @@ def adaptive_attack(
         )
         generator.set_state(state.generator)
         done = list(state.done)
+        running = state.running
+
+    def save(bookmark: Bookmark | None = None) -> None:
+        assert journal is not None  # no points are kept: the inputs stand in for them
+        journal.write(CascadeState(done, x, robust, broken_by, seconds, generator.get_state(),
+                                   bookmark))  # fmt: skip
+
     for name, run in stages[len(done) :]:
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0:
             break
-        started = time.perf_counter()
-        candidate = run(x[idx], y[idx]) if not isinstance(run, _rows_of) else run(idx)
+        clock = StageClock(seconds, name, continued=running is not None)
+        resume = (
+            Resume(running, clock.then(save), journal.interval) if journal is not None else None
+        )
+        running = None
+        candidate = run(x[idx], y[idx], resume) if not isinstance(run, _rows_of) else run(idx)
         absorb(name, candidate, idx)
-        seconds[name] = round(time.perf_counter() - started, 3)
+        clock.stop()
         done.append(name)
-        if journal is not None:  # no points are kept: the inputs stand in for them
-            journal.write(CascadeState(done, x, robust, broken_by, seconds, generator.get_state()))
+        if journal is not None:
+            save()
     return {
         "accuracy": float(robust.float().mean()) if len(robust) else float("nan"),
         "n": len(y),

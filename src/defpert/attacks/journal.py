@@ -63,6 +63,28 @@ class Resume:
             self._last = time.monotonic()
 
 
+class StageClock:
+    """A cascade stage's wall time in ``seconds[name]``, counting the time an interrupted
+    run spent in it before its last bookmark."""
+
+    def __init__(self, seconds: dict[str, float], name: str, *, continued: bool) -> None:
+        self.seconds, self.name = seconds, name
+        self.before = seconds.get(name, 0.0) if continued else 0.0
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds[self.name] = round(self.before + time.perf_counter() - self.started, 3)
+
+    def then(self, save: Callable[[Bookmark], None]) -> Callable[[Bookmark], None]:
+        """``save``, with the time so far recorded first."""
+
+        def timed(bookmark: Bookmark) -> None:
+            self.stop()
+            save(bookmark)
+
+        return timed
+
+
 @dataclass
 class CascadeState:
     """An unfinished cascade, as saved after each attack so that a rerun continues it: the

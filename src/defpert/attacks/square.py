@@ -118,7 +118,7 @@ class _RunState:
 
 
 class _Keeper:
-    """Offers the journal a bookmark before each query of a run (written when its interval
+    """Offers the journal a bookmark after each query of a run (written when its interval
     has passed): the chunk, restart and query, the finished chunks' points (``out``), the
     running chunk's points and survivors before this restart, and the run's state."""
 
@@ -188,7 +188,7 @@ def _linf_run(
     keep: Callable[[_RunState], None] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """One run on L-inf; from ``at`` (an interrupted run's state) when given, handing its
-    state to ``keep`` before each query."""
+    state to ``keep`` after each query."""
     n, c, h, w = x.shape
     if at is None:
         every = torch.arange(n, device=x.device)
@@ -197,8 +197,6 @@ def _linf_run(
         at = _RunState(0, best, _margin(forward, best, y))
     best, margin = at.best, at.margin
     for i in range(at.query, queries):
-        if keep is not None:
-            keep(_RunState(i, best, margin))
         idx = rows(margin > 0)
         if len(idx) == 0:
             break
@@ -213,6 +211,8 @@ def _linf_run(
         better = new < margin[idx]
         margin[idx] = torch.where(better, new, margin[idx])
         best[idx[better]] = cand[better]
+        if keep is not None:
+            keep(_RunState(i + 1, best, margin))
     return best
 
 
@@ -264,8 +264,6 @@ def _l2_run(
         at = _RunState(0, best, _margin(forward, best, y))
     best, margin = at.best, at.margin
     for i in range(at.query, queries):
-        if keep is not None:
-            keep(_RunState(i, best, margin))
         idx = rows(margin > 0)
         if len(idx) == 0:
             break
@@ -295,4 +293,6 @@ def _l2_run(
         better = value < margin[idx]
         margin[idx] = torch.where(better, value, margin[idx])
         best[idx[better]] = cand[better]
+        if keep is not None:
+            keep(_RunState(i + 1, best, margin))
     return best

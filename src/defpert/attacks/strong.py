@@ -17,7 +17,6 @@ Every random draw comes from one generator seeded by ``seed``; no global RNG is 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
 from defpert.attacks.fab import fab
-from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume
+from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.engine import madry_step_size
@@ -128,28 +127,6 @@ class StrongConfig:
         """The suite as data, for JSON and the report: the tier, lengths and attack names."""
         return {**asdict(self), "square_queries": self.queries,
                 "attacks": [name for name, _ in self.plan()]}  # fmt: skip
-
-
-class _Clock:
-    """An attack's wall time in ``seconds[name]``, counting the time an interrupted run
-    spent in it before its last bookmark."""
-
-    def __init__(self, seconds: dict[str, float], name: str, *, continued: bool) -> None:
-        self.seconds, self.name = seconds, name
-        self.before = seconds.get(name, 0.0) if continued else 0.0
-        self.started = time.perf_counter()
-
-    def stop(self) -> None:
-        self.seconds[self.name] = round(self.before + time.perf_counter() - self.started, 3)
-
-    def then(self, save: Callable[[Bookmark], None]) -> Callable[[Bookmark], None]:
-        """``save``, with the time so far recorded first."""
-
-        def timed(bookmark: Bookmark) -> None:
-            self.stop()
-            save(bookmark)
-
-        return timed
 
 
 def _pgd_restarts(
@@ -260,7 +237,7 @@ def strong_attack(
             bar.set_postfix_str(f"{name}: {len(idx)} unbroken")
             if len(idx) == 0:
                 break
-            clock = _Clock(seconds, name, continued=running is not None)
+            clock = StageClock(seconds, name, continued=running is not None)
             resume = None
             if journal is not None:
                 resume = Resume(running, clock.then(save), journal.interval)
