@@ -472,3 +472,35 @@ def test_an_adaptive_attack_interrupted_inside_square_continues_from_its_bookmar
     assert broken_before < whole["broken_by"]["square-300"]  # Square still had work to do
     resumed = adaptive_attack(masked, defense, x, y, journal=journal, **kw)
     assert resumed["robust"] == whole["robust"] and resumed["broken_by"] == whole["broken_by"]
+
+
+def test_square_interrupted_in_a_later_chunk_continues_from_its_bookmark(digits_model, xy):
+    x, y = xy
+    masked = GradientMasked(digits_model, levels=16)
+    kw = {"threat": LinfBall(0.15), "queries": 60, "restarts": 2, "batch_size": 20}
+    whole = square(masked, x, y, generator=torch.Generator().manual_seed(7), **kw)
+    g = torch.Generator().manual_seed(7)
+    kept: list[tuple[strong_module.Bookmark, torch.Tensor]] = []
+
+    def kill_in_chunk_two(mark):
+        kept.append((strong_module.Bookmark(dict(mark.position),
+                                            {k: v.clone() for k, v in mark.tensors.items()}),
+                     g.get_state()))  # fmt: skip
+        if mark.position["part"] == 1 and mark.position["query"] == 30:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        square(
+            masked,
+            x,
+            y,
+            generator=g,
+            resume=strong_module.Resume(None, kill_in_chunk_two, 0.0),
+            **kw,
+        )
+    mark, state = kept[-1]
+    g.set_state(state)
+    again = square(
+        masked, x, y, generator=g, resume=strong_module.Resume(mark, lambda m: None, 0.0), **kw
+    )
+    assert not torch.equal(whole, x) and torch.equal(again, whole)
