@@ -98,7 +98,7 @@ def square(
                 break
             run = _linf_run if threat.norm == "linf" else _l2_run
             inside = _feasible(threat, ab[idx] if ab is not None else None)
-            keep = _Keeper(resume, p, restart, out, best, unbroken) if resume else None
+            keep = _Keeper(resume, p, restart, out, best, unbroken) if resume is not None else None
             adv = run(forward, xb[idx], yb[idx], threat.eps, queries, p_init, g, inside, at, keep)
             at = None
             best[idx] = adv
