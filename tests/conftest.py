@@ -29,6 +29,15 @@ def _isolated_cache(
     monkeypatch.setenv("DEFPERT_CHUNK", "64")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _threads_follow_the_load() -> None:
+    """The suite runs as the ``defpert`` command does: on the cores other programs leave
+    free (on a shared 2-core machine, two threads beside a busy job ran 2-3x slower)."""
+    from defpert import threads
+
+    threads.configure()
+
+
 @pytest.fixture(scope="session")
 def digits_test() -> Split:
     return load_split("digits", "test")

@@ -37,6 +37,7 @@ from defpert import distributed
 from defpert.devices import GPU_CHUNK, cpu_info
 from defpert.errors import DefpertError
 from defpert.runs import default_cache_dir, read_json, write_json
+from defpert.threads import load_average
 
 CANDIDATES = (32, 64, 128, 256, 512)
 CACHE_FILE = "calibration.json"
@@ -144,10 +145,7 @@ BUSIER = 0.5
 
 def load_per_core() -> float:
     """The one-minute load average per logical core (0 where the system does not say)."""
-    try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except (OSError, AttributeError):
-        return 0.0
+    return load_average() / (os.cpu_count() or 1)
 
 
 def _key(model: nn.Module, input_shape: tuple[int, ...]) -> str:

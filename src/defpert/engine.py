@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from defpert import distributed
+from defpert import distributed, threads
 from defpert.calibrate import chunk_size
 from defpert.devices import autocast, model_device
 from defpert.errors import DefpertError
@@ -111,6 +111,7 @@ def perturb(
     with tqdm(total=len(x) * schedule.steps, desc=desc, unit="img-step", unit_scale=True,
               disable=not (progress and distributed.is_main()), leave=False) as bar:  # fmt: skip
         for i in distributed.my_chunks(len(bounds)):
+            threads.adapt()
             lo, hi = bounds[i]
             delta0 = start[lo:hi].to(device) if start is not None else None
             # An inner attack with random starts draws them for this chunk from a generator

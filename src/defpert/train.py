@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from defpert import distributed
+from defpert import distributed, threads
 from defpert.data import Split, load_split
 from defpert.devices import pick_device
 from defpert.engine import Schedule, perturb_batch
@@ -262,6 +262,7 @@ def _fit(
             disable=not progress, leave=True,
         )  # fmt: skip
         for step in bar:
+            threads.adapt()
             idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
             x = train_split.images[idx].to(device, non_blocking=True)
             y = train_split.labels[idx].to(device, non_blocking=True)

@@ -7,13 +7,16 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from defpert import threads
 from defpert.devices import model_device
 from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of at most ``size`` rows covering ``range(n)``."""
+    """Consecutive slices of at most ``size`` rows covering ``range(n)`` (each one a point
+    where the thread count may follow the machine's load: ``defpert.threads``)."""
     for lo in range(0, n, size):
+        threads.adapt()
         yield slice(lo, min(lo + size, n))
 
 

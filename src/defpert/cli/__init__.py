@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"data": _cmd_fetch, "train": _cmd_train, "models": _cmd_models}
     try:
+        from defpert import threads
+
+        threads.configure(getattr(args, "threads", None))
         if args.command in handlers:
             return handlers[args.command](args)
         if args.command in ("sweep", "reproduce"):

@@ -30,6 +30,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="show progress bars (default: when stderr is a terminal)",
     )  # fmt: skip
+    p.add_argument(
+        "--threads", type=int,
+        help="CPU threads (default: the cores other programs leave free, looked at again "
+             "every 30 s; $DEFPERT_THREADS or $OMP_NUM_THREADS also fix it)",
+    )  # fmt: skip
 
 
 def dataset_path(data_dir: str, dataset: str) -> str:

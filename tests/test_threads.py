@@ -1,0 +1,123 @@
+"""The CPU thread count follows the cores other programs leave free, and never the results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from defpert import threads
+from defpert.attacks import pgd
+from defpert.cli import main
+from defpert.threat import L2Ball, LinfBall
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads(monkeypatch: pytest.MonkeyPatch):
+    """Each test starts without a watch and leaves PyTorch's thread count as it found it."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_watch", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(threads.ENV, raising=False)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("load", "own", "expected"),
+    [
+        (0.1, 0.0, 2),  # a quiet machine: every core
+        (1.0, 0.0, 1),  # one busy job beside us: the free core
+        (3.0, 2.0, 1),  # our two threads and one other job
+        (2.0, 2.0, 2),  # only our own work
+        (6.0, 0.0, 1),  # overloaded: still one thread
+    ],
+)
+def test_free_cores_leave_other_programs_their_cores(load, own, expected):
+    assert threads.free_cores(2, load, own) == expected
+
+
+def test_the_count_follows_the_load_as_it_changes(monkeypatch):
+    load = {"now": 0.0}
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "load_average", lambda: load["now"])
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(threads.time, "process_time", lambda: 0.0)  # this process idle
+    threads.configure()
+    assert threads.adaptive() and torch.get_num_threads() == 2
+
+    load["now"] = 1.0  # another program starts
+    threads.adapt()
+    assert torch.get_num_threads() == 2, "looked again before INTERVAL had passed"
+    clock["now"] += threads.INTERVAL
+    threads.adapt()
+    assert torch.get_num_threads() == 1
+
+    load["now"] = 0.0  # and stops
+    clock["now"] += threads.INTERVAL
+    threads.adapt()
+    assert torch.get_num_threads() == 2
+
+
+def test_a_fixed_count_is_kept_whatever_the_load(monkeypatch):
+    monkeypatch.setattr(threads, "load_average", lambda: 100.0)
+    threads.configure(2)
+    assert torch.get_num_threads() == 2 and not threads.adaptive()
+    monkeypatch.setenv(threads.ENV, "2")
+    threads.configure()
+    assert torch.get_num_threads() == 2 and not threads.adaptive()
+    monkeypatch.delenv(threads.ENV)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    threads.configure()
+    assert not threads.adaptive()
+
+
+def test_the_engine_and_the_attacks_look_at_the_load_between_chunks(monkeypatch, digits_model):
+    from defpert.attacks import StrongConfig, strong_attack  # noqa: F401  (import cost outside)
+    from defpert.data import load_split
+
+    looks = {"n": 0}
+    monkeypatch.setattr(threads, "adapt", lambda: looks.__setitem__("n", looks["n"] + 1))
+    test = load_split("digits", "test").head(150)
+    pgd(digits_model, test.images, test.labels, threat=LinfBall(0.1), steps=2, step_size=0.05,
+        batch_size=64)  # fmt: skip
+    assert looks["n"] == 3  # one look per chunk of 64 of the 150
+
+    from defpert.attacks._common import logits_in_chunks
+
+    looks["n"] = 0
+    logits_in_chunks(digits_model, test.images, 64)
+    assert looks["n"] == 3
+
+
+@pytest.mark.parametrize("threat", [LinfBall(0.3), L2Ball(2.5)], ids=["linf", "l2"])
+def test_pgd_points_do_not_depend_on_the_thread_count(threat, mnist_dir):
+    from defpert.data import load_split
+    from defpert.models import load_checkpoint
+
+    model, _ = load_checkpoint("shipped:mnist-cnn-pgd")
+    test = load_split("mnist", "test", progress=False).head(128)
+    points = []
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        points.append(pgd(model, test.images, test.labels, threat=threat, steps=10,
+                          step_size=threat.eps / 4, batch_size=64))  # fmt: skip
+    assert torch.equal(points[0], points[1])
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "env", "message"),
+    [
+        (["--threads", "0"], {}, "--threads must be at least 1, got 0"),
+        ([], {threads.ENV: "two"}, "DEFPERT_THREADS must be a positive whole number, got 'two'"),
+    ],
+)
+def test_a_bad_thread_count_is_refused_in_one_line(argv_tail, env, message, monkeypatch, capsys,
+                                                   tmp_path):  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = ["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "m")]
+    assert main(argv + argv_tail) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"defpert: error: {message}"
+    assert not (tmp_path / "m").exists()
