@@ -25,11 +25,16 @@ def start_dp(checkpoint: Path, out: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def assert_only_complete_files(run: Path) -> None:
+def assert_only_complete_files(run: Path, *, killed: bool = True) -> None:
+    """Every file under its real name is complete. A writer killed with SIGKILL (which no
+    program can catch) may leave its hidden ``.NAME.*.tmp``, which nothing reads; the next
+    command on the run removes it, so after a rerun (``killed=False``) none may remain."""
     for path in run.rglob("*"):
         if path.is_dir() or path.name == ".lock":
             continue
-        assert not path.name.endswith(".tmp"), f"half-written file left: {path}"
+        if path.name.endswith(".tmp"):
+            assert killed and path.name.startswith("."), f"half-written file left: {path}"
+            continue
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 assert z["images"].shape[0] == z["labels"].shape[0]
@@ -64,6 +69,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path)
     resumed = start_dp(digits_cnn, tmp_path / "killed")
     stdout_resumed, err = resumed.communicate()
     assert resumed.returncode == 0, err[-2000:]
+    assert_only_complete_files(tmp_path / "killed", killed=False)
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())  # reused, not redone
     assert without_times(json.loads(stdout_resumed)) == without_times(json.loads(stdout_whole))
     a, b = saved_arrays(tmp_path / "whole"), saved_arrays(tmp_path / "killed")
@@ -161,6 +167,7 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     assert_only_complete_files(tmp_path / "k")
     resumed = subprocess.run([*args, "--out", str(tmp_path / "k")], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_only_complete_files(tmp_path / "k", killed=False)
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
     b = load_file(str(tmp_path / "k" / "model.safetensors"))
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
@@ -215,6 +222,21 @@ def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, tmp_path
     resumed = start_dp(digits_cnn, tmp_path / "two")  # one process this time
     out_resumed, err = resumed.communicate()
     assert resumed.returncode == 0, err[-2000:]
+    assert_only_complete_files(tmp_path / "two", killed=False)
     assert without_times(json.loads(out_resumed)) == without_times(json.loads(out_one))
     a, b = saved_arrays(tmp_path / "one"), saved_arrays(tmp_path / "two")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_next_command_removes_what_a_killed_writer_left(tmp_path):
+    run = tmp_path / "run"
+    left = [run / ".train-state.pt.k1x2.tmp", run / "versions" / "test" / ".defensive.npz.z9.tmp"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half of a file")
+    (run / "keep.json").write_text("{}")
+    with claim_run(run, {"command": "dp"}):
+        pass
+    assert not any(path.exists() for path in left)
+    assert (run / "keep.json").exists()
+    assert_only_complete_files(run, killed=False)

@@ -105,6 +105,25 @@ def test_pgd_points_do_not_depend_on_the_thread_count(threat, mnist_dir):
     assert torch.equal(points[0], points[1])
 
 
+def test_training_keeps_every_core_whatever_the_load(monkeypatch):
+    """The weights depend on the thread count (the weight gradient sums over the batch), so
+    the same command must train at the same count on a busy machine as on a quiet one."""
+    from defpert.train import TrainConfig, recipe, train
+
+    config = TrainConfig(dataset="digits", model="cnn", seed=0,
+                         **recipe("none", epochs=1, batch_size=None, lr=None, lr_schedule=None,
+                                  adv_warmup=None))  # fmt: skip
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "load_average", lambda: 100.0)  # very busy
+    threads.configure()
+    assert torch.get_num_threads() == 1  # attacks would take the one free thread
+    busy = train(config, out=None, progress=False).model.state_dict()
+    assert torch.get_num_threads() == 1  # and get it back after training
+    threads.configure(2)
+    quiet = train(config, out=None, progress=False).model.state_dict()
+    assert all(torch.equal(busy[k], quiet[k]) for k in busy)
+
+
 @pytest.mark.parametrize(
     ("argv_tail", "env", "message"),
     [

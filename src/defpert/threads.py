@@ -9,20 +9,26 @@ single-threaded job, PGD on the ``cnn`` ran 2-3x slower at two threads than at o
 So the ``defpert`` command sets the thread count to the cores that other programs leave
 free: the load average less this process's own recent use, rounded, at least one thread.
 It looks again at most every ``INTERVAL`` seconds during long work (the engine's and the
-attacks' chunk loops and the training loop call ``adapt``), because other programs start
-and stop. ``--threads N`` or ``$DEFPERT_THREADS`` fixes the count, and so does
+attacks' chunk loops call ``adapt``), because other programs start and stop. ``--threads N`` or ``$DEFPERT_THREADS`` fixes the count, and so does
 ``$OMP_NUM_THREADS`` (torchrun sets it for its ranks). A library user who never calls
 ``configure`` keeps PyTorch's own setting.
 
-The thread count does not change results on the ``cnn``: PGD's points at one and at two
-threads are bit for bit equal (``tests/test_threads.py`` checks it), because PyTorch's CPU
-kernels split work over outputs, not over the sums that make one output.
+The thread count does not change an attack's or a defense's points on the ``cnn``: PGD's
+points at one and at two threads are bit for bit equal (``tests/test_threads.py`` checks
+it), because each example's input gradient is its own sum. Training is different: a
+weight's gradient sums over the batch, and how that sum is split follows the thread count
+(one epoch on the digits at one and at two threads: weights apart by up to 2e-6). So
+training does not follow the load: it ``hold``s ``steady_count()`` (every core, unless the
+user fixed the count) for the whole run and records it, and a resumed run takes the
+recorded count. The same command then gives the same weights, busy machine or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +109,28 @@ def adapt() -> None:
     own = (cpu - watch.cpu_then) / (now - watch.looked_at)
     watch.looked_at, watch.cpu_then = now, cpu
     _set(free_cores(watch.cores, load_average(), own))
+
+
+def steady_count() -> int:
+    """The count for work whose numbers depend on it: the user's fixed count, else every
+    core (PyTorch's default), whatever the load."""
+    return available_cores() if adaptive() else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def hold(count: int | None = None) -> Iterator[int]:
+    """Keep the thread count fixed inside (at ``count``, or the current one) and yield it,
+    for work whose numbers depend on it, such as training; the count before comes back after."""
+    global _watch
+    saved, _watch = _watch, None
+    before = torch.get_num_threads()
+    if count is not None:
+        _set(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        _set(before)
+        _watch = saved
 
 
 def adaptive() -> bool:

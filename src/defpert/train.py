@@ -246,70 +246,76 @@ def _fit(
     history: list[dict[str, float]] = []
     seconds = 0.0
     first = 1
+    started_with: int | None = None  # a resumed run keeps its thread count: see threads.hold
     if state_path is not None and state_path.is_file():
-        history, seconds = _load_state(state_path, model, optimizer, schedule, shuffle)
+        history, seconds, started_with = _load_state(
+            state_path, model, optimizer, schedule, shuffle
+        )
         first = len(history) + 1
         if distributed.is_main():  # said also without progress bars: it explains the time
             tqdm.write(f"resuming after epoch {len(history)} of {config.epochs} from {state_path}",
                        file=sys.stderr)  # fmt: skip
-    for epoch in range(first, config.epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=shuffle)
-        seen, right, loss_sum = 0, 0, 0.0
-        start = time.perf_counter()
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-            disable=not progress, leave=True,
-        )  # fmt: skip
-        for step in bar:
-            threads.adapt()
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
-            x = train_split.images[idx].to(device, non_blocking=True)
-            y = train_split.labels[idx].to(device, non_blocking=True)
-            done = (epoch - 1) * steps_per_epoch + step  # batches before this one
-            now = None if adversary is None else _warmed_up(adversary, done, warmup)
-            if now is not None and config.adversarial == "trades":
-                x_adv = _trades_batch(model, x, *now)
-                logits, logits_adv = net(torch.cat([x, x_adv])).split(len(x))
-                loss = (
-                    F.cross_entropy(logits, y)
-                    + config.trades_beta * trades_kl(logits, logits_adv).mean()
-                )
-            else:
-                if now is not None:
-                    x = _adversarial_batch(model, x, y, *now)
-                logits = net(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            seen += len(y)
-            right += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
-            if step % 20 == 0 or step == steps_per_epoch - 1:
-                rate = seen / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(
-                    loss=f"{loss_sum / seen:.4f}", acc=f"{right / seen:.4f}", img_s=f"{rate:.0f}"
-                )
-        seconds += time.perf_counter() - start
-        seen_all, right_all, loss_all = distributed.sum_over_ranks(seen, right, loss_sum)
-        model.eval()
-        val_acc = accuracy(model, val_split.images, val_split.labels)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_all / seen_all,
-                "train_accuracy": right_all / seen_all,
-                "val_accuracy": val_acc,
-            }
-        )
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: train loss {loss_all / seen_all:.4f}, val accuracy {val_acc:.4f}"
+    with threads.hold(started_with or threads.steady_count()) as thread_count:
+        for epoch in range(first, config.epochs + 1):
+            model.train()
+            order = torch.randperm(n, generator=shuffle)
+            seen, right, loss_sum = 0, 0, 0.0
+            start = time.perf_counter()
+            bar = tqdm(
+                range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                disable=not progress, leave=True,
+            )  # fmt: skip
+            for step in bar:
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
+                x = train_split.images[idx].to(device, non_blocking=True)
+                y = train_split.labels[idx].to(device, non_blocking=True)
+                done = (epoch - 1) * steps_per_epoch + step  # batches before this one
+                now = None if adversary is None else _warmed_up(adversary, done, warmup)
+                if now is not None and config.adversarial == "trades":
+                    x_adv = _trades_batch(model, x, *now)
+                    logits, logits_adv = net(torch.cat([x, x_adv])).split(len(x))
+                    loss = (
+                        F.cross_entropy(logits, y)
+                        + config.trades_beta * trades_kl(logits, logits_adv).mean()
+                    )
+                else:
+                    if now is not None:
+                        x = _adversarial_batch(model, x, y, *now)
+                    logits = net(x)
+                    loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                seen += len(y)
+                right += int((logits.argmax(1) == y).sum())
+                loss_sum += float(loss.detach()) * len(y)
+                if step % 20 == 0 or step == steps_per_epoch - 1:
+                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix(
+                        loss=f"{loss_sum / seen:.4f}",
+                        acc=f"{right / seen:.4f}",
+                        img_s=f"{rate:.0f}",
+                    )
+            seconds += time.perf_counter() - start
+            seen_all, right_all, loss_all = distributed.sum_over_ranks(seen, right, loss_sum)
+            model.eval()
+            val_acc = accuracy(model, val_split.images, val_split.labels)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": loss_all / seen_all,
+                    "train_accuracy": right_all / seen_all,
+                    "val_accuracy": val_acc,
+                }
             )
-        if state_path is not None and epoch < config.epochs:
-            _save_state(state_path, model, optimizer, schedule, shuffle, history, seconds)
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch}: train loss {loss_all / seen_all:.4f}, val accuracy {val_acc:.4f}"
+                )
+            if state_path is not None and epoch < config.epochs:
+                _save_state(state_path, model, optimizer, schedule, shuffle, history, seconds,
+                            thread_count)  # fmt: skip
     return history, seconds, first - 1
 
 
@@ -321,12 +327,15 @@ def _save_state(
     shuffle: torch.Generator,
     history: list[dict[str, float]],
     seconds: float,
+    thread_count: int,
 ) -> None:
-    """Everything the next epoch depends on: weights, optimiser, schedule and RNG states."""
+    """Everything the next epoch depends on: weights, optimiser, schedule and RNG states,
+    and the thread count (the weight gradients' rounding follows it)."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
         "rng": torch.get_rng_state(), "history": history, "seconds": seconds,
+        "threads": thread_count,
     }  # fmt: skip
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
@@ -337,8 +346,9 @@ def _load_state(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     shuffle: torch.Generator,
-) -> tuple[list[dict[str, float]], float]:
-    """Restore what :func:`_save_state` saved; the file cannot run code (weights_only)."""
+) -> tuple[list[dict[str, float]], float, int | None]:
+    """Restore what :func:`_save_state` saved; the file cannot run code (weights_only).
+    Also returns the run's thread count (None for a state saved before it was recorded)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -351,7 +361,8 @@ def _load_state(
         raise DefpertError(
             f"{path} is not a readable training state ({first}); remove it or use --overwrite"
         ) from None
-    return list(state["history"]), float(state["seconds"])
+    count = state.get("threads")
+    return list(state["history"]), float(state["seconds"]), int(count) if count else None
 
 
 LR_SCHEDULES = ("cosine", "cyclic")
