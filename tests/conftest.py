@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,17 @@ def _isolated_cache(
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _threads_follow_the_load() -> None:
-    """The suite runs as the ``defpert`` command does: on the cores other programs leave
-    free (on a shared 2-core machine, two threads beside a busy job ran 2-3x slower)."""
+def _one_thread() -> Iterator[None]:
+    """The suite, and the commands it starts, run on one CPU thread: its small models gain
+    little from more, a shared machine makes more 2-3x slower (``defpert.threads``), and
+    trained weights depend on the count, so two processes of one test must agree on it.
+    ``tests/test_threads.py`` checks the load-following count itself."""
     from defpert import threads
 
-    threads.configure()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(threads.ENV, "1")
+        threads.configure()
+        yield
 
 
 @pytest.fixture(scope="session")
