@@ -98,3 +98,11 @@ def test_a_cached_choice_of_unknown_load_is_measured_again(measuring, digits_mod
     cache_file.write_text(json.dumps({key: {"chunk": 512}}))  # an older entry: no load
     assert calibrate.chunk_size(digits_model, (1, 8, 8), torch.device("cpu")) == 128
     assert len(measuring) == 1
+
+
+def test_the_load_per_core_counts_the_cores_this_process_may_use(monkeypatch):
+    # Under a CPU affinity mask the machine's core count overstates what is free to us.
+    monkeypatch.setattr(calibrate, "load_average", lambda: 3.0)
+    monkeypatch.setattr(calibrate, "available_cores", lambda: 2)
+    monkeypatch.setattr(calibrate.os, "cpu_count", lambda: 64)
+    assert calibrate.load_per_core() == 1.5

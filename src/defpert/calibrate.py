@@ -37,7 +37,7 @@ from defpert import distributed
 from defpert.devices import GPU_CHUNK, cpu_info
 from defpert.errors import DefpertError
 from defpert.runs import default_cache_dir, read_json, write_json
-from defpert.threads import load_average
+from defpert.threads import available_cores, load_average
 
 CANDIDATES = (32, 64, 128, 256, 512)
 CACHE_FILE = "calibration.json"
@@ -144,8 +144,9 @@ BUSIER = 0.5
 
 
 def load_per_core() -> float:
-    """The one-minute load average per logical core (0 where the system does not say)."""
-    return load_average() / (os.cpu_count() or 1)
+    """The one-minute load average per core this process may use (0 where the system does not
+    say): the same cores that the thread count is chosen from."""
+    return load_average() / available_cores()
 
 
 def _key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
