@@ -1,0 +1,83 @@
+"""The README's commands stay runnable as written: every ``defpert`` command in its code
+blocks parses, and its test command is exactly the one ``.ci/run`` runs."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from defpert.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def code_block_lines(markdown: str, language: str = "bash") -> list[str]:
+    """The logical lines of the markdown's fenced ``language`` blocks, continuations joined."""
+    lines, inside, pending = [], False, ""
+    for raw in markdown.splitlines():
+        if raw.startswith("```"):
+            inside = raw.strip() == f"```{language}" if not inside else False
+            continue
+        if not inside:
+            continue
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            continue
+        lines.append(pending + raw)
+        pending = ""
+    return lines
+
+
+def defpert_argvs(line: str) -> list[list[str]]:
+    """Each ``defpert`` invocation on a shell line as argv lists (after ``defpert``).
+
+    A synopsis line's optional ``[...]`` parts are kept, and ``a|b|c`` alternatives give
+    one argv per alternative, so every form the README offers is checked."""
+    line = re.sub(r"(^|\s)#.*$", "", line)  # a trailing comment
+    argvs = []
+    for part in line.split("&&"):
+        words = shlex.split(part.replace("[", " ").replace("]", " "))
+        starts = [i for i, w in enumerate(words) if w == "defpert" or w.endswith("/bin/defpert")]
+        if not starts:
+            continue
+        words = words[starts[0] + 1 :]
+        choices = [w.split("|") for w in words]
+        argvs.extend(list(combo) for combo in itertools.product(*choices))
+    return argvs
+
+
+def readme_commands() -> list[list[str]]:
+    return [argv for line in code_block_lines(README.read_text()) for argv in defpert_argvs(line)]
+
+
+def test_the_readme_has_its_commands():
+    commands = readme_commands()
+    names = {argv[0] for argv in commands}
+    assert {"data", "train", "models", "dp", "tsne", "sweep", "reproduce"} <= names
+    assert len(commands) >= 20
+
+
+@pytest.mark.parametrize("argv", readme_commands(), ids=lambda argv: " ".join(argv)[:80])
+def test_every_readme_command_parses(argv, capsys):
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse's refusal: an unknown flag, a bad choice or type
+        pytest.fail(f"defpert {' '.join(argv)}: {capsys.readouterr().err.strip()} (exit {stop})")
+
+
+def test_the_readme_test_command_is_the_one_ci_runs():
+    readme = [line for line in code_block_lines(README.read_text()) if "pytest" in line]
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [line for line in ci_lines if "pytest" in line and not line.startswith("#")]
+    assert len(readme) == 1 and readme == ci
+
+
+def test_a_command_with_a_flag_defpert_lacks_is_caught():
+    (argv,) = defpert_argvs("defpert dp -p linf --no-such-flag 3  # a comment")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
