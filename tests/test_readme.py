@@ -4,8 +4,10 @@ blocks parses, and its test command is exactly the one ``.ci/run`` runs."""
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,23 +16,8 @@ from defpert.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-
-
-def code_block_lines(markdown: str, language: str = "bash") -> list[str]:
-    """The logical lines of the markdown's fenced ``language`` blocks, continuations joined."""
-    lines, inside, pending = [], False, ""
-    for raw in markdown.splitlines():
-        if raw.startswith("```"):
-            inside = raw.strip() == f"```{language}" if not inside else False
-            continue
-        if not inside:
-            continue
-        if raw.rstrip().endswith("\\"):
-            pending += raw.rstrip()[:-1] + " "
-            continue
-        lines.append(pending + raw)
-        pending = ""
-    return lines
+sys.path.insert(0, str(ROOT / "tools"))
+from walk_readme import code_block_lines, run_on_a_terminal, walkable  # noqa: E402
 
 
 def defpert_argvs(line: str) -> list[list[str]]:
@@ -81,3 +68,18 @@ def test_a_command_with_a_flag_defpert_lacks_is_caught():
     (argv,) = defpert_argvs("defpert dp -p linf --no-such-flag 3  # a comment")
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
+
+
+def test_the_walk_takes_the_lines_a_user_would_type():
+    lines = [line for line in code_block_lines(README.read_text()) if walkable(line, False)]
+    assert any(line.startswith("defpert dp ") for line in lines)
+    assert not any("[" in line or "HOST0" in line or "python3 -m venv" in line for line in lines)
+
+
+def test_the_walk_records_a_terminal_command_and_interrupts_one_past_its_cap():
+    env = dict(os.environ)
+    done = run_on_a_terminal("test -t 2 && echo on-a-terminal", env, cap=30)
+    assert done["exit"] == 0 and done["last_lines"] == ["on-a-terminal"]
+    assert not done["interrupted_at_cap"]
+    capped = run_on_a_terminal("echo started; sleep 30", env, cap=1)
+    assert capped["interrupted_at_cap"] and capped["exit"] != 0 and capped["seconds"] < 20
