@@ -14,6 +14,8 @@ parts at 10 iterations, which is also measured (``--peers 100,10``).
     python benchmarks/autoattack_crosscheck.py --standard runs/cnn --robust runs/cnn-fgsm \\
         --n 500 --out benchmarks/results/autoattack-crosscheck.json
 
+``--part defpert`` and ``--part autoattack`` run one side each (side by side, one thread
+each, under the same load), ``--merge A.json B.json`` joins them.
 ``--models`` picks a subset (standard, robust, masked); ``--eps`` sets each model's radius
 (default: 0.1 for the standard and masked models, 0.3 for the robust one, L-inf).
 """
@@ -21,6 +23,7 @@ parts at 10 iterations, which is also measured (``--peers 100,10``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from typing import Any
@@ -75,35 +78,77 @@ def autoattack(model: torch.nn.Module, norm: str, eps: float, iterations: int) -
     ])  # fmt: skip
 
 
-def compare(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
-            eps: float, peers: list[int]) -> dict[str, Any]:  # fmt: skip
+def run_defpert(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
+                eps: float) -> dict[str, Any]:  # fmt: skip
+    """defpert's ``standard`` tier: accuracy, time and which examples stood."""
+    threat = make_threat(norm, eps)
+    started = time.perf_counter()
+    ours = strong_attack(model, x, y, threat=threat, config=StrongConfig("standard"), seed=0)
+    seconds = time.perf_counter() - started
+    return {"accuracy": ours.accuracy, "seconds": round(seconds, 1),
+            "broken_by": ours.broken_by, "attack_seconds": ours.seconds,
+            "robust": ours.robust.nonzero().flatten().tolist()}  # fmt: skip
+
+
+def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
+                   eps: float, iterations: int) -> dict[str, Any]:  # fmt: skip
+    """The peer at ``iterations``: accuracy, time and which examples stood (points inside
+    the ball only, on clean-correct examples)."""
     threat = make_threat(norm, eps)
     clean = correct(model, x, y)
     started = time.perf_counter()
-    ours = strong_attack(model, x, y, threat=threat, config=StrongConfig("standard"), seed=0)
-    ours_seconds = time.perf_counter() - started
-    row: dict[str, Any] = {
-        "model": name, "norm": norm, "eps": eps, "n": len(y), "clean": float(clean.float().mean()),
-        "defpert_standard": ours.accuracy, "defpert_seconds": round(ours_seconds, 1),
-        "defpert_broken_by": ours.broken_by, "defpert_attack_seconds": ours.seconds,
-    }  # fmt: skip
-    print(f"{name}: clean {row['clean']:.4f}  defpert {ours.accuracy:.4f} ({ours_seconds:.0f} s)",
-          flush=True)  # fmt: skip
-    for iterations in peers:
-        started = time.perf_counter()
-        points = autoattack(model, norm, eps, iterations)(x, y).detach().cpu()
-        seconds = time.perf_counter() - started
-        theirs = correct(model, project(threat, x, points), y) & clean  # in-ball points only
-        acc = float(theirs.float().mean())
-        row[f"autoattack_{iterations}"] = {
-            "accuracy": acc, "seconds": round(seconds, 1),
-            "defpert_minus_autoattack_points": round(100 * (ours.accuracy - acc), 2),
-            "robust_only_for_defpert": int((ours.robust & ~theirs).sum()),
-            "robust_only_for_autoattack": int((~ours.robust & theirs).sum()),
-            "time_ratio_defpert_over_autoattack": round(ours_seconds / seconds, 3),
-        }  # fmt: skip
-        print(f"  AutoAttack ({iterations} iterations): {acc:.4f} ({seconds:.0f} s)", flush=True)
+    points = autoattack(model, norm, eps, iterations)(x, y).detach().cpu()
+    seconds = time.perf_counter() - started
+    theirs = correct(model, project(threat, x, points), y) & clean
+    return {"accuracy": float(theirs.float().mean()), "seconds": round(seconds, 1),
+            "robust": theirs.nonzero().flatten().tolist()}  # fmt: skip
+
+
+def combine(row: dict[str, Any]) -> dict[str, Any]:
+    """Each peer's difference from defpert on the same examples, once both parts are in."""
+    if "defpert" not in row:
+        return row
+    ours = row["defpert"]
+    for key in [k for k in row if k.startswith("autoattack_")]:
+        peer = row[key]
+        mine, their = set(ours["robust"]), set(peer["robust"])
+        peer.update({
+            "defpert_minus_autoattack_points": round(100 * (ours["accuracy"] - peer["accuracy"]), 2),
+            "robust_only_for_defpert": len(mine - their),
+            "robust_only_for_autoattack": len(their - mine),
+            "time_ratio_defpert_over_autoattack": round(ours["seconds"] / peer["seconds"], 3),
+        })  # fmt: skip
     return row
+
+
+def compare(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
+            eps: float, peers: list[int], parts: set[str]) -> dict[str, Any]:  # fmt: skip
+    """One model's row: the parts asked for (``defpert``, ``autoattack``) on the same points."""
+    row: dict[str, Any] = {"model": name, "norm": norm, "eps": eps, "n": len(y),
+                           "clean": float(correct(model, x, y).float().mean())}  # fmt: skip
+    if "defpert" in parts:
+        row["defpert"] = run_defpert(model, x, y, norm, eps)
+        print(f"{name}: clean {row['clean']:.4f}  defpert {row['defpert']['accuracy']:.4f} "
+              f"({row['defpert']['seconds']:.0f} s)", flush=True)  # fmt: skip
+    if "autoattack" in parts:
+        for iterations in peers:
+            peer = run_autoattack(model, x, y, norm, eps, iterations)
+            row[f"autoattack_{iterations}"] = peer
+            print(f"{name}: AutoAttack ({iterations} iterations): {peer['accuracy']:.4f} "
+                  f"({peer['seconds']:.0f} s)", flush=True)  # fmt: skip
+    return combine(row)
+
+
+def merge(files: list[str]) -> list[dict[str, Any]]:
+    """Rows of separate runs (``--part defpert`` and ``--part autoattack``, e.g. side by
+    side, one thread each), joined per model on the same examples."""
+    rows: dict[tuple[str, str, float, int], dict[str, Any]] = {}
+    for file in files:
+        with open(file) as fh:
+            for r in json.load(fh)["rows"]:
+                key = (r["model"], r["norm"], r["eps"], r["n"])
+                rows.setdefault(key, {}).update(r)
+    return [combine(r) for r in rows.values()]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -111,14 +156,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | threat | n | clean | defpert `standard` | AutoAttack (iterations) | defpert - AutoAttack | only defpert robust / only AutoAttack robust | seconds: defpert / AutoAttack |",
              "|---|---|---:|---:|---:|---|---:|---|---|"]  # fmt: skip
     for r in rows:
+        if "defpert" not in r:
+            continue
         for key in sorted(k for k in r if k.startswith("autoattack_")):
             peer = r[key]
             lines.append(
                 f"| {r['model']} | {r['norm']} {r['eps']} | {r['n']} | {r['clean']:.1%} | "
-                f"{r['defpert_standard']:.1%} | {peer['accuracy']:.1%} ({key.split('_')[1]}) | "
+                f"{r['defpert']['accuracy']:.1%} | {peer['accuracy']:.1%} ({key.split('_')[1]}) | "
                 f"{peer['defpert_minus_autoattack_points']:+.1f} pp | "
                 f"{peer['robust_only_for_defpert']} / {peer['robust_only_for_autoattack']} | "
-                f"{r['defpert_seconds']:.0f} / {peer['seconds']:.0f} |"
+                f"{r['defpert']['seconds']:.0f} / {peer['seconds']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -134,9 +181,19 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--peers", default="100,10",
                    help="AutoAttack's APGD/FAB iterations to run: 100 (the paper's), 10 (torchattacks' default)")  # fmt: skip
+    p.add_argument("--part", default="defpert,autoattack",
+                   help="defpert, autoattack or both: run the two as separate processes side by side, then --merge")  # fmt: skip
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="join the rows of separate parts")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out")
     args = p.parse_args()
+    if args.merge:
+        rows = merge(args.merge)
+        emit({"benchmark": "autoattack_crosscheck", "merged_from": args.merge, "rows": rows},
+             args.out)  # fmt: skip
+        print(markdown(rows))
+        return
+    parts = set(args.part.split(","))
     device = pick_device(args.device)
     eps = {k: float(v) for k, v in (item.split("=") for item in args.eps.split(","))}
     test = load_split(args.dataset, "test").head(args.n)
@@ -153,7 +210,7 @@ def main() -> None:
         if name == "masked":
             model = GradientMasked(model, levels=16).eval()
         peers = [int(v) for v in args.peers.split(",") if v]
-        rows.append(compare(name, model, x, y, args.norm, eps[name], peers))
+        rows.append(compare(name, model, x, y, args.norm, eps[name], peers, parts))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     emit({"benchmark": "autoattack_crosscheck", "cpu": cpu_description(), "gpu": gpu,
           "rows": rows}, args.out)  # fmt: skip
