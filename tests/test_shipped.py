@@ -105,3 +105,4 @@ def test_models_command_lists_what_is_shipped(shipped_root, capsys):
     assert "shipped:digits-cnn" in out and "every SHA-256 matches" in out
     header, row = out.splitlines()[:2]  # aligned: the dataset column starts where its name does
     assert row.index(" digits ") + 1 == header.index("dataset")
+    assert len(row) == len(header)  # the numbers end under their headers

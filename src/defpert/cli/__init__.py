@@ -99,22 +99,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not records:
         print("no checkpoints are shipped with this installation")
         return 0
-    rows = [["checkpoint", "dataset", "training", "clean", "robust (threat, n)"]]
+    rows = [["checkpoint", "dataset", "training", "threat", "clean (test set)",
+             "PGD-40 at the threat"]]  # fmt: skip
     for name, r in sorted(records.items()):
         if args.verify:
             verified(name)
         acc, part = r.get("accuracy", {}), r.get("slice", {})
-        robust = acc.get("robust")
-        if robust:
-            shown = f"{robust['accuracy']:.2%} ({robust['attack']}, n={robust['n']})"
-        elif part:
-            shown = f"{part['pgd40']:.2%} (PGD-40, {part['norm']} {part['eps']:g}, n={part['n']})"
-        else:
-            shown = "–"
+        threat, robust = "–", "–"
+        if part:  # the training radius, from the natural image
+            threat = f"{part['norm']} {part['eps']:g}"
+            robust = f"{part['pgd40']:.2%} (n={part['n']:,})"
         test = acc.get("test")
-        rows.append([PREFIX + name, r["dataset"], r["training"],
-                     f"{test:.2%}" if test is not None else "–", shown])  # fmt: skip
-    print(aligned(rows, left=3))
+        rows.append([PREFIX + name, r["dataset"], r["training"], threat,
+                     f"{test:.2%} (n={acc.get('n_test', 0):,})" if test is not None else "–",
+                     robust])  # fmt: skip
+    print(aligned(rows, left=4))
     if args.verify:
         print("every SHA-256 matches")
     return 0
