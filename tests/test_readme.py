@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from defpert.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT / "tools"))
-from walk_readme import code_block_lines, run_on_a_terminal, walkable  # noqa: E402
+from walk_readme import code_block_lines, run_on_a_terminal, walkable, without_comment  # noqa: E402
 
 
 def defpert_argvs(line: str) -> list[list[str]]:
@@ -25,9 +24,8 @@ def defpert_argvs(line: str) -> list[list[str]]:
 
     A synopsis line's optional ``[...]`` parts are kept, and ``a|b|c`` alternatives give
     one argv per alternative, so every form the README offers is checked."""
-    line = re.sub(r"(^|\s)#.*$", "", line)  # a trailing comment
     argvs = []
-    for part in line.split("&&"):
+    for part in without_comment(line).split("&&"):
         words = shlex.split(part.replace("[", " ").replace("]", " "))
         starts = [i for i, w in enumerate(words) if w == "defpert" or w.endswith("/bin/defpert")]
         if not starts:

@@ -49,9 +49,14 @@ def code_block_lines(markdown: str, language: str = "bash") -> list[str]:
     return lines
 
 
+def without_comment(line: str) -> str:
+    """The shell line less its trailing ``# comment``."""
+    return re.sub(r"(^|\s)#.*$", "", line).strip()
+
+
 def walkable(line: str, with_setup: bool) -> bool:
     """A line a user would type as it stands."""
-    command = re.sub(r"(^|\s)#.*$", "", line).strip()
+    command = without_comment(line)
     if "defpert" not in command or "[" in command or "|" in command or "HOST0" in command:
         return False
     return with_setup or "python3 -m venv" not in command
@@ -126,7 +131,7 @@ def main() -> None:
     env = dict(os.environ)
     env["PATH"] = f"{Path(args.venv).resolve() / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     commands = [
-        re.sub(r"(^|\s)#.*$", "", line).strip()
+        without_comment(line)
         for line in code_block_lines(Path(args.readme).read_text())
         if walkable(line, args.with_setup)
     ]
