@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -81,3 +82,14 @@ def test_the_walk_records_a_terminal_command_and_interrupts_one_past_its_cap():
     assert not done["interrupted_at_cap"]
     capped = run_on_a_terminal("echo started; sleep 30", env, cap=1)
     assert capped["interrupted_at_cap"] and capped["exit"] != 0 and capped["seconds"] < 20
+
+
+def test_the_walk_terminal_has_a_size_and_ctrl_c_reaches_the_command():
+    sized = run_on_a_terminal("stty size", dict(os.environ), cap=30)
+    assert sized["last_lines"] == ["40 120"]  # progress bars need a width to draw
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under `nohup … &`
+    try:
+        capped = run_on_a_terminal("exec sleep 30", dict(os.environ), cap=1)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    assert capped["interrupted_at_cap"] and capped["seconds"] < 20  # not the SIGKILL at 61 s

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import pty
 import re
 import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -67,12 +70,22 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def run_on_a_terminal(command: str, env: dict[str, str], cap: float) -> dict[str, Any]:
-    """Run ``command`` with bash on a pseudo-terminal; Ctrl-C it after ``cap`` seconds."""
+def as_a_user_starts_it() -> None:
+    """Ctrl-C stops the command, also when this walk runs where SIGINT is ignored (started
+    in the background, e.g. with ``nohup … &``, whose children inherit the ignore)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_on_a_terminal(command: str, env: dict[str, str], cap: float,
+                      size: tuple[int, int] = (40, 120)) -> dict[str, Any]:  # fmt: skip
+    """Run ``command`` with bash on a pseudo-terminal of ``size`` (rows, columns: a new one
+    has 0 x 0, where progress bars draw nothing); Ctrl-C it after ``cap`` seconds."""
     leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     started = time.monotonic()
     proc = subprocess.Popen(["bash", "-c", command], stdin=follower, stdout=follower,
-                            stderr=follower, env=env, start_new_session=True)  # fmt: skip
+                            stderr=follower, env=env, start_new_session=True,
+                            preexec_fn=as_a_user_starts_it)  # fmt: skip
     os.close(follower)
     output, last_output, longest_silence, interrupted = b"", started, 0.0, False
     while True:
@@ -124,6 +137,12 @@ def main() -> None:
         default="",
         help="a regular expression: commands it finds run to the end (a later one needs them)",
     )
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave out the first N commands (walked already in this directory)",
+    )
     p.add_argument("--with-setup", action="store_true", help="also walk the setup lines")
     p.add_argument("--venv", default=".venv", help="its bin/ goes first on PATH")
     p.add_argument("--out", help="JSON file for every command's record and output")
@@ -137,6 +156,8 @@ def main() -> None:
     ]
     rows = []
     for i, command in enumerate(commands, 1):
+        if i <= args.skip:
+            continue
         print(f"[{i}/{len(commands)}] {command}", flush=True)
         uncapped = bool(args.uncapped) and re.search(args.uncapped, command) is not None
         row = run_on_a_terminal(command, env, float("inf") if uncapped else args.cap)
