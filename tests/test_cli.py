@@ -379,3 +379,18 @@ def test_progress_bars_show_on_a_terminal_and_not_in_a_pipe(tmp_path):
     in_pipe = _stderr_of([*argv, "--out", str(tmp_path / "p")], terminal=False)
     assert "epoch 1/2" in on_terminal and "100%" in on_terminal
     assert "epoch 1/2" not in in_pipe and "100%" not in in_pipe
+
+
+def test_ctrl_c_says_whether_a_rerun_continues(capsys, tmp_path, monkeypatch):
+    import importlib
+
+    def ctrl_c(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("defpert.train"), "train", ctrl_c)
+    monkeypatch.setattr(importlib.import_module("defpert.data"), "fetch", ctrl_c)
+    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "t")]) == 130
+    assert capsys.readouterr().err.strip().endswith("run the same command again to continue "
+                                                    "from what it saved")  # fmt: skip
+    assert main(["data", "fetch", "mnist", "--data-dir", str(tmp_path / "d")]) == 130
+    assert capsys.readouterr().err.strip() == "defpert: interrupted"  # nothing to continue

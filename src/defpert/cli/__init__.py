@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from defpert.cli.common import Parser, add_common, dataset_path, progress_default, say
 from defpert.errors import DefpertError
 
+RESUMABLE = {"train", "dp", "sweep", "reproduce"}  # commands that save as they go
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="defpert", description="Defensive perturbations for image classifiers.")
@@ -196,5 +198,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"defpert: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("defpert: interrupted", file=sys.stderr)
+        resumable = args.command in RESUMABLE
+        print("defpert: interrupted" + ("; run the same command again to continue from what it "
+              "saved" if resumable else ""), file=sys.stderr)  # fmt: skip
         return 130
