@@ -114,6 +114,14 @@ def corrupt_train_state(tmp: Path) -> None:
     (tmp / "o" / "train-state.pt").write_bytes(b"not a state")
 
 
+def stopped_dp_run(tmp: Path) -> None:
+    """A dp run stopped after it saved the original data and before the attacked data."""
+    from defpert.store import save_version
+
+    images, labels = torch.from_numpy(PIX[:4]), torch.from_numpy(LAB[:4])
+    save_version(tmp / "r" / "versions" / "test" / "original.npz", images, labels)
+
+
 def other_run(tmp: Path) -> None:
     (tmp / "o").mkdir()
     (tmp / "o" / "config.json").write_text('{"command": "reproduce", "dataset": "mnist"}')
@@ -502,6 +510,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         None,
         ["tsne", "--run", "{tmp}", "--versions", "x"],
         "holds no saved versions",
+    ),
+    (
+        "tsne on a dp run stopped before it saved the attacked data",
+        stopped_dp_run,
+        ["tsne", "--run", "{tmp}/r"],
+        "has no 'adversarial' version yet",
     ),
     ("unknown command", None, ["nonsense"], "invalid choice: 'nonsense'"),
     (

@@ -66,8 +66,14 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
     for name in names:
         if name not in VERSION_FILES:
             raise DefpertError(f"unknown version {name!r}; choose from: {', '.join(VERSION_FILES)}")
+        path = base / VERSION_FILES[name].format(defense=defense)
+        if not path.is_file():  # most often a dp run that was stopped before it saved this one
+            raise DefpertError(
+                f"{run} has no {name!r} version yet ({path} is missing): finish its "
+                f"`defpert dp` run first (rerunning that command continues it)"
+            )
         out[name if "{defense}" not in VERSION_FILES[name] else f"{name} ({defense})"] = load_npz(
-            base / VERSION_FILES[name].format(defense=defense)
+            path
         )
     return out
 
