@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defpert import distributed, threads
+from defpert.bars import ticking
 from defpert.calibrate import chunk_size
 from defpert.devices import autocast, model_device
 from defpert.errors import DefpertError
@@ -109,7 +110,8 @@ def perturb(
     bounds = [(lo, min(lo + batch_size, len(x))) for lo in range(0, len(x), batch_size)]
     ranks = distributed.world_size()  # under torchrun each rank computes its own chunks
     with tqdm(total=len(x) * schedule.steps, desc=desc, unit="img-step", unit_scale=True,
-              disable=not (progress and distributed.is_main()), leave=False) as bar:  # fmt: skip
+              disable=not (progress and distributed.is_main()), leave=False) as bar, \
+            ticking(bar):  # fmt: skip
         for i in distributed.my_chunks(len(bounds)):
             threads.adapt()
             lo, hi = bounds[i]

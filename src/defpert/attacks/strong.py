@@ -31,6 +31,7 @@ from defpert.attacks.fab import fab
 from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
+from defpert.bars import ticking
 from defpert.engine import madry_step_size
 from defpert.errors import DefpertError
 from defpert.evaluate import correct
@@ -231,7 +232,7 @@ def strong_attack(
                                    generator.get_state(), bookmark))  # fmt: skip
 
     with tqdm(plan[len(done):], desc=f"strong ({cfg.tier})", disable=not progress,
-              leave=False) as bar:  # fmt: skip
+              leave=False) as bar, ticking(bar):  # fmt: skip
         for name, attack in bar:
             idx = robust.nonzero().squeeze(1)
             bar.set_postfix_str(f"{name}: {len(idx)} unbroken")
