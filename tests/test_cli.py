@@ -394,3 +394,26 @@ def test_ctrl_c_says_whether_a_rerun_continues(capsys, tmp_path, monkeypatch):
                                                     "from what it saved")  # fmt: skip
     assert main(["data", "fetch", "mnist", "--data-dir", str(tmp_path / "d")]) == 130
     assert capsys.readouterr().err.strip() == "defpert: interrupted"  # nothing to continue
+
+
+def test_studies_of_other_settings_get_their_own_default_directory(monkeypatch, capsys):
+    import importlib
+
+    outs: list[str] = []
+
+    def record(_config, out, **_kw):
+        outs.append(out)
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(importlib.import_module("defpert.reproduce"), "reproduce", record)
+    for argv in (
+        ["reproduce", "--quick"],
+        ["reproduce"],
+        ["reproduce", "--models", "standard,fgsm-rs", "--limit", "2000", "--strong-limit", "500"],
+        ["reproduce", "--defense", "ce,robustify", "--strong", "plus"],
+        ["reproduce", "--budget-from", "original"],
+    ):
+        assert main(argv) == 130
+    assert outs[:2] == ["runs/reproduce-mnist-quick", "runs/reproduce-mnist"]  # as before
+    assert outs[2] == "runs/reproduce-mnist-standard+fgsm-rs-n2000-strong500"
+    assert len(set(outs)) == len(outs)

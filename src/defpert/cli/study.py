@@ -43,7 +43,10 @@ def add_study_parsers(sub: Any) -> None:
     rp.add_argument("--quick", action="store_true", help="a small slice: minutes on 2 CPU cores")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--device", default="auto")
-    rp.add_argument("--out", help="run directory (default: runs/reproduce-<dataset>[-quick])")
+    rp.add_argument(
+        "--out",
+        help="run directory (default: runs/reproduce-<dataset>[-quick], then the settings given)",
+    )
     rp.add_argument("--defense", default="all",
                     help="comma-separated defensive perturbation methods, or 'all'")  # fmt: skip
     rp.add_argument("--models", default="standard",
@@ -219,7 +222,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         if args.square_queries < 1:
             raise DefpertError(f"--square-queries must be at least 1, got {args.square_queries}")
         config.square_queries = config.adaptive_square_queries = args.square_queries
-    out = args.out or f"runs/reproduce-{config.dataset}{'-quick' if args.quick else ''}"
+    out = args.out or reproduce_out(args, config)
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
                         progress=args.progress, report=say, overwrite=args.overwrite,
@@ -230,6 +233,24 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     print("\n" + stage_times(metrics["compute_seconds"]))
     print(f"\nreport: {out}/report.html ({metrics['seconds_this_invocation']:.0f} s)")
     return 0
+
+
+def reproduce_out(args: argparse.Namespace, config: Any) -> str:
+    """``runs/reproduce-<dataset>[-quick]``, plus each setting given on the command line, so
+    that studies of other settings never share (and refuse) one directory."""
+    given = [
+        ("+".join(config.models), args.models != "standard"),
+        ("def-" + "+".join(config.defenses), args.defense != "all"),
+        (f"e{config.epochs}", args.epochs is not None),
+        (f"adv-e{config.adv_epochs}", args.adv_epochs is not None),
+        (f"n{config.limit}", args.limit is not None),
+        (f"strong{config.strong_limit}", args.strong_limit is not None),
+        (config.strong_tier, args.strong is not None),
+        (f"sq{config.square_queries}", args.square_queries is not None),
+        ("from-original", config.budget_from != "defended"),
+    ]
+    parts = [f"runs/reproduce-{config.dataset}", *(["quick"] if args.quick else [])]
+    return "-".join(parts + [text for text, on in given if on])
 
 
 def stage_times(compute_seconds: dict[str, float]) -> str:
