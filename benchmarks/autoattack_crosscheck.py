@@ -189,7 +189,13 @@ def main() -> None:
     args = p.parse_args()
     if args.merge:
         rows = merge(args.merge)
-        emit({"benchmark": "autoattack_crosscheck", "merged_from": args.merge, "rows": rows},
+        parts = []
+        for file in args.merge:
+            with open(file) as fh:
+                part = json.load(fh)
+            parts.append({"file": os.path.basename(file), "cpu": part.get("cpu"),
+                          "gpu": part.get("gpu")})  # fmt: skip
+        emit({"benchmark": "autoattack_crosscheck", "merged_from": parts, "rows": rows},
              args.out)  # fmt: skip
         print(markdown(rows))
         return
