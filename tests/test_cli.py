@@ -66,7 +66,7 @@ def test_train_writes_checkpoint_card_and_metrics(digits_run):
 
 
 def test_train_prints_test_accuracy(capsys, tmp_path):
-    code, out, _ = run(
+    code, out, err = run(
         capsys,
         "train",
         "--dataset",
@@ -79,6 +79,8 @@ def test_train_prints_test_accuracy(capsys, tmp_path):
         str(tmp_path / "r"),
     )
     assert code == 0 and "test accuracy" in out
+    # said before the data load and the first batch, which take a while on a busy machine
+    assert err.startswith(f"training lenet on digits for 1 epoch into {tmp_path / 'r'}\n")
 
 
 def test_dp_json_and_saved_versions(capsys, digits_run, tmp_path):

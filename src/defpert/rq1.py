@@ -41,6 +41,7 @@ from defpert.evaluate import accuracy, correct
 from defpert.models import environment
 from defpert.runs import write_json
 from defpert.store import Store, weights_digest
+from defpert.wording import count
 
 Report = Callable[[str], None]
 
@@ -105,12 +106,12 @@ def run_dp(
                                    **{k: getattr(config, k) for k in DEFENSE_FIELDS if k != "defenses"}})  # fmt: skip
     if lend_from is not None and run is not None:
         lent = store.adopt(Path(lend_from))
-        say(f"lent {lent} finished pieces of the original data's attacks from {lend_from}"
+        say(f"lent {count(lent, 'finished piece')} of the original data's attacks from {lend_from}"
             if lent else f"nothing to lend from {lend_from}: its attacks, data, model or code "
             "differ from this run's")  # fmt: skip
     reused = store.finished()
     if reused:
-        say(f"resuming: {reused} finished pieces (data versions, attack results) of "
+        say(f"resuming: {count(reused, 'finished piece')} (data versions, attack results) of "
             f"an earlier run are reused from {run}; only the rest is computed")  # fmt: skip
     started = time.perf_counter()
     bs = config.batch_size

@@ -140,6 +140,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     build_model(config.model)
     config.validate()
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
+    adversarially = (f", adversarially ({config.adversarial}, {config.adv_norm})"
+                     if config.adversarial != "none" else "")  # fmt: skip
+    say(
+        f"training {config.model} on {config.dataset} for {count(config.epochs, 'epoch')}"
+        f"{adversarially} into {args.out}"
+    )  # the data and the first batch take a while
     result = train(config, out=args.out, data_dir=data_dir, device=args.device,
                    progress=args.progress, overwrite=args.overwrite)  # fmt: skip
     m = result.metrics
