@@ -77,9 +77,10 @@ def test_train_prints_test_accuracy(capsys, tmp_path):
         "1",
         "--out",
         str(tmp_path / "r"),
+        "--progress",
     )
     assert code == 0 and "test accuracy" in out
-    # said before the data load and the first batch, which take a while on a busy machine
+    # with progress (a terminal's default) said before the data load and the first batch, which take a while on a busy machine
     assert err.startswith(f"training lenet on digits for 1 epoch into {tmp_path / 'r'}\n")
 
 

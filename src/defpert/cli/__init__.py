@@ -142,10 +142,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     adversarially = (f", adversarially ({config.adversarial}, {config.adv_norm})"
                      if config.adversarial != "none" else "")  # fmt: skip
-    say(
-        f"training {config.model} on {config.dataset} for {count(config.epochs, 'epoch')}"
-        f"{adversarially} into {args.out}"
-    )  # the data and the first batch take a while
+    if args.progress:  # on a terminal: the data and the first batch take a while
+        say(f"training {config.model} on {config.dataset} for {count(config.epochs, 'epoch')}"
+            f"{adversarially} into {args.out}")  # fmt: skip
     result = train(config, out=args.out, data_dir=data_dir, device=args.device,
                    progress=args.progress, overwrite=args.overwrite)  # fmt: skip
     m = result.metrics
