@@ -106,3 +106,13 @@ def test_models_command_lists_what_is_shipped(shipped_root, capsys):
     header, row = out.splitlines()[:2]  # aligned: the dataset column starts where its name does
     assert row.index(" digits ") + 1 == header.index("dataset")
     assert len(row) == len(header)  # the numbers end under their headers
+
+
+def test_models_command_lists_a_cards_strong_suite_figure(shipped_root, capsys):
+    index = json.loads((shipped_root / "index.json").read_text())
+    index["digits-cnn"]["accuracy"] = {"test": 0.9, "n_test": 360, "robust": {
+        "accuracy": 0.5, "n": 100, "attack": "standard suite, linf 0.1"}}  # fmt: skip
+    (shipped_root / "index.json").write_text(json.dumps(index))
+    assert main(["models"]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.endswith("50.00% (standard suite, linf 0.1, n=100)")

@@ -102,7 +102,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print("no checkpoints are shipped with this installation")
         return 0
     rows = [["checkpoint", "dataset", "training", "threat", "clean (test set)",
-             "PGD-40 at the threat"]]  # fmt: skip
+             "PGD-40 at the threat", "strong suite"]]  # fmt: skip
     for name, r in sorted(records.items()):
         if args.verify:
             verified(name)
@@ -111,10 +111,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if part:  # the training radius, from the natural image
             threat = f"{part['norm']} {part['eps']:g}"
             robust = f"{part['pgd40']:.2%} (n={part['n']:,})"
+        strong = acc.get("robust")  # tools/ship_checkpoint.py --strong: "<tier> suite, <threat>"
+        worst = (
+            f"{strong['accuracy']:.2%} ({strong['attack']}, n={strong['n']:,})" if strong else "–"
+        )
         test = acc.get("test")
         rows.append([PREFIX + name, r["dataset"], r["training"], threat,
                      f"{test:.2%} (n={acc.get('n_test', 0):,})" if test is not None else "–",
-                     robust])  # fmt: skip
+                     robust, worst])  # fmt: skip
     print(aligned(rows, left=4))
     if args.verify:
         print("every SHA-256 matches")
