@@ -112,7 +112,7 @@ def run_dp(
     reused = store.finished()
     if reused:
         say(f"resuming: {count(reused, 'finished piece')} (data versions, attack results) of "
-            f"an earlier run are reused from {run}; only the rest is computed")  # fmt: skip
+            f"an earlier run reused from {run}; only the rest is computed")  # fmt: skip
     started = time.perf_counter()
     bs = config.batch_size
 
