@@ -1,6 +1,7 @@
 """The ``defpert`` command: outputs, files written, and one-line errors with exit status 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -420,3 +421,14 @@ def test_studies_of_other_settings_get_their_own_default_directory(monkeypatch, 
     assert outs[:2] == ["runs/reproduce-mnist-quick", "runs/reproduce-mnist"]  # as before
     assert outs[2] == "runs/reproduce-mnist-standard+fgsm-rs-n2000-strong500"
     assert len(set(outs)) == len(outs)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`defpert models | head -1`: the reader may close the pipe before defpert writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone
+    done = subprocess.run([sys.executable, "-m", "defpert", "models"], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True)  # fmt: skip
+    os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141  # as a shell reports a program ended by SIGPIPE

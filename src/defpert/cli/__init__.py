@@ -179,7 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
         args.progress = False
     try:
-        return _dispatch(args)
+        status = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit, where it would print a traceback
+        return status
+    except BrokenPipeError:  # the reader stopped early (`defpert models | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a program ended by SIGPIPE
     finally:
         distributed.shutdown()
 
