@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit, where it would print a traceback
         return status
-    except BrokenPipeError:  # the reader stopped early (`defpert models | head`): not an error of ours
+    except BrokenPipeError:  # the reader stopped early (`defpert models | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # what a shell reports for a program ended by SIGPIPE
     finally:
