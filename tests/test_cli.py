@@ -432,3 +432,16 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     os.close(write_end)
     assert done.stderr == ""
     assert done.returncode == 141  # as a shell reports a program ended by SIGPIPE
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["dp", "--help"], ["reproduce", "--help"], ["models"]]
+)
+def test_help_and_listing_answer_without_loading_pytorch(argv):
+    """PyTorch takes seconds to load; a question about the command should not wait for it."""
+    probe = ("import sys, contextlib, io\nfrom defpert.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             f"    code = main({argv!r})\n"
+             "print(code, 'torch' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == ["0", "False"], done.stderr

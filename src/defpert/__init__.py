@@ -9,12 +9,39 @@ perturbations (descend the defender's loss). Typical use from a notebook::
 
 __version__ = "0.1.0"
 
-from defpert.data import fetch, load_split  # noqa: E402
-from defpert.errors import DefpertError  # noqa: E402
-from defpert.evaluate import accuracy, predict  # noqa: E402
-from defpert.models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from defpert.train import TrainConfig, TrainResult, train  # noqa: E402
-from defpert.tsne import draw_tsne, embed_tsne  # noqa: E402
+import importlib
+from typing import Any
+
+# Where each public name lives. They are imported on first use, so `defpert --help` and
+# `defpert models` answer without waiting seconds for PyTorch and matplotlib to load.
+_PUBLIC = {
+    "fetch": "defpert.data",
+    "load_split": "defpert.data",
+    "DefpertError": "defpert.errors",
+    "accuracy": "defpert.evaluate",
+    "predict": "defpert.evaluate",
+    "build_model": "defpert.models",
+    "load_checkpoint": "defpert.models",
+    "save_checkpoint": "defpert.models",
+    "TrainConfig": "defpert.train",
+    "TrainResult": "defpert.train",
+    "train": "defpert.train",
+    "draw_tsne": "defpert.tsne",
+    "embed_tsne": "defpert.tsne",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'defpert' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
 
 __all__ = [
     "DefpertError",

@@ -31,17 +31,13 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from defpert.defense_names import DEFENSES, LABEL_FREE, PROACTIVE, REACTIVE, ROBUSTIFY  # noqa: F401
 from defpert.engine import Schedule, madry_step_size, perturb, perturb_batch
 from defpert.errors import DefpertError
 from defpert.evaluate import predict
 from defpert.objectives import Objective, cross_entropy, hedge, margin
 from defpert.threat import ThreatModel
 
-PROACTIVE = ("ce", "margin", "robustify", "robustify-label-free")
-REACTIVE = ("anti-adversary", "hedge")
-DEFENSES = PROACTIVE + REACTIVE
-ROBUSTIFY = ("robustify", "robustify-label-free")
-LABEL_FREE = REACTIVE + ("robustify-label-free",)  # methods that never read the true label
 OBJECTIVE_OF: dict[str, Objective] = {
     "ce": cross_entropy, "margin": margin, "robustify": cross_entropy,
     "robustify-label-free": cross_entropy, "anti-adversary": cross_entropy, "hedge": hedge,

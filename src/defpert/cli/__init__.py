@@ -18,6 +18,8 @@ from defpert.cli.common import Parser, add_common, dataset_path, progress_defaul
 from defpert.errors import DefpertError
 
 RESUMABLE = {"train", "dp", "sweep", "reproduce"}  # commands that save as they go
+# Commands that only read files: no process group, no threads, so no wait for PyTorch to load.
+LISTINGS = {"models"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,16 +170,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "progress", None) is None:
         args.progress = progress_default()
-    from defpert import distributed
+    computes = args.command not in LISTINGS
+    if computes:
+        from defpert import distributed
 
-    try:
-        distributed.init()  # under torchrun: join the process group
-    except (RuntimeError, ValueError) as exc:
-        print(f"defpert: error: cannot join the torchrun process group: {exc}", file=sys.stderr)
-        return 2
-    if not distributed.is_main():  # rank 0 alone speaks
-        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-        args.progress = False
+        try:
+            distributed.init()  # under torchrun: join the process group
+        except (RuntimeError, ValueError) as exc:
+            print(f"defpert: error: cannot join the torchrun process group: {exc}", file=sys.stderr)
+            return 2
+        if not distributed.is_main():  # rank 0 alone speaks
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+            args.progress = False
     try:
         status = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit, where it would print a traceback
@@ -186,15 +190,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # what a shell reports for a program ended by SIGPIPE
     finally:
-        distributed.shutdown()
+        if computes:
+            from defpert import distributed
+
+            distributed.shutdown()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"data": _cmd_fetch, "train": _cmd_train, "models": _cmd_models}
     try:
-        from defpert import threads
+        if args.command not in LISTINGS:
+            from defpert import threads
 
-        threads.configure(getattr(args, "threads", None))
+            threads.configure(getattr(args, "threads", None))
         if args.command in handlers:
             return handlers[args.command](args)
         if args.command in ("sweep", "reproduce"):

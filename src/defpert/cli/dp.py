@@ -18,7 +18,7 @@ from defpert.errors import DefpertError
 
 def add_dp_parser(sub: Any) -> None:
     from defpert.cli.common import add_common
-    from defpert.defenses import DEFENSES
+    from defpert.defense_names import DEFENSES
 
     p = sub.add_parser("dp", help="attack, defensive perturbation, attack again (RQ1)")
     p.add_argument("-p", "--norm", default="linf", help="threat model: linf or l2")

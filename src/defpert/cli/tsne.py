@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from defpert.errors import DefpertError
-from defpert.store import load_npz
 
 VERSION_FILES = {
     "original": "original.npz",
@@ -47,7 +46,7 @@ def add_tsne_parser(sub: Any) -> None:
 
 def _run_versions(run: Path, names: list[str], defense: str | None, split: str) -> dict[str, Any]:
     from defpert.data import SPLITS
-    from defpert.defenses import DEFENSES
+    from defpert.defense_names import DEFENSES
 
     # names become paths: only known ones, so nothing outside the run directory is read
     if split not in SPLITS:
@@ -62,6 +61,8 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
     if defense is None:
         saved = sorted(d.name for d in base.iterdir() if (d / "defensive.npz").is_file())
         defense = saved[0] if saved else "ce"
+    from defpert.store import load_npz
+
     out = {}
     for name in names:
         if name not in VERSION_FILES:
@@ -81,6 +82,7 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
 def run_tsne_command(args: argparse.Namespace) -> int:
     from defpert.models import load_checkpoint
     from defpert.runs import read_json, write_atomic
+    from defpert.store import load_npz
     from defpert.tsne import draw_tsne
 
     if args.per_class is not None and args.per_class < 1:
