@@ -28,3 +28,21 @@ def test_auto_uses_bf16_only_when_the_check_agrees(digits_model, digits_test, mo
     p = result["precision"]
     assert p["name"] == chosen and p["check_n"] == 50
     assert p["agrees_within_0.5pct"] == (chosen == "bf16")
+
+
+def test_auto_checks_the_defended_numbers_too(digits_model, digits_test, monkeypatch):
+    """A defense that goes wrong in bf16 keeps fp32, even where the weak attack agrees."""
+    monkeypatch.setattr(rq1, "native_bf16", lambda device: True)
+    monkeypatch.setattr(rq1, "PRECISION_TOLERANCE", 0.5)  # only a gross difference counts
+    real_defend = rq1.defend
+
+    def defend(model, x, y, defense, **kw):
+        points = real_defend(model, x, y, defense, **kw)
+        return 1 - points if kw.get("precision") == "bf16" else points  # inverted: all wrong
+
+    monkeypatch.setattr(rq1, "defend", defend)
+    (result,) = run_dp(digits_model, digits_test.head(50), config())
+    p = result["precision"]
+    assert p["name"] == "fp32" and not p["agrees_within_0.5pct"]
+    assert abs(p["fp32_attacked"] - p["reduced_attacked"]) <= 0.5  # the weak attack agreed
+    assert p["largest_difference_at"] == "ce/defensive"
