@@ -445,3 +445,13 @@ def test_help_and_listing_answer_without_loading_pytorch(argv):
              "print(code, 'torch' in sys.modules)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stdout.split() == ["0", "False"], done.stderr
+
+
+def test_public_names_are_the_functions_whatever_was_imported_first():
+    """`from defpert import train` is the function even after the module defpert.train
+    was imported (which binds the module on the package)."""
+    probe = ("import importlib, types\nimportlib.import_module('defpert.train')\n"
+             "import defpert.cli\nfrom defpert import train, TrainConfig, draw_tsne\n"
+             "print(callable(train), isinstance(train, types.ModuleType), TrainConfig.__name__)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "False", "TrainConfig"], done.stderr

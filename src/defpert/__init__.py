@@ -10,6 +10,8 @@ perturbations (descend the defender's loss). Typical use from a notebook::
 __version__ = "0.1.0"
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # Where each public name lives. They are imported on first use, so `defpert --help` and
@@ -41,6 +43,22 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))
+
+
+class _Package(types.ModuleType):
+    """The package object: its public names win over its submodules' names.
+
+    Importing a submodule binds it on the package (``defpert.train``, the module), which
+    would hide the function of the same name that ``from defpert import train`` promises.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PUBLIC and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable through sys.modules and importlib
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
