@@ -117,10 +117,7 @@ def run_dp(
     bs = config.batch_size
 
     def attack(images: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
-        return pgd(model, images, y, threat=threat, steps=config.steps, step_size=config.step_size,
-                   random_start=config.random_start,
-                   generator=torch.Generator().manual_seed(config.seed), batch_size=bs,
-                   progress=progress, precision=config.precision, anchor=anchor)  # fmt: skip
+        return _weak_attack(model, images, y, config, config.precision, anchor, progress)
 
     # An attack on a defended point measures its budget from it (man-in-the-middle), or
     # with --budget-from original from the natural image as well.
@@ -331,6 +328,24 @@ def _precision_check(
     return check
 
 
+def _weak_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: DPConfig,
+    precision: str,
+    anchor: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The study's weak attack (PGD with the run's flags and seed) on ``images``; ``anchor``
+    is the natural image a defended point's budget is also measured from."""
+    return pgd(model, images, labels, threat=config.threat(), steps=config.steps,
+               step_size=config.step_size, random_start=config.random_start,
+               generator=torch.Generator().manual_seed(config.seed),
+               batch_size=config.batch_size, progress=progress, precision=precision,
+               anchor=anchor)  # fmt: skip
+
+
 def _agreement(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: DPConfig, reduced: str, n: int
 ) -> dict[str, Any]:
@@ -350,10 +365,7 @@ def _agreement(
         def attack(
             images: torch.Tensor, anchor: torch.Tensor | None = None, precision: str = name
         ) -> torch.Tensor:
-            return pgd(model, images, y, threat=config.threat(), steps=config.steps,
-                       step_size=config.step_size, random_start=config.random_start,
-                       generator=torch.Generator().manual_seed(config.seed),
-                       batch_size=config.batch_size, precision=precision, anchor=anchor)  # fmt: skip
+            return _weak_attack(model, images, y, config, precision, anchor)
 
         numbers.setdefault("original_attacked", {})[name] = accuracy(model, attack(x), y)
         for method in config.defenses:
