@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -332,6 +333,37 @@ def test_sensible_settings_give_no_warning(capsys, digits_run, tmp_path):
     code, _, err = run(capsys, "dp", "--dataset", "digits", "--checkpoint", str(digits_run),
                        "--no-strong", "-k", "2", "--limit", "50", "--out", str(tmp_path / "o"))  # fmt: skip
     assert code == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        (["-e", "0.2", "--defense", "robustify", "--defense-eps", "0.2"], True),  # reach 0.4
+        (["-e", "0.2", "--defense", "robustify", "--defense-eps", "0.1"], False),  # reach 0.3
+        (["-e", "0.2", "--defense", "ce", "--budget-from", "original"], False),  # stays at 0.2
+        (["-e", "0.2", "--defense", "hedge"], False),  # reactive: no defended point
+        (["-p", "l2", "-e", "1.0", "-a", "0.1", "--defense", "ce"], False),  # another norm
+    ],
+    ids=["beyond", "within", "from-original", "reactive", "other-norm"],
+)
+def test_a_defense_reaching_beyond_the_training_radius_is_warned_of(
+    capsys, digits_run, tmp_path, extra, warned
+):
+    robust = tmp_path / "robust"
+    shutil.copytree(digits_run, robust)
+    card = json.loads((robust / "model.json").read_text())
+    card["threat_trained_against"] = {"norm": "linf", "eps": 0.3, "steps": 10, "step_size": 0.075}
+    (robust / "model.json").write_text(json.dumps(card))
+    code, _, err = run(capsys, "dp", "--dataset", "digits", "--checkpoint", str(robust),
+                       "--no-strong", "-k", "2", "--limit", "20", "--defense-steps", "2",
+                       "--inner-steps", "1", *extra, "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0, err
+    said = [
+        line for line in err.splitlines() if "beyond the linf 0.3 this model was trained" in line
+    ]
+    assert len(said) == int(warned), err
+    if warned:
+        assert said[0].startswith("warning: ") and "eps + eps_def = 0.4" in said[0]
 
 
 def test_a_rerun_says_it_resumes_and_a_fresh_run_does_not(capsys, digits_run, tmp_path):

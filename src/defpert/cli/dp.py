@@ -167,6 +167,9 @@ def run_dp_command(args: argparse.Namespace) -> int:
         expect_dataset=spec.name,
         map_location=device,
     )
+    beyond = config.beyond_training_radius(card.get("threat_trained_against"))
+    if beyond:
+        say(f"warning: {beyond}")
     run_config = {"command": "dp", "checkpoint": str(checkpoint),
                   "checkpoint_sha256": checkpoint_digest(checkpoint),
                   "dataset": spec.name, "split": args.split, "limit": args.limit,
