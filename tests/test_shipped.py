@@ -43,6 +43,7 @@ def test_robust_checkpoints_are_shipped_for_mnist_and_fashion_mnist():
     kinds = {(r["dataset"], r["training"]) for r in SHIPPED.values()}
     assert ("mnist", "adversarial-pgd") in kinds
     assert ("fashion-mnist", "adversarial-pgd") in kinds
+    assert ("mnist", "adversarial-trades") in kinds
 
 
 @pytest.fixture
