@@ -117,3 +117,15 @@ def test_models_command_lists_a_cards_strong_suite_figure(shipped_root, capsys):
     assert main(["models"]) == 0
     row = capsys.readouterr().out.splitlines()[1]
     assert row.endswith("50.00% (standard suite, linf 0.1, n=100)")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "kind", "name"),
+    [("mnist", "pgd", "mnist-cnn-pgd"), ("mnist", "trades", "mnist-cnn-trades"),
+     ("fashion-mnist", "pgd", "fashion-mnist-cnn-pgd")],
+)  # fmt: skip
+def test_the_study_uses_the_shipped_robust_checkpoints(dataset, kind, name):
+    from defpert.reproduce import ReproduceConfig
+
+    config = ReproduceConfig(dataset=dataset, models=(kind,)).train_config(kind)
+    assert shipped.matching(config) == name
