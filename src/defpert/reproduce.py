@@ -94,7 +94,7 @@ class ReproduceConfig:
     adv_epochs: int = 10  # adversarially trained models (the rest of the recipe: train.recipe)
 
     def train_config(self, kind: str) -> Any:
-        """How the model of a kind (standard, fgsm-rs, pgd) is trained for this study."""
+        """How the model of a kind (a key of ``MODEL_KINDS``) is trained for this study."""
         from defpert.engine import madry_step_size
         from defpert.train import ADV_EPS, TrainConfig, recipe
 

@@ -50,7 +50,7 @@ def add_study_parsers(sub: Any) -> None:
     rp.add_argument("--defense", default="all",
                     help="comma-separated defensive perturbation methods, or 'all'")  # fmt: skip
     rp.add_argument("--models", default="standard",
-                    help="comma-separated: how each compared model is trained: standard, fgsm-rs, pgd")  # fmt: skip
+                    help="comma-separated: how each compared model is trained: standard, fgsm-rs, pgd, trades")  # fmt: skip
     rp.add_argument("--epochs", type=int,
                     help="training epochs of the standard model (default: 3; --quick: 1)")  # fmt: skip
     rp.add_argument("--adv-epochs", type=int,
@@ -184,7 +184,7 @@ def _budget_sweep(
 
 def run_reproduce_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
-    from defpert.reproduce import ReproduceConfig, reproduce
+    from defpert.reproduce import MODEL_KINDS, ReproduceConfig, reproduce
 
     config = ReproduceConfig.for_dataset(args.dataset, quick=args.quick, seed=args.seed)
     config.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -198,7 +198,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         if "ce" not in config.defenses:  # the figures and the sweep show the original's method
             raise DefpertError("--defense must include ce, the original study's method")
     if not config.models:
-        raise DefpertError("--models needs at least one of: standard, fgsm-rs, pgd, trades")
+        raise DefpertError(f"--models needs at least one of: {', '.join(MODEL_KINDS)}")
     for flag, value in (("--epochs", args.epochs), ("--adv-epochs", args.adv_epochs),
                         ("--limit", args.limit), ("--strong-limit", args.strong_limit)):  # fmt: skip
         if value is not None and value < 1:
