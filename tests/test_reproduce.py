@@ -83,19 +83,24 @@ def test_second_run_reuses_finished_stages(quick_run, capsys):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _start_chromium(webdriver, service, opts):
+def _start_chromium(opts):
     """The browser, started a second time if the first start fails.
 
     On a loaded machine Chromium can miss chromedriver's start-up deadline; that says
     nothing about the report, which every assertion below is about.
     """
+    from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    def start():
+        return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
     try:
-        return webdriver.Chrome(service=service(shutil.which("chromedriver")), options=opts)
+        return start()
     except WebDriverException as first:
         print(f"Chromium did not start ({first.msg}); trying once more")
-        return webdriver.Chrome(service=service(shutil.which("chromedriver")), options=opts)
+        return start()
 
 
 @pytest.mark.skipif(
@@ -105,7 +110,6 @@ def _start_chromium(webdriver, service, opts):
 @pytest.mark.parametrize("width", [390, 1280], ids=["phone", "laptop"])
 def test_report_figures_load_in_headless_chromium(quick_run, width):
     from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
@@ -121,7 +125,7 @@ def test_report_figures_load_in_headless_chromium(quick_run, width):
         f"--window-size={width},844",
     ):
         opts.add_argument(flag)
-    driver = _start_chromium(webdriver, Service, opts)
+    driver = _start_chromium(opts)
     try:
         driver.get((quick_run / "report.html").as_uri())
         images = driver.execute_script(
