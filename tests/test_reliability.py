@@ -177,6 +177,43 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     assert not state.exists()
 
 
+def test_training_interrupted_inside_an_epoch_resumes_at_its_bookmark(tmp_path, monkeypatch):
+    """An epoch of PGD-40 training takes an hour on a CPU: an interruption inside one loses
+    only the batches after the last bookmark, and the result is the uninterrupted run's."""
+    import importlib
+
+    from safetensors.torch import load_file
+
+    training = importlib.import_module("defpert.train")  # the package exports train() itself
+    config = training.TrainConfig(dataset="digits", epochs=2, batch_size=64, adversarial="pgd",
+                                  adv_steps=3, adv_step_size=0.05, adv_eps=0.2)  # fmt: skip
+    monkeypatch.setattr(training, "BOOKMARK_SECONDS", 0.0)  # a bookmark after every batch
+    whole = training.train(config, out=tmp_path / "whole", progress=False)
+
+    real_save, saves = training._save_state, []
+
+    def save_then_stop(*args, **kwargs):  # the process dies right after its 5th bookmark
+        real_save(*args, **kwargs)
+        saves.append(kwargs.get("partial", args[-1]))
+        if len(saves) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config, out=tmp_path / "k", progress=False)
+    assert saves[-1] is not None and saves[-1].next_step == 5  # inside epoch 1
+    monkeypatch.setattr(training, "_save_state", real_save)
+    resumed = training.train(config, out=tmp_path / "k", progress=False)
+
+    assert resumed.metrics["resumed_after_epoch"] == 0
+    assert resumed.metrics["resumed_at_batch"] == 5
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "k" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert resumed.metrics["epochs"] == whole.metrics["epochs"]  # the epoch's sums carried over
+    assert not (tmp_path / "k" / training.STATE_FILE).exists()
+
+
 def test_download_with_wrong_sha256_leaves_no_file(tmp_path, monkeypatch):
     import gzip
 

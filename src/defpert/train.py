@@ -139,6 +139,9 @@ def train(
 
 # What a training run writes (removed by --overwrite before a run of another config).
 STATE_FILE = "train-state.pt"
+# Seconds between the bookmarks a single-process run leaves inside an epoch: an epoch of
+# PGD-40 training takes about an hour on a laptop CPU, too much to lose to an interruption.
+BOOKMARK_SECONDS = 60.0
 TRAIN_OUTPUTS = ("model.safetensors", "model.json", "metrics.json", STATE_FILE)
 
 
@@ -165,7 +168,7 @@ def _train(
         if distributed.active():  # same initial weights everywhere, own dropout masks per rank
             torch.manual_seed(config.seed + 1000 * distributed.rank())
         state = run / STATE_FILE if run is not None else None
-        history, seconds, resumed_after = _fit(
+        history, seconds, resumed = _fit(
             model, train_split, val_split, config, dev, progress, state
         )
     model.eval()
@@ -175,7 +178,8 @@ def _train(
         "val_accuracy": history[-1]["val_accuracy"],
         "epochs": history,
         "train_seconds": seconds,
-        "resumed_after_epoch": resumed_after,
+        "resumed_after_epoch": resumed.epochs,
+        "resumed_at_batch": resumed.batches,
         "train_images_per_second": len(train_split) * config.epochs / seconds,
         "n_train": len(train_split),
         "n_val": len(val_split),
@@ -217,6 +221,27 @@ def _train(
     return TrainResult(model=model, metrics=metrics, card=card)
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """Where a run continued from its saved state: after ``epochs`` whole epochs and
+    ``batches`` batches of the next (both 0: started from scratch)."""
+
+    epochs: int = 0
+    batches: int = 0
+
+
+@dataclass
+class _Partial:
+    """An epoch's progress at a bookmark: the next batch and the running sums."""
+
+    epoch: int
+    next_step: int = 0
+    seen: int = 0
+    right: int = 0
+    loss_sum: float = 0.0
+    elapsed: float = 0.0  # seconds of this epoch before the bookmark
+
+
 def _fit(
     model: nn.Module,
     train_split: Split,
@@ -225,11 +250,12 @@ def _fit(
     device: torch.device,
     progress: bool,
     state_path: Path | None = None,
-) -> tuple[list[dict[str, float]], float, int]:
+) -> tuple[list[dict[str, float]], float, Resumed]:
     """Adam with a cosine (or cyclic) learning-rate schedule.
 
-    Returns the per-epoch history, the seconds spent training, and the epoch a saved state
-    let it resume after (0: started from scratch).
+    Returns the per-epoch history, the seconds spent training, and where a saved state let
+    it resume. The state is saved after each epoch and, in a single-process run, every
+    ``BOOKMARK_SECONDS`` inside one; a resumed run ends with the uninterrupted one's weights.
     """
     n = len(train_split)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
@@ -237,6 +263,9 @@ def _fit(
     # Under torchrun: DistributedDataParallel, each rank takes every ranks-th example of
     # each global batch (the same order everywhere), gradients are averaged across ranks.
     net = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
+    # Ranks would reach a timed bookmark at different batches: torchrun runs keep the
+    # per-epoch state only.
+    bookmarks = state_path is not None and ranks == 1
     progress = progress and distributed.is_main()
     adversary = config.adversary()
     warmup = config.adv_warmup * steps_per_epoch  # batches over which the radius grows
@@ -245,24 +274,38 @@ def _fit(
     shuffle = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     seconds = 0.0
-    first = 1
+    partial: _Partial | None = None
+    resumed = Resumed()
     started_with: int | None = None  # a resumed run keeps its thread count: see threads.hold
     if state_path is not None and state_path.is_file():
-        history, seconds, started_with = _load_state(
+        history, seconds, started_with, partial = _load_state(
             state_path, model, optimizer, schedule, shuffle
         )
-        first = len(history) + 1
+        resumed = Resumed(len(history), partial.next_step if partial else 0)
         if distributed.is_main():  # said also without progress bars: it explains the time
-            tqdm.write(f"resuming after epoch {len(history)} of {config.epochs} from {state_path}",
-                       file=sys.stderr)  # fmt: skip
+            where = (f"at batch {resumed.batches + 1} of {steps_per_epoch} of epoch "
+                     f"{resumed.epochs + 1}" if resumed.batches else f"after epoch {resumed.epochs}")  # fmt: skip
+            tqdm.write(f"resuming {where} of {config.epochs} from {state_path}", file=sys.stderr)
+
+    def save(partial: _Partial | None, shuffle_state: torch.Tensor) -> None:
+        assert state_path is not None
+        _save_state(state_path, model, optimizer, schedule, shuffle_state, history, seconds,
+                    thread_count, partial)  # fmt: skip
+
     with threads.hold(started_with or threads.steady_count()) as thread_count:
-        for epoch in range(first, config.epochs + 1):
+        for epoch in range(len(history) + 1, config.epochs + 1):
             model.train()
+            # The generator's state before this epoch's order: what a bookmark inside the
+            # epoch saves, so the resumed run draws the same order.
+            shuffle_before = shuffle.get_state()
             order = torch.randperm(n, generator=shuffle)
-            seen, right, loss_sum = 0, 0, 0.0
-            start = time.perf_counter()
+            at = partial if partial is not None and partial.epoch == epoch else _Partial(epoch)
+            partial = None
+            start = time.perf_counter() - at.elapsed
+            last_bookmark = time.perf_counter()
             bar = tqdm(
-                range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                range(at.next_step, steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
+                unit="batch", total=steps_per_epoch, initial=at.next_step,
                 disable=not progress, leave=True,
             )  # fmt: skip
             for step in bar:
@@ -287,18 +330,25 @@ def _fit(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                seen += len(y)
-                right += int((logits.argmax(1) == y).sum())
-                loss_sum += float(loss.detach()) * len(y)
+                at.seen += len(y)
+                at.right += int((logits.argmax(1) == y).sum())
+                at.loss_sum += float(loss.detach()) * len(y)
                 if step % 20 == 0 or step == steps_per_epoch - 1:
-                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    rate = at.seen / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix(
-                        loss=f"{loss_sum / seen:.4f}",
-                        acc=f"{right / seen:.4f}",
+                        loss=f"{at.loss_sum / at.seen:.4f}",
+                        acc=f"{at.right / at.seen:.4f}",
                         img_s=f"{rate:.0f}",
                     )
+                if (bookmarks and step < steps_per_epoch - 1
+                        and time.perf_counter() - last_bookmark >= BOOKMARK_SECONDS):  # fmt: skip
+                    at.next_step, at.elapsed = step + 1, time.perf_counter() - start
+                    save(at, shuffle_before)
+                    last_bookmark = time.perf_counter()
             seconds += time.perf_counter() - start
-            seen_all, right_all, loss_all = distributed.sum_over_ranks(seen, right, loss_sum)
+            seen_all, right_all, loss_all = distributed.sum_over_ranks(
+                at.seen, at.right, at.loss_sum
+            )
             model.eval()
             val_acc = accuracy(model, val_split.images, val_split.labels)
             history.append(
@@ -314,9 +364,8 @@ def _fit(
                     f"epoch {epoch}: train loss {loss_all / seen_all:.4f}, val accuracy {val_acc:.4f}"
                 )
             if state_path is not None and epoch < config.epochs:
-                _save_state(state_path, model, optimizer, schedule, shuffle, history, seconds,
-                            thread_count)  # fmt: skip
-    return history, seconds, first - 1
+                save(None, shuffle.get_state())
+    return history, seconds, resumed
 
 
 def _save_state(
@@ -324,18 +373,21 @@ def _save_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-    shuffle: torch.Generator,
+    shuffle_state: torch.Tensor,
     history: list[dict[str, float]],
     seconds: float,
     thread_count: int,
+    partial: _Partial | None = None,
 ) -> None:
-    """Everything the next epoch depends on: weights, optimiser, schedule and RNG states,
-    and the thread count (the weight gradients' rounding follows it)."""
+    """Everything the next batch depends on: weights, optimiser, schedule and RNG states,
+    the thread count (the weight gradients' rounding follows it) and, inside an epoch, its
+    progress. ``shuffle_state`` is the order generator's state before the order of the epoch
+    under way (or the next) is drawn."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
+        "schedule": schedule.state_dict(), "shuffle": shuffle_state,
         "rng": torch.get_rng_state(), "history": history, "seconds": seconds,
-        "threads": thread_count,
+        "threads": thread_count, "partial": None if partial is None else vars(partial),
     }  # fmt: skip
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
@@ -346,9 +398,10 @@ def _load_state(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     shuffle: torch.Generator,
-) -> tuple[list[dict[str, float]], float, int | None]:
+) -> tuple[list[dict[str, float]], float, int | None, _Partial | None]:
     """Restore what :func:`_save_state` saved; the file cannot run code (weights_only).
-    Also returns the run's thread count (None for a state saved before it was recorded)."""
+    Also returns the run's thread count (None for a state saved before it was recorded) and
+    the progress of the epoch it was saved in (None: saved after a whole epoch)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -356,13 +409,15 @@ def _load_state(
         schedule.load_state_dict(state["schedule"])
         shuffle.set_state(state["shuffle"])
         torch.set_rng_state(state["rng"])
+        partial = _Partial(**state["partial"]) if state.get("partial") else None
     except Exception as exc:  # a corrupt or foreign state file: say which, do not guess
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DefpertError(
             f"{path} is not a readable training state ({first}); remove it or use --overwrite"
         ) from None
     count = state.get("threads")
-    return list(state["history"]), float(state["seconds"]), int(count) if count else None
+    return (list(state["history"]), float(state["seconds"]), int(count) if count else None,
+            partial)  # fmt: skip
 
 
 LR_SCHEDULES = ("cosine", "cyclic")
