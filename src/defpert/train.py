@@ -263,8 +263,9 @@ def _fit(
     # Under torchrun: DistributedDataParallel, each rank takes every ranks-th example of
     # each global batch (the same order everywhere), gradients are averaged across ranks.
     net = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
-    # Ranks would reach a timed bookmark at different batches: torchrun runs keep the
-    # per-epoch state only.
+    # torchrun runs keep the per-epoch state only: inside an epoch each rank holds its own
+    # running sums and dropout RNG, and one state file keeps one rank's view (when to save
+    # could be rank 0's call, as in attacks.journal; what to save could not).
     bookmarks = state_path is not None and ranks == 1
     progress = progress and distributed.is_main()
     adversary = config.adversary()
