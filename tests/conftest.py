@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,7 @@ from defpert.data import Split, default_data_dir, fetch, load_split
 from defpert.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Default models and caches go to a temporary directory, never the user's.
 
     The engine's chunk size is pinned to 64: tests that compare two processes' arrays must
@@ -28,6 +26,29 @@ def _isolated_cache(
         monkeypatch.setenv("DEFPERT_DATA", str(default_data_dir()))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("DEFPERT_CHUNK", "64")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _isolate(monkeypatch, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def isolated_environment(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[], AbstractContextManager[None]]:
+    """The environment every test runs in, for a fixture wider than one test (which runs
+    before the per-test one): ``with isolated_environment(): ...``."""
+
+    @contextmanager
+    def enter() -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as mp:
+            _isolate(mp, tmp_path_factory)
+            yield
+
+    return enter
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,11 +98,15 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def digits_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def digits_cnn(
+    tmp_path_factory: pytest.TempPathFactory,
+    isolated_environment: Callable[[], AbstractContextManager[None]],
+) -> Path:
     """A checkpoint directory: the zoo's cnn trained 5 epochs on the digits (seconds)."""
     from defpert.cli import main
 
     out = tmp_path_factory.mktemp("digits-cnn")
     argv = ["train", "--dataset", "digits", "--epochs", "5", "--out", str(out), "--no-progress"]
-    assert main(argv) == 0
+    with isolated_environment():
+        assert main(argv) == 0
     return out

@@ -451,6 +451,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "--strong-limit must be at least 1",
     ),
     (
+        "reproduce --adaptive-limit 0",
+        None,
+        ["reproduce", "--dataset", "digits", "--adaptive-limit", "0"],
+        "--adaptive-limit must be at least 1",
+    ),
+    (
         "unknown learning-rate schedule",
         None,
         ["train", "--dataset", "digits", "--lr-schedule", "step"],

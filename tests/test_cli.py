@@ -47,11 +47,12 @@ def assert_one_line_error(code, err, pattern):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(tmp_path_factory, isolated_environment):
     out = tmp_path_factory.mktemp("run") / "nested" / "digits"  # parents created as needed
-    code = main(
-        ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "15", "--out", str(out)]
-    )
+    with isolated_environment():
+        code = main(
+            ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "15", "--out", str(out)]
+        )
     assert code == 0
     return out
 
@@ -446,12 +447,14 @@ def test_studies_of_other_settings_get_their_own_default_directory(monkeypatch, 
         ["reproduce", "--quick"],
         ["reproduce"],
         ["reproduce", "--models", "standard,fgsm-rs", "--limit", "2000", "--strong-limit", "500"],
+        ["reproduce", "--strong-limit", "500", "--adaptive-limit", "500"],
         ["reproduce", "--defense", "ce,robustify", "--strong", "plus"],
         ["reproduce", "--budget-from", "original"],
     ):
         assert main(argv) == 130
     assert outs[:2] == ["runs/reproduce-mnist-quick", "runs/reproduce-mnist"]  # as before
     assert outs[2] == "runs/reproduce-mnist-standard+fgsm-rs-n2000-strong500"
+    assert outs[3] == "runs/reproduce-mnist-strong500-adaptive500"
     assert len(set(outs)) == len(outs)
 
 

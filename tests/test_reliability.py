@@ -14,7 +14,7 @@ import pytest
 from defpert.cli import main
 from defpert.runs import claim_run
 
-DP = ["dp", "--dataset", "digits", "--defense", "all", "--inner-steps", "3", "--strong-limit", "80", "--strong-steps",
+DP = ["dp", "--dataset", "digits", "--defense", "all", "--inner-steps", "3", "--limit", "160", "--strong-limit", "60", "--strong-steps",
       "20", "--strong", "quick", "--square-queries", "20", "--adaptive-limit", "20", "--json", "--no-progress"]  # fmt: skip
 
 
@@ -50,11 +50,19 @@ def saved_arrays(run: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path):
-    whole = start_dp(digits_cnn, tmp_path / "whole")
-    stdout_whole, err = whole.communicate()
+@pytest.fixture(scope="module")
+def uninterrupted(digits_cnn, isolated_environment, tmp_path_factory) -> tuple[Path, dict]:
+    """The run directory and JSON output of ``DP`` run once, start to end, in one process."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    with isolated_environment():
+        whole = start_dp(digits_cnn, run)
+        stdout, err = whole.communicate()
     assert whole.returncode == 0, err[-2000:]
+    return run, json.loads(stdout)
 
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, uninterrupted, tmp_path):
+    whole_run, whole_json = uninterrupted
     killed = start_dp(digits_cnn, tmp_path / "killed")
     marker = tmp_path / "killed" / "versions" / "test" / "robustify" / "defensive.npz"
     while not marker.exists() and killed.poll() is None:  # killed by progress, never by time
@@ -71,8 +79,8 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(digits_cnn, tmp_path)
     assert resumed.returncode == 0, err[-2000:]
     assert_only_complete_files(tmp_path / "killed", killed=False)
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())  # reused, not redone
-    assert without_times(json.loads(stdout_resumed)) == without_times(json.loads(stdout_whole))
-    a, b = saved_arrays(tmp_path / "whole"), saved_arrays(tmp_path / "killed")
+    assert without_times(json.loads(stdout_resumed)) == without_times(whole_json)
+    a, b = saved_arrays(whole_run), saved_arrays(tmp_path / "killed")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -240,10 +248,8 @@ def test_tsne_names_cannot_leave_the_run_directory(capsys, tmp_path):
         assert code == 2 and "unknown" in capsys.readouterr().err
 
 
-def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, tmp_path):
-    one = start_dp(digits_cnn, tmp_path / "one")
-    out_one, err = one.communicate()
-    assert one.returncode == 0, err[-2000:]
+def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, uninterrupted, tmp_path):
+    one_run, one_json = uninterrupted
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
            "defpert", *DP, "--checkpoint", str(digits_cnn), "--out", str(tmp_path / "two")]  # fmt: skip
@@ -260,8 +266,8 @@ def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, tmp_path
     out_resumed, err = resumed.communicate()
     assert resumed.returncode == 0, err[-2000:]
     assert_only_complete_files(tmp_path / "two", killed=False)
-    assert without_times(json.loads(out_resumed)) == without_times(json.loads(out_one))
-    a, b = saved_arrays(tmp_path / "one"), saved_arrays(tmp_path / "two")
+    assert without_times(json.loads(out_resumed)) == without_times(one_json)
+    a, b = saved_arrays(one_run), saved_arrays(tmp_path / "two")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 

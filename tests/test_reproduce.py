@@ -9,13 +9,17 @@ import pytest
 
 from defpert.cli import main
 
+# --quick, on fewer test images: what is checked here is the study's files, not its numbers
+QUICK = ["--quick", "--dataset", "digits", "--limit", "150", "--strong-limit", "50",
+         "--adaptive-limit", "12"]  # fmt: skip
 FILES = ["report.html", "report.md", "results.csv", "metrics.json", "config.json"]
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, isolated_environment):
     out = tmp_path_factory.mktemp("reproduce") / "run"
-    assert main(["reproduce", "--quick", "--dataset", "digits", "--out", str(out)]) == 0
+    with isolated_environment():
+        assert main(["reproduce", *QUICK, "--out", str(out)]) == 0
     return out
 
 
@@ -61,7 +65,7 @@ def test_writes_every_file(quick_run):
 
 def test_second_run_reuses_finished_stages(quick_run, capsys):
     capsys.readouterr()
-    assert main(["reproduce", "--quick", "--dataset", "digits", "--out", str(quick_run)]) == 0
+    assert main(["reproduce", *QUICK, "--out", str(quick_run)]) == 0
     captured = capsys.readouterr()
     err = captured.err
     # the time per stage is printed at the end, also when every stage was reused
@@ -152,12 +156,14 @@ def test_report_figures_load_in_headless_chromium(quick_run, width):
 def test_several_models_side_by_side_with_a_headline(tmp_path):
     out = tmp_path / "run"
     argv = ["reproduce", "--quick", "--dataset", "digits", "--models", "standard,fgsm-rs",
-            "--defense", "ce,hedge", "--adv-epochs", "15", "--limit", "120", "--strong-limit", "40",
+            "--defense", "ce,hedge", "--epochs", "8", "--adv-epochs", "10", "--limit", "60",
+            "--strong-limit", "20", "--adaptive-limit", "8",
             "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for results in metrics["rq1"].values():  # --limit and --strong-limit
-        assert {(r["n"], r["strong"]["n"]) for r in results} == {(120, 40)}
+        assert {(r["n"], r["strong"]["n"]) for r in results} == {(60, 20)}
+        assert {r["adaptive"]["n"] for r in results if r["defense"] == "hedge"} == {8}
     assert set(metrics["models"]) == {"standard", "fgsm-rs"}
     assert metrics["models"]["fgsm-rs"]["training"] == "adversarial-fgsm-rs"
     assert set(metrics["rq1"]) == {"linf", "l2", "linf-fgsm-rs", "l2-fgsm-rs"}
@@ -169,11 +175,13 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
     assert "Accuracy versus the defender's budget" in (out / "report.md").read_text()
     card = json.loads((out / "model-fgsm-rs" / "model.json").read_text())
     assert card["threat_trained_against"]["eps"] == 0.3
-    assert card["training"]["lr_schedule"] == "cyclic" and card["training"]["adv_warmup"] == 3
-    assert card["epochs"] == 15  # --adv-epochs
+    assert card["training"]["lr_schedule"] == "cyclic" and card["training"]["adv_warmup"] == 2
+    assert card["epochs"] == 10  # --adv-epochs
+    standard = json.loads((out / "model" / "model.json").read_text())
+    assert standard["epochs"] == 8  # --epochs
     md = (out / "report.md").read_text()
     assert "threat models for digits: linf eps 0.2" in md  # the defaults used, stated
-    assert "test examples: 120; strong attack on 40," in md
+    assert "test examples: 60; strong attack on 20, adaptive attack on 8" in md
     compute = metrics["compute_seconds"]  # the total cost of the study, stage by stage
     assert set(compute) == {"train standard", "train fgsm-rs", "rq1 linf", "rq1 l2",
                             "rq1 linf-fgsm-rs", "rq1 l2-fgsm-rs", "sweep", "budget fgsm-rs", "total"}  # fmt: skip

@@ -59,6 +59,9 @@ def add_study_parsers(sub: Any) -> None:
                     help="test images of the study (default: all; --quick: 300)")  # fmt: skip
     rp.add_argument("--strong-limit", type=int,
                     help="test images for the strong attack (default: 1000; --quick: 100)")  # fmt: skip
+    rp.add_argument("--adaptive-limit", type=int,
+                    help="test images for the adaptive attack through a reactive defense, at most "
+                         "the strong attack's (default: 200; --quick: 30)")  # fmt: skip
     rp.add_argument("--strong", default=None, metavar="TIER",
                     help="strong suite tier: quick, standard or plus (default: standard; --quick: quick)")  # fmt: skip
     rp.add_argument("--budget-from", default="defended",
@@ -200,13 +203,15 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     if not config.models:
         raise DefpertError(f"--models needs at least one of: {', '.join(MODEL_KINDS)}")
     for flag, value in (("--epochs", args.epochs), ("--adv-epochs", args.adv_epochs),
-                        ("--limit", args.limit), ("--strong-limit", args.strong_limit)):  # fmt: skip
+                        ("--limit", args.limit), ("--strong-limit", args.strong_limit),
+                        ("--adaptive-limit", args.adaptive_limit)):  # fmt: skip
         if value is not None and value < 1:
             raise DefpertError(f"{flag} must be at least 1, got {value}")
     config.epochs = args.epochs or config.epochs
     config.adv_epochs = args.adv_epochs or config.adv_epochs
     config.limit = args.limit or config.limit
     config.strong_limit = args.strong_limit or config.strong_limit
+    config.adaptive_limit = args.adaptive_limit or config.adaptive_limit
     if args.strong is not None:
         from defpert.attacks import check_tier
 
@@ -245,6 +250,7 @@ def reproduce_out(args: argparse.Namespace, config: Any) -> str:
         (f"adv-e{config.adv_epochs}", args.adv_epochs is not None),
         (f"n{config.limit}", args.limit is not None),
         (f"strong{config.strong_limit}", args.strong_limit is not None),
+        (f"adaptive{config.adaptive_limit}", args.adaptive_limit is not None),
         (config.strong_tier, args.strong is not None),
         (f"sq{config.square_queries}", args.square_queries is not None),
         ("from-original", config.budget_from != "defended"),
