@@ -47,6 +47,7 @@ def test_robust_checkpoints_are_shipped_for_mnist_and_fashion_mnist():
     assert ("mnist", "adversarial-pgd") in kinds
     assert ("fashion-mnist", "adversarial-pgd") in kinds
     assert ("mnist", "adversarial-trades") in kinds
+    assert ("fashion-mnist", "adversarial-trades") in kinds
 
 
 @pytest.fixture
@@ -125,7 +126,8 @@ def test_models_command_lists_a_cards_strong_suite_figure(shipped_root, capsys):
 @pytest.mark.parametrize(
     ("dataset", "kind", "name"),
     [("mnist", "pgd", "mnist-cnn-pgd"), ("mnist", "trades", "mnist-cnn-trades"),
-     ("fashion-mnist", "pgd", "fashion-mnist-cnn-pgd")],
+     ("fashion-mnist", "pgd", "fashion-mnist-cnn-pgd"),
+     ("fashion-mnist", "trades", "fashion-mnist-cnn-trades")],
 )  # fmt: skip
 def test_the_study_uses_the_shipped_robust_checkpoints(dataset, kind, name):
     from defpert.reproduce import ReproduceConfig
