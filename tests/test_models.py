@@ -50,6 +50,21 @@ def test_checkpoint_round_trip(tmp_path):
     assert read_card(tmp_path)["architecture"] == "cnn"
 
 
+# "meta" stands in for a GPU on a machine without one: a checkpoint loaded for a device must
+# live there, or every attack on it silently runs on the CPU (`dp --device cuda` once did)
+DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_checkpoint_is_loaded_onto_the_requested_device(tmp_path, device):
+    from defpert.devices import model_device
+
+    save_checkpoint(build_model("cnn", (1, 8, 8), 10), tmp_path, _card())
+    loaded, _ = load_checkpoint(tmp_path, map_location=device)
+    assert model_device(loaded).type == device
+    assert {t.device.type for t in [*loaded.parameters(), *loaded.buffers()]} == {device}
+
+
 def test_checkpoint_for_other_input_shape_is_refused(tmp_path):
     save_checkpoint(build_model("cnn", (1, 8, 8), 10), tmp_path, _card())
     with pytest.raises(DefpertError, match=r"made for inputs of shape \(1, 8, 8\)"):

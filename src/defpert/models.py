@@ -235,7 +235,7 @@ def load_checkpoint(
     if not weights.is_file():
         raise DefpertError(f"{run} is not a defpert checkpoint (no model.safetensors)")
     try:
-        state = load_file(str(weights), device=str(map_location))
+        state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DefpertError(f"{weights} is not a valid safetensors file: {exc}") from None
     try:
@@ -245,7 +245,8 @@ def load_checkpoint(
         raise DefpertError(
             f"{weights} does not match architecture {card['architecture']!r}: {first}"
         ) from None
-    model.eval()
+    # load_state_dict copies into the parameters where they are, so the model itself moves
+    model.to(map_location).eval()
     return model, card
 
 
