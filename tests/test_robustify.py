@@ -39,9 +39,12 @@ def test_robustify_raises_accuracy_under_pgd_more_than_ce(robust_digits):
     bare = under_pgd(model, x, y)
     by_method = {}
     for method in ("ce", "robustify"):
-        d = Defense(method, LinfBall(EPS), steps=10, step_size=EPS / 4, inner_steps=5)
+        d = Defense(method, LinfBall(EPS), steps=20, step_size=EPS / 4, inner_steps=5)
         by_method[method] = under_pgd(model, defend(model, x, y, d), y)
-    # measured: bare 0.553, ce 0.857, robustify 0.887 (300 digits)
+    # measured (300 digits): bare 0.557, ce 0.870, robustify 0.900 on an AMX Xeon; with
+    # training seed 1 and with PGD-50, robustify led by 3.0-4.3 points. With 10 outer steps
+    # the lead was 3.0 points on an AVX2 EPYC but -0.7 on the Xeon (another CPU trains
+    # another model), so the test takes 20.
     assert by_method["robustify"] > by_method["ce"] + 0.01 and by_method["ce"] > bare
 
 

@@ -10,9 +10,17 @@ perturbations (descend the defender's loss). Typical use from a notebook::
 __version__ = "0.1.0"
 
 import importlib
+import os
 import sys
 import types
 from typing import Any
+
+# Intel MKL's matrix products on AVX-512 CPUs split their sums across threads, so a linear
+# layer's output changed in its last bits with the thread count, and defpert picks its
+# thread count from the load: the same command gave other attack points on a busy machine.
+# MKL's strict reproducible mode keeps each product independent of the thread count, at
+# the best instruction set (read at MKL's first product; a user's own setting wins).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 # Where each public name lives. They are imported on first use, so `defpert --help` and
 # `defpert models` answer without waiting seconds for PyTorch and matplotlib to load.
