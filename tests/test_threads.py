@@ -140,3 +140,18 @@ def test_a_bad_thread_count_is_refused_in_one_line(argv_tail, env, message, monk
     err = capsys.readouterr().err.strip()
     assert err == f"defpert: error: {message}"
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("given", [None, "COMPATIBLE"])
+def test_mkl_strict_reproducible_mode_is_set_unless_the_user_chose(given):
+    """Without it, MKL's products on AVX-512 CPUs follow the thread count (see above)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if given:
+        env["MKL_CBWR"] = given
+    out = subprocess.run([sys.executable, "-c", "import os, defpert; print(os.environ['MKL_CBWR'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert out == (given or "AUTO,STRICT")
