@@ -25,7 +25,6 @@ from pgd_throughput import mnist_batch
 from defpert.attacks import pgd
 from defpert.devices import pick_device
 from defpert.models import load_checkpoint
-from defpert.shipped import resolve
 from defpert.threat import LinfBall
 
 
@@ -59,7 +58,7 @@ def main() -> None:
     gflops = {k: 2 * args.matmul**3 / median(v) / 1e9 for k, v in seconds.items()}
     print("matmul GFLOP/s: " + ", ".join(f"{k} {v:,.1f}" for k, v in gflops.items()), flush=True)
 
-    model, _ = load_checkpoint(resolve("shipped:mnist-cnn-pgd"), map_location=device)
+    model, _ = load_checkpoint("shipped:mnist-cnn-pgd", map_location=device)
     x, y = mnist_batch(args.batch)
     seconds = interleaved(pgd_runs(model, x, y, args.steps), reps=args.reps)
     rate = {k: args.batch * args.steps / median(v) for k, v in seconds.items()}
