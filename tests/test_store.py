@@ -245,3 +245,67 @@ def test_the_resume_line_names_the_attack_it_continues_inside():
         rq1._resumed_at(state, config)
         == "after apgd-ce, apgd-t and inside pgd-ce-100 from its last bookmark"
     )
+
+
+ROBUSTIFY_IN_CHUNKS = DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, defenses=("robustify", "hedge"),
+                               inner_steps=2, batch_size=8, strong=False, adaptive_limit=0)  # fmt: skip
+
+
+def test_a_run_killed_in_its_defense_continues_after_the_rows_it_kept(
+    digits_model, digits_test, tmp_path, monkeypatch
+):
+    from defpert import engine
+
+    class Killed(Exception):
+        pass
+
+    data = digits_test.head(60)  # 8 chunks of at most 8 rows
+    whole = run_dp(digits_model, data, ROBUSTIFY_IN_CHUNKS, out=tmp_path / "whole")
+    monkeypatch.setattr(store.RowsJournal, "interval", 0.0)  # a write after every chunk
+    real_write, writes = store.RowsJournal.write, []
+
+    def write_then_die(self, x, labels, batch_size, rows):
+        real_write(self, x, labels, batch_size, rows)
+        writes.append(len(rows))
+        if len(writes) == 3:
+            raise Killed
+
+    monkeypatch.setattr(store.RowsJournal, "write", write_then_die)
+    with pytest.raises(Killed):
+        run_dp(digits_model, data, ROBUSTIFY_IN_CHUNKS, out=tmp_path / "run")
+    journal = tmp_path / "run/partial/test/robustify/defensive.rows.npz"
+    assert journal.is_file() and writes == [8, 16, 24]
+    monkeypatch.setattr(store.RowsJournal, "write", real_write)
+    rows: list[int] = []
+    real_batch = engine.perturb_batch
+
+    def counting(model, x, *args, **kwargs):
+        rows.append(len(x))
+        return real_batch(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "perturb_batch", counting)
+    heard: list[str] = []
+    again = run_dp(
+        digits_model, data, ROBUSTIFY_IN_CHUNKS, out=tmp_path / "run", report=heard.append
+    )
+    assert sum(rows[:5]) == 60 - 24  # the defense computed only the rows it had not kept
+    assert "continuing the robustify defense after its first 24 examples (saved progress)" in heard
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in whole]
+    saved = store.load_npz(tmp_path / "run/versions/test/robustify/defensive.npz")[0]
+    expected = store.load_npz(tmp_path / "whole/versions/test/robustify/defensive.npz")[0]
+    assert (saved == expected).all()  # the same points as the uninterrupted run
+    assert not journal.exists()  # removed once the data version is saved
+
+
+def test_a_rows_journal_of_other_inputs_or_damaged_is_ignored(tmp_path):
+    journal = store.RowsJournal(tmp_path / "defensive.rows.npz")
+    x, labels = torch.rand(10, 1, 8, 8), torch.arange(10) % 3
+    assert journal.read(x, labels) is None and journal.rows_done() == 0
+    journal.write(x, labels, 4, x[:8] * 0.5)
+    back = journal.read(x, labels)
+    assert back is not None and back[:2] == (4, 8) and torch.equal(back[2], x[:8] * 0.5)
+    assert journal.rows_done() == 8
+    other = store.RowsJournal(journal.path)  # a run on other images or labels starts over
+    assert other.read(x.flip(0), labels) is None and other.read(x, labels.flip(0)) is None
+    journal.path.write_bytes(b"not an npz")
+    assert journal.read(x, labels) is None and journal.rows_done() == 0

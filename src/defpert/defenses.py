@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from defpert.defense_names import DEFENSES, LABEL_FREE, PROACTIVE, REACTIVE, ROBUSTIFY  # noqa: F401
-from defpert.engine import Schedule, madry_step_size, perturb, perturb_batch
+from defpert.engine import RowsProgress, Schedule, madry_step_size, perturb, perturb_batch
 from defpert.errors import DefpertError
 from defpert.evaluate import predict
 from defpert.objectives import Objective, cross_entropy, hedge, margin
@@ -171,11 +171,13 @@ def defend(
     batch_size: int | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    saved: RowsProgress | None = None,
 ) -> torch.Tensor:
     """Apply a defensive perturbation to ``x`` (N, C, H, W); returns the defensive inputs.
 
     Label-aware methods need the true labels ``y``; label-free ones (:data:`LABEL_FREE`)
-    never read them and use the model's prediction.
+    never read them and use the model's prediction. ``saved`` keeps the finished rows, so
+    that an interrupted defense continues where it stopped (see :func:`perturb`).
     """
     method = defense.method
     if method in LABEL_FREE:
@@ -187,7 +189,7 @@ def defend(
     return perturb(
         model, x, labels, threat=defense.threat, objective=defense.objective, schedule=defense.schedule,
         batch_size=batch_size, inner=defense.inner_attack(),
-        progress=progress, desc=f"defense-{method}", precision=precision,
+        progress=progress, desc=f"defense-{method}", precision=precision, saved=saved,
     )  # fmt: skip
 
 

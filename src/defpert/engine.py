@@ -12,8 +12,10 @@ exactly as they were.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -33,6 +35,24 @@ from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box, validat
 # ``previous`` holds the last step's inner offsets from the point (None at the first step),
 # so an inner attack may start where it ended (warm start).
 InnerPoint = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class RowsProgress(Protocol):
+    """Where a long perturbation keeps the rows it has finished, so that a rerun on the same
+    inputs continues after them (:class:`defpert.store.RowsJournal` keeps them in a file)."""
+
+    interval: float  # seconds between writes
+
+    def read(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, torch.Tensor] | None:
+        """``(batch_size, rows_done, rows)`` left by a run on these inputs, or None."""
+        ...
+
+    def write(
+        self, x: torch.Tensor, labels: torch.Tensor, batch_size: int, rows: torch.Tensor
+    ) -> None:
+        """Keep ``rows``, the results of the first ``len(rows)`` inputs."""
+        ...
+
 
 # How a step is taken from the gradient: the threat model's steepest step (sign for L-inf,
 # the normalised gradient for L2), or Adam's or RMSprop's per-pixel scaled step.
@@ -82,6 +102,7 @@ def perturb(
     precision: str = "fp32",
     anchor: torch.Tensor | None = None,
     start: torch.Tensor | None = None,
+    saved: RowsProgress | None = None,
 ) -> torch.Tensor:
     """Run projected gradient ascent or descent; return the perturbed inputs (CPU, detached).
 
@@ -95,6 +116,10 @@ def perturb(
     within eps of it (the attack's budget measured from the natural image as well as from
     the defended point ``x``). ``start`` (B, C, H, W), when given, is the first iterate's
     offset from ``x`` (projected like any other), in place of zero or a random start.
+    ``saved``, when given, keeps the finished rows as the chunks complete (at most once per
+    its ``interval``); a rerun on the same inputs takes them back and continues, in chunks
+    of the size the first run used, so it ends with the points the first run would have
+    (one process only: under torchrun nothing is kept).
     """
     device = model_device(model)
     if batch_size is not None and batch_size < 1:
@@ -107,14 +132,25 @@ def perturb(
     if start is None and schedule.random_start:
         start = threat.random_init(x.shape, generator)
     out = torch.empty_like(x)
-    bounds = [(lo, min(lo + batch_size, len(x))) for lo in range(0, len(x), batch_size)]
     ranks = distributed.world_size()  # under torchrun each rank computes its own chunks
+    if ranks > 1:
+        saved = None
+    done = 0
+    earlier = saved.read(x, labels) if saved is not None else None
+    if earlier is not None:
+        batch_size, done, rows = earlier
+        out[:done] = rows
+    bounds = [(lo, min(lo + batch_size, len(x))) for lo in range(0, len(x), batch_size)]
+    last_write = time.monotonic()
     with tqdm(total=len(x) * schedule.steps, desc=desc, unit="img-step", unit_scale=True,
               disable=not (progress and distributed.is_main()), leave=False) as bar, \
             ticking(bar):  # fmt: skip
+        bar.update(done * schedule.steps)
         for i in distributed.my_chunks(len(bounds)):
-            threads.adapt()
             lo, hi = bounds[i]
+            if hi <= done:
+                continue
+            threads.adapt()
             delta0 = start[lo:hi].to(device) if start is not None else None
             # An inner attack with random starts draws them for this chunk from a generator
             # seeded by the chunk's position, so every rank under torchrun draws the same.
@@ -127,6 +163,13 @@ def perturb(
                 anchor=anchor[lo:hi].to(device) if anchor is not None else None,
             ).cpu()  # fmt: skip
             bar.update(min((hi - lo) * schedule.steps * ranks, bar.total - bar.n))
+            if (
+                saved is not None
+                and hi < len(x)
+                and time.monotonic() - last_write >= saved.interval
+            ):
+                saved.write(x, labels, batch_size, out[:hi])
+                last_write = time.monotonic()
     return distributed.share_rows(out, bounds)
 
 

@@ -40,7 +40,7 @@ from defpert.errors import DefpertError
 from defpert.evaluate import accuracy, correct
 from defpert.models import environment
 from defpert.runs import write_json
-from defpert.store import Store, weights_digest
+from defpert.store import RowsJournal, Store, weights_digest
 from defpert.wording import count
 
 Report = Callable[[str], None]
@@ -116,6 +116,14 @@ def run_dp(
     started = time.perf_counter()
     bs = config.batch_size
 
+    def resumable(name: str, what: str) -> RowsJournal | None:
+        """The rows journal of data version ``name``, saying so when it holds progress."""
+        journal = store.rows_journal(name)
+        done = journal.rows_done() if journal is not None else 0
+        if done:
+            say(f"continuing {what} after its first {done:,} examples (saved progress)")
+        return journal
+
     def attack(images: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
         return _weak_attack(model, images, y, config, config.precision, anchor, progress)
 
@@ -175,7 +183,8 @@ def run_dp(
         defense = config.defense(method)
         say(f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})")
         x_def = store.version(f"{method}/defensive", partial(
-            defend, model, x, y, defense, batch_size=bs, progress=progress, precision=config.precision))  # fmt: skip
+            defend, model, x, y, defense, batch_size=bs, progress=progress, precision=config.precision,
+            saved=resumable(f"{method}/defensive", f"the {method} defense")))  # fmt: skip
         acc: dict[str, float] = {
             "original": acc_original,
             "original_attacked": acc_original_attacked,
@@ -230,7 +239,8 @@ def run_dp(
         else:
             x_adv_def = store.version(f"{method}/defended-adversarial", partial(
                 defend, model, x_adv, None, defense, batch_size=bs, progress=progress,
-                precision=config.precision))  # fmt: skip
+                precision=config.precision,
+                saved=resumable(f"{method}/defended-adversarial", f"the {method} defense of the attacked data")))  # fmt: skip
             acc["defended_adversarial"] = accuracy(model, x_adv_def, y)
             n_adaptive = min(config.adaptive_limit, n_strong if x_strong is not None else len(x))
             if n_adaptive:
