@@ -62,6 +62,20 @@ def _cnn(in_shape: tuple[int, int, int], classes: int) -> nn.Sequential:
     )  # fmt: skip
 
 
+def _madry(in_shape: tuple[int, int, int], classes: int) -> nn.Sequential:
+    """Madry et al.'s MNIST challenge network: conv5x5(32), pool, conv5x5(64), pool,
+    dense 1024, dense 10 (padded convolutions, as its ``SAME`` padding); about 3.3 M
+    weights against the ``cnn``'s 1.2 M, for radii the small one cannot hold."""
+    c, h, w = in_shape
+    flat = 64 * (h // 4) * (w // 4)
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
+        nn.Linear(flat, 1024), nn.ReLU(),
+        nn.Linear(1024, classes),
+    )  # fmt: skip
+
+
 def _lenet(in_shape: tuple[int, int, int], classes: int) -> nn.Sequential:
     """LeNet-5 (padded convolutions, so it fits 28x28 and 8x8 inputs alike)."""
     c, h, w = in_shape
@@ -88,6 +102,7 @@ def _mlp(in_shape: tuple[int, int, int], classes: int) -> nn.Sequential:
 
 ARCHITECTURES: dict[str, Callable[[tuple[int, int, int], int], nn.Sequential]] = {
     "cnn": _cnn,
+    "madry": _madry,
     "lenet": _lenet,
     "mlp": _mlp,
 }

@@ -44,7 +44,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     limit: int | None = None  # train on the first N training images only
-    adversarial: str = "none"  # ADVERSARIAL: pgd (Madry), trades (Zhang), fgsm-rs (Wong)
+    adversarial: str = (
+        "none"  # ADVERSARIAL: pgd (Madry), trades (Zhang), fgsm-rs (Wong), preempt (Moon)
+    )
     adv_norm: str = "linf"
     adv_eps: float | None = None  # default: ADV_EPS for the dataset
     adv_steps: int = 40  # pgd only
@@ -52,6 +54,7 @@ class TrainConfig:
     adv_warmup: float = 0.0  # epochs over which the training radius grows from 0 to adv_eps
     lr_schedule: str = "cosine"  # "cosine" decay, or "cyclic": up to lr at half-way, then down
     trades_beta: float = 6.0  # trades only: weight of the KL term (Zhang et al.: 1/lambda = 6)
+    defense_eps: float | None = None  # preempt only: the defender's budget (default: adv_eps)
 
     def settings(self) -> dict[str, Any]:
         """The settings that determine this model; those of another kind of training are
@@ -59,7 +62,23 @@ class TrainConfig:
         kept = vars(self).copy()
         if self.adversarial != "trades":
             kept.pop("trades_beta")
+        if self.adversarial != "preempt":
+            kept.pop("defense_eps")
         return kept
+
+    def defender(self) -> ThreatModel | None:
+        """The defender's ball of robust-to-robustification training (None for the others):
+        each batch's attack starts from a one-step defensive point inside it."""
+        if self.adversarial != "preempt":
+            return None
+        adversary = self.adversary()
+        assert adversary is not None
+        eps = self.defense_eps if self.defense_eps is not None else adversary[0].eps
+        norm = adversary[0].norm
+        if not eps > 0 or (norm == "linf" and eps > 1):
+            top = "1 for linf" if norm == "linf" else "any positive value for l2"
+            raise DefpertError(f"--defense-eps must be above 0 (at most {top}), got {eps:g}")
+        return make_threat(norm, eps)
 
     def adversary(self) -> tuple[ThreatModel, Schedule] | None:
         """The attack each training batch is replaced by (None for standard training)."""
@@ -75,11 +94,12 @@ class TrainConfig:
         if self.adversarial == "fgsm-rs":  # one signed step of 1.25 eps from a random start
             return threat, Schedule(1, 1.25 * threat.eps, random_start=True)
         # TRADES starts next to the clean input (0.001 * Gaussian noise), PGD anywhere in the ball
-        random_start = self.adversarial == "pgd"
+        random_start = self.adversarial in ("pgd", "preempt")
         return threat, Schedule(self.adv_steps, self.adv_step_size, random_start=random_start)
 
     def validate(self) -> None:
         self.adversary()
+        self.defender()
         if self.epochs < 1:
             raise DefpertError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -209,6 +229,16 @@ def _train(
             "step_size": adversary[1].step_size,
             "random_start": adversary[1].random_start,
             **({"trades_beta": config.trades_beta} if config.adversarial == "trades" else {}),
+            **(
+                {
+                    "defense_eps": defender.eps,
+                    "defense_point": "one signed step of 1.25 "
+                    "defense_eps from a random start, descending cross-entropy; the attack's "
+                    "budget measured from it",
+                }
+                if (defender := config.defender()) is not None
+                else {}
+            ),
         },
         "accuracy": {"test": test_acc, "val": metrics["val_accuracy"]},
         "environment": environment(dev),
@@ -269,6 +299,7 @@ def _fit(
     bookmarks = state_path is not None and ranks == 1
     progress = progress and distributed.is_main()
     adversary = config.adversary()
+    defender = config.defender()
     warmup = config.adv_warmup * steps_per_epoch  # batches over which the radius grows
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = _lr_schedule(optimizer, config.lr_schedule, steps_per_epoch * config.epochs)
@@ -315,7 +346,12 @@ def _fit(
                 y = train_split.labels[idx].to(device, non_blocking=True)
                 done = (epoch - 1) * steps_per_epoch + step  # batches before this one
                 now = None if adversary is None else _warmed_up(adversary, done, warmup)
-                if now is not None and config.adversarial == "trades":
+                if now is not None and defender is not None:
+                    grown = _scaled(defender, min(1.0, (done + 1) / warmup) if warmup > 0 else 1.0)
+                    x = preempt_point(model, x, y, grown, *now)
+                    logits = net(x)
+                    loss = F.cross_entropy(logits, y)
+                elif now is not None and config.adversarial == "trades":
                     x_adv = _trades_batch(model, x, *now)
                     logits, logits_adv = net(torch.cat([x, x_adv])).split(len(x))
                     loss = (
@@ -477,7 +513,43 @@ def recipe(adversarial: str = "none", **given: Any) -> dict[str, Any]:
 
 # The radius adversarial training defends by default (Madry et al. used 0.3 on MNIST).
 ADV_EPS = {"mnist": 0.3, "fashion-mnist": 0.1, "digits": 0.3}
-ADVERSARIAL = ("pgd", "trades", "fgsm-rs")
+ADVERSARIAL = ("pgd", "trades", "fgsm-rs", "preempt")
+
+
+def _scaled(threat: ThreatModel, fraction: float) -> ThreatModel:
+    """``threat`` with its radius times ``fraction`` (the radius warm-up)."""
+    return threat if fraction >= 1.0 else make_threat(threat.norm, threat.eps * fraction)
+
+
+def preempt_point(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    defender: ThreatModel,
+    threat: ThreatModel,
+    schedule: Schedule,
+) -> torch.Tensor:
+    """Moon et al.'s training point (AAAI 2022, robust-to-robustification training).
+
+    First a cheap defensive point: one signed step of 1.25 ``defender.eps`` *descending*
+    cross-entropy from a random start in the defender's ball (the one-step stand-in for
+    the robustification the model will meet at test time); then ``schedule``'s PGD from a
+    random start within ``threat``'s ball around that point (the man-in-the-middle attack,
+    its budget measured from the defended point). The result lies within
+    ``defender.eps + threat.eps`` of ``x`` and in [0, 1]. Computed in eval mode.
+    """
+    training = model.training
+    model.eval()
+    try:
+        start = defender.random_init(x.shape, None).to(x.device)  # the private, seeded RNG
+        one_step = Schedule(1, 1.25 * defender.eps, ascend=False)
+        x_def = perturb_batch(model, x, y, threat=defender, objective=cross_entropy,
+                              schedule=one_step, delta0=start).detach()  # fmt: skip
+        start = threat.random_init(x.shape, None).to(x.device)
+        return perturb_batch(model, x_def, y, threat=threat, objective=cross_entropy,
+                             schedule=schedule, delta0=start).detach()  # fmt: skip
+    finally:
+        model.train(training)
 
 
 def _adversarial_batch(

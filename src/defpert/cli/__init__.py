@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a classifier and report its test accuracy")
     tr.add_argument("--dataset", default="mnist")
-    tr.add_argument("--model", default="cnn", help="cnn, lenet or mlp")
+    tr.add_argument(
+        "--model",
+        default="cnn",
+        help="cnn, madry (Madry et al.'s MNIST challenge network), lenet or mlp",
+    )
     tr.add_argument("--epochs", type=int, help="default: 3; 10 with --adversarial")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--batch-size", type=int, help="default: 64; 100 with --adversarial")
@@ -55,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--adversarial",
         default="none",
-        help="adversarial training: none, pgd (Madry et al.), trades (Zhang et al.) or "
-        "fgsm-rs (Wong et al.)",
+        help="adversarial training: none, pgd (Madry et al.), trades (Zhang et al.), "
+        "fgsm-rs (Wong et al.) or preempt (Moon et al.'s robust-to-robustification training: "
+        "PGD from a one-step defensive point within --defense-eps)",
     )
+    tr.add_argument("--defense-eps", type=float,
+                    help="preempt: the defender's budget (default: --adv-eps)")  # fmt: skip
     tr.add_argument("--trades-beta", type=float, default=6.0,
                     help="trades: weight of the KL robustness term (default: 6)")  # fmt: skip
     tr.add_argument("--adv-norm", default="linf", help="threat model trained against: linf or l2")
@@ -135,7 +142,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, model=args.model, seed=args.seed,
         limit=args.limit, adversarial=args.adversarial, adv_norm=args.adv_norm,
         adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_step_size=args.adv_step_size,
-        trades_beta=args.trades_beta,
+        trades_beta=args.trades_beta, defense_eps=args.defense_eps,
         **recipe(args.adversarial, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  lr_schedule=args.lr_schedule, adv_warmup=args.adv_warmup),
     )  # fmt: skip
