@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -434,15 +435,17 @@ def test_an_interrupted_adaptive_attack_continues_to_the_uninterrupted_result(di
     cfg = AdaptiveConfig(steps=5, restarts=1, unrolled_steps=2, square_queries=300)
     whole = adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2)
     assert whole["broken_by"]["square-300"] > 0
-    journal = _MemoryJournal(stop_after=4)
+    stages = list(whole["seconds"])  # every stage ran: only Square breaks anything
+    assert stages[-2:] == ["unrolled-margin", "square-300"]
+    journal = _MemoryJournal(stop_after=len(stages) - 2)
     journal.interval = float("inf")  # no bookmarks inside a stage: stage by stage
     with pytest.raises(_Interrupted):
         adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2, journal=journal)
-    assert journal.state is not None and len(journal.state.done) == 4
+    assert journal.state is not None and journal.state.done == stages[:-2]
     journal.stop_after, journal.writes = None, 0
     resumed = adaptive_attack(masked, defense, x, y, threat=threat, config=cfg, seed=2,
                               journal=journal)  # fmt: skip
-    assert journal.writes == 2  # the unrolled stage and Square: the four done are not rerun
+    assert journal.writes == 2  # the last unrolled stage and Square: those done are not rerun
     assert resumed["robust"] == whole["robust"]
     assert resumed["broken_by"] == whole["broken_by"]
     assert set(resumed["seconds"]) == set(whole["seconds"])
@@ -467,7 +470,7 @@ def test_an_adaptive_attack_interrupted_inside_square_continues_from_its_bookmar
     journal = _StopInsideSquare()
     with pytest.raises(_Interrupted):
         adaptive_attack(masked, defense, x, y, journal=journal, **kw)
-    assert journal.state.done[-1] == "unrolled" and journal.state.running is not None
+    assert journal.state.done[-1] == "unrolled-margin" and journal.state.running is not None
     broken_before = int((journal.state.running.tensors["run_margin"] <= 0).sum())
     assert broken_before < whole["broken_by"]["square-300"]  # Square still had work to do
     resumed = adaptive_attack(masked, defense, x, y, journal=journal, **kw)
@@ -504,3 +507,101 @@ def test_square_interrupted_in_a_later_chunk_continues_from_its_bookmark(digits_
         masked, x, y, generator=g, resume=strong_module.Resume(mark, lambda m: None, 0.0), **kw
     )
     assert not torch.equal(whole, x) and torch.equal(again, whole)
+
+
+class _TwoStep(torch.nn.Module):
+    """A toy classifier on 8x8 images: class 1 needs the top half's mean pixel past 0.5
+    (t > 0); near t = 0.04 the bottom half's mean b counts as well. Its margin (class 1
+    over class 0) is 50 (0.04 - |t - 0.04|), plus 50 clamp(b - 0.5, 0, 0.15) near the peak;
+    two more classes never win."""
+
+    def forward(self, x):
+        t = x[:, :, :4].mean(dim=(1, 2, 3)) - 0.5
+        b = x[:, :, 4:].mean(dim=(1, 2, 3)) - 0.5
+        near = ((t - 0.04).abs() < 0.015).float()
+        m = 50 * (0.04 - (t - 0.04).abs()) + 50 * near * b.clamp(0, 0.15)
+        low = torch.full_like(m, -20.0)
+        return torch.stack([-m / 2, m / 2, low, low], 1)
+
+
+class _UndoShallow:
+    """A toy reactive defense: an input the model puts in class 1 by fewer than 4.5 logits
+    (just past the boundary) is replaced by an image deep in class 0; a deeper one is kept.
+    Its gradient is zero wherever it acts, so BPDA and the unrolled attack get nothing
+    there; only a point found on the bare model and pushed deep gets through."""
+
+    def wrap(self, model, mode):
+        class Wrapped(torch.nn.Module):
+            def forward(self, x):
+                with torch.no_grad():
+                    logits = model(x)
+                gap = logits[:, 1] - logits[:, 0]
+                shallow = ((gap > 0) & (gap < 4.5)).view(-1, 1, 1, 1)
+                home = torch.full_like(x[:1], 0.5)
+                home[:, :, :4] = 0.3
+                d = torch.where(shallow, home.expand_as(x), x)
+                return model(x + (d - x).detach()) if mode == "bpda" else model(d)
+
+        return Wrapped()
+
+
+def _toy_inputs():
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.04 * (torch.rand(16, 1, 8, 8, generator=g) - 0.5)
+    x[:, :, :4] += 0.45 - x[:, :, :4].mean(dim=(1, 2, 3), keepdim=True)
+    x[:, :, 4:] += 0.5 - x[:, :, 4:].mean(dim=(1, 2, 3), keepdim=True)
+    return x, torch.zeros(16, dtype=torch.long)
+
+
+def test_the_adaptive_attack_breaks_a_defense_that_only_undoes_shallow_points():
+    # Measured: without the deep candidates (the adaptive attack before them) all 16 stay
+    # robust: the strong suite's first crossings are undone, BPDA and the unrolled attack
+    # get a zero gradient; the deep candidates break all 16.
+    model, defense = _TwoStep(), _UndoShallow()
+    x, y = _toy_inputs()
+    threat = LinfBall(0.15)
+    exact = defense.wrap(model, "bpda")
+    assert bool(correct(exact, x, y).all())
+    strong = strong_attack(model, x, y, threat=threat, config=StrongConfig(square_queries=100))
+    assert strong.accuracy == 0.0  # the bare model has no robustness at all
+    assert bool(correct(exact, strong.adversarial, y).all())  # its first crossings are undone
+    cfg = AdaptiveConfig(square_queries=0)
+    shallow = adaptive_attack(model, defense, x, y, threat=threat, known={"strong": strong.adversarial},
+                              config=replace(cfg, deep_restarts=0))  # fmt: skip
+    assert shallow["accuracy"] == 1.0
+    result = adaptive_attack(model, defense, x, y, threat=threat,
+                             known={"strong": strong.adversarial}, config=cfg)  # fmt: skip
+    assert result["accuracy"] == 0.0
+    assert sum(v for k, v in result["broken_by"].items() if k.startswith("deep-")) == 16
+
+
+def test_the_adaptive_attack_is_never_above_the_strong_points_through_the_defense(digits_model, xy):
+    x, y = xy[0][:40], xy[1][:40]
+    defense = Defense("hedge", LinfBall(0.1), steps=3, step_size=0.03)
+    threat = LinfBall(0.15)
+    strong = strong_attack(digits_model, x, y, threat=threat, config=StrongConfig(**SHORT))
+    through = correct(defense.wrap(digits_model, "bpda"), strong.adversarial, y)
+    cfg = AdaptiveConfig(steps=10, restarts=1, unrolled_steps=2, square_queries=0, deep_restarts=1)
+    runs = [adaptive_attack(digits_model, defense, x, y, threat=threat,
+                            known={"strong": strong.adversarial}, config=cfg, seed=3)
+            for _ in range(2)]  # fmt: skip
+    robust = torch.tensor(runs[0]["robust"])
+    assert not bool((robust & ~through).any())  # robust only where the strong point failed
+    assert runs[0]["robust"] == runs[1]["robust"]  # same seed, same result
+    assert runs[0]["broken_by"] == runs[1]["broken_by"]
+
+
+def test_deep_apgd_keeps_the_highest_loss_point(digits_model, xy):
+    x, y = xy[0][:30], xy[1][:30]
+    threat = LinfBall(0.15)
+    first = apgd(digits_model, x, y, threat=threat, steps=20, generator=torch.Generator().manual_seed(0))
+    deep = apgd(digits_model, x, y, threat=threat, steps=20, keep="highest",
+                generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ce = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        lf = ce(digits_model(first), y, reduction="none")
+        ld = ce(digits_model(deep), y, reduction="none")
+    assert bool((ld >= lf - 1e-5).all()) and float(ld.mean()) > float(lf.mean()) + 1.0
+    assert float((deep - x).abs().amax()) <= 0.15 + 1e-6
+    with pytest.raises(DefpertError, match="one untargeted run"):
+        apgd(digits_model, x, y, threat=threat, restarts=2, keep="highest")

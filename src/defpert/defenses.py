@@ -97,6 +97,10 @@ class Defense:
             return 1
         return 1 + self.inner_restarts * self.inner_steps
 
+    def wrap(self, model: nn.Module, mode: str = "unrolled") -> DefendedModel:
+        """This reactive defense and ``model`` as one module (see :class:`DefendedModel`)."""
+        return DefendedModel(model, self, mode=mode)
+
     def inner_attack(self) -> InnerAttack | None:
         """The attack whose point the robustifying defense descends from (None for others)."""
         if self.method not in ROBUSTIFY:

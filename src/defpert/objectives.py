@@ -37,6 +37,21 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true
 
 
+def capped_margin(kappa: float) -> Objective:
+    """The CW margin capped at ``kappa`` (Carlini and Wagner's confidence): ``min(margin,
+    kappa)`` (B,). Ascending it pushes a point ``kappa`` logits past the boundary and then
+    leaves it there (the gradient is zero above the cap): a candidate a test-time defense
+    cannot pull back with a small move, without the drift of an unbounded loss."""
+    if not kappa >= 0:
+        raise DefpertError(f"kappa must be 0 or more, got {kappa}")
+
+    def objective(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return margin(logits, labels).clamp(max=kappa)
+
+    objective.__name__ = f"margin_capped_at_{kappa:g}"
+    return objective
+
+
 def hedge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy over all classes (B,); ``labels`` is ignored.
 

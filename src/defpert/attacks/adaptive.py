@@ -8,21 +8,33 @@ stage run only on the examples the defended model still classifies correctly:
 1. ``clean``: the unperturbed input (a defense can break clean points by itself);
 2. transfer: points found against the bare model (the weak attack's, the strong suite's),
    passed through the defense;
-3. BPDA (Athalye et al., 2018): the defense is run in the forward pass and treated as the
+3. deep transfer: the bare model's attacks run to their end (the last iterates of PGD on
+   cross-entropy and on the CW margin, APGD-CE's and APGD-DLR's highest-loss points, and
+   PGD on the CW margin capped at ``kappa``, each from several starts), passed through the
+   defense. A first point across the boundary, which the strong suite keeps, is the right
+   verdict on the bare model and the wrong candidate here: a defense that moves points a
+   little pulls it back, while a point deep in a wrong class stays there. On a one-epoch
+   MNIST ``cnn`` behind ``hedge`` (L-inf 0.2, first 200 test images) the strong suite's
+   first crossings broke 157 of 200 through the defense and the same attacks' deepest
+   points 198 (experiments/results/adaptive-depth-*.json);
+4. BPDA (Athalye et al., 2018): the defense is run in the forward pass and treated as the
    identity in the backward pass, with PGD on the CW margin and APGD on cross-entropy and
    DLR, each with random restarts and EOT over the defense's randomness (defpert's
-   defenses have none, so EOT draws one sample and says so);
-4. ``unrolled``: PGD differentiating through every defense step (for L-inf through a
-   straight-through sign, whose true derivative is zero);
-5. Square through the defense: black-box, so it needs no gradient of the defense at all.
+   defenses have none, so EOT draws one sample and says so), and PGD on cross-entropy;
+5. ``unrolled``: PGD on cross-entropy and on the CW margin differentiating through every
+   defense step (for L-inf through a straight-through sign, whose true derivative is zero);
+6. Square through the defense: black-box, so it needs no gradient of the defense at all.
 
 Every candidate is classified by the exact defended model (defense, then classifier).
+Any reactive defense works: one of the registry's (:class:`defpert.defenses.Defense`) or
+any object whose ``wrap(model, mode)`` gives the defended classifier (``mode`` ``"bpda"``:
+the exact defense forward, the identity backward; ``"unrolled"``: differentiable).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -33,11 +45,11 @@ from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, Sta
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.calibrate import chunk_size
-from defpert.defenses import DefendedModel, Defense
 from defpert.devices import model_device
-from defpert.engine import madry_step_size
+from defpert.engine import Schedule, madry_step_size, perturb
 from defpert.errors import DefpertError
 from defpert.evaluate import correct
+from defpert.objectives import capped_margin, cross_entropy, margin
 from defpert.threat import ThreatModel
 
 # The unrolled defense keeps every one of its steps' graphs: small chunks keep memory flat.
@@ -49,16 +61,33 @@ UNROLLED_CHUNK = 16
 SQUARE_GROUP = 256
 
 
+class Reactive(Protocol):
+    """A test-time defense the adaptive attack can go through."""
+
+    def wrap(self, model: nn.Module, mode: str) -> nn.Module:
+        """The defended classifier; ``mode`` is ``"bpda"`` or ``"unrolled"``."""
+        ...
+
+
+# The CW confidence of the deep candidates: on the one-epoch MNIST cnn behind hedge (L-inf
+# 0.2, n = 200) points capped at kappa = 0, 1, 2 and 5 broke 29, 150, 180 and 186 through
+# the defense, and every kappa from 5 to 50 the same 186; 10 sits inside that plateau
+# (experiments/results/adaptive-depth-hedge-cnn-e1-linf0.2-n200.json).
+DEEP_KAPPA = 10.0
+
+
 @dataclass(frozen=True)
 class AdaptiveConfig:
     """Lengths of the adaptive attack's stages."""
 
-    steps: int = 100  # BPDA PGD and APGD iterations
+    steps: int = 100  # BPDA PGD and APGD iterations, and the deep candidates' attacks
     restarts: int = 2  # APGD runs per loss (random starts)
     eot: int = 1  # gradient samples per step; >1 only helps against a randomised defense
     unrolled_steps: int = 20
     unrolled_step_size: float | None = None  # None: Madry's rule for unrolled_steps
     square_queries: int = 5000  # 0 skips the black-box stage
+    deep_restarts: int = 2  # runs of each deep candidate's attack (PGD: the first from x)
+    kappa: float = DEEP_KAPPA  # the capped margin's confidence
 
     def __post_init__(self) -> None:
         for name in ("steps", "restarts", "eot", "unrolled_steps"):
@@ -66,11 +95,15 @@ class AdaptiveConfig:
                 raise DefpertError(f"adaptive attack: {name} must be at least 1")
         if self.square_queries < 0:
             raise DefpertError("adaptive attack: square_queries must be 0 or more")
+        if self.deep_restarts < 0:
+            raise DefpertError("adaptive attack: deep_restarts must be 0 or more")
+        if not self.kappa >= 0:
+            raise DefpertError("adaptive attack: kappa must be 0 or more")
 
 
 def adaptive_attack(
     model: nn.Module,
-    defense: Defense,
+    defense: Reactive,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -90,7 +123,7 @@ def adaptive_attack(
     cfg = config or AdaptiveConfig()
     x, y = x.detach().cpu(), y.detach().cpu()
     chunk = chunk_size(model, tuple(x.shape[1:]), model_device(model))
-    exact = DefendedModel(model, defense, mode="bpda")  # its forward pass is the exact defense
+    exact = defense.wrap(model, "bpda")  # its forward pass is the exact defense
     robust = torch.ones(len(y), dtype=torch.bool)
     broken_by: dict[str, int] = {}
     seconds: dict[str, float] = {}
@@ -101,16 +134,20 @@ def adaptive_attack(
         broken_by[name] = broken_by.get(name, 0) + int((~still).sum())
 
     generator = torch.Generator().manual_seed(seed)
-    bpda = DefendedModel(model, defense, mode="bpda")
-    unrolled = DefendedModel(model, defense, mode="unrolled")
+    bpda = defense.wrap(model, "bpda")
+    unrolled = defense.wrap(model, "unrolled")
     unrolled_step = cfg.unrolled_step_size or madry_step_size(threat.eps, cfg.unrolled_steps)
+    step = madry_step_size(threat.eps, cfg.steps)
     stages: list[tuple[str, Any]] = [("clean", lambda xi, yi, r: xi)]
     for name, points in (known or {}).items():
         stages.append((f"transfer-{name}", _rows_of(points)))
+    stages += _deep_stages(model, threat, cfg, generator, chunk)
     stages += [
+        ("bpda-pgd-ce", lambda xi, yi, r: pgd(
+            bpda, xi, yi, threat=threat, steps=cfg.steps, step_size=step, loss="ce",
+            batch_size=chunk)),
         ("bpda-pgd-margin", lambda xi, yi, r: pgd(
-            bpda, xi, yi, threat=threat, steps=cfg.steps,
-            step_size=madry_step_size(threat.eps, cfg.steps), loss="margin",
+            bpda, xi, yi, threat=threat, steps=cfg.steps, step_size=step, loss="margin",
             batch_size=chunk)),
         ("bpda-apgd-ce", lambda xi, yi, r: apgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps, loss="ce", restarts=cfg.restarts,
@@ -121,6 +158,9 @@ def adaptive_attack(
         ("unrolled", lambda xi, yi, r: pgd(
             unrolled, xi, yi, threat=threat, steps=cfg.unrolled_steps, step_size=unrolled_step,
             loss="ce", batch_size=UNROLLED_CHUNK)),
+        ("unrolled-margin", lambda xi, yi, r: pgd(
+            unrolled, xi, yi, threat=threat, steps=cfg.unrolled_steps, step_size=unrolled_step,
+            loss="margin", batch_size=UNROLLED_CHUNK)),
     ]  # fmt: skip
     if cfg.square_queries:
         stages.append((f"square-{cfg.square_queries}", lambda xi, yi, r: square(
@@ -173,6 +213,43 @@ def adaptive_attack(
             else f"{cfg.eot} EOT samples",
         },  # fmt: skip
     }
+
+
+def _deep_stages(
+    model: nn.Module,
+    threat: ThreatModel,
+    cfg: AdaptiveConfig,
+    generator: torch.Generator,
+    chunk: int,
+) -> list[tuple[str, Any]]:
+    """The deep candidates: the bare model's attacks run to their end, one stage per run, so
+    that every run is judged through the defense and the next one attacks only the examples
+    still standing. PGD's first run starts at the input, every other run (and every APGD
+    run) at a random point of the ball, drawn from the cascade's generator."""
+    step = madry_step_size(threat.eps, cfg.steps)
+
+    def pgd_run(objective: Any, run: int) -> Any:
+        schedule = Schedule(cfg.steps, step, ascend=True, random_start=run > 0)
+        return lambda xi, yi, r: perturb(model, xi, yi, threat=threat, objective=objective,
+                                         schedule=schedule, generator=generator,
+                                         batch_size=chunk, desc="deep")  # fmt: skip
+
+    def apgd_run(loss: str) -> Any:
+        return lambda xi, yi, r: apgd(model, xi, yi, threat=threat, steps=cfg.steps, loss=loss,
+                                      generator=generator, batch_size=chunk, keep="highest")  # fmt: skip
+
+    kinds: list[tuple[str, Any]] = [
+        ("apgd-ce", lambda run: apgd_run("ce")),
+        (f"pgd-ce-{cfg.steps}", lambda run: pgd_run(cross_entropy, run)),
+        (f"pgd-margin-{cfg.steps}", lambda run: pgd_run(margin, run)),
+        ("apgd-dlr", lambda run: apgd_run("dlr")),
+        (f"cw-kappa-{cfg.kappa:g}", lambda run: pgd_run(capped_margin(cfg.kappa), run)),
+    ]
+    return [
+        (f"deep-{name}" + (f"-run{run + 1}" if run else ""), make(run))
+        for run in range(cfg.deep_restarts)
+        for name, make in kinds
+    ]
 
 
 class _rows_of:  # noqa: N801 - used like a function

@@ -34,6 +34,7 @@ from defpert.errors import DefpertError
 from defpert.threat import ThreatModel
 
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+APGD_KEEP = ("first-broken", "highest")  # which point of a run is returned
 
 
 def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,11 +83,16 @@ def apgd(
     batch_size: int | None = None,
     anchor: torch.Tensor | None = None,
     resume: Resume | None = None,
+    keep: str = "first-broken",
 ) -> torch.Tensor:
     """APGD on ``loss``; returns a point of the ball per example (CPU).
 
-    Where an example is misclassified at some iteration, that point is returned; elsewhere
-    the point of highest loss. ``restarts`` runs from fresh random starts only on examples
+    With ``keep="first-broken"`` (AutoAttack's choice, right for a model's robust
+    accuracy): where an example is misclassified at some iteration, that point is returned;
+    elsewhere the point of highest loss. With ``keep="highest"`` the point of highest loss
+    is returned for every example, broken or not: a point deep in a wrong class, the
+    candidate to pass through a test-time defense that pushes points back across a nearby
+    boundary (one run only: ``restarts=1``, untargeted). ``restarts`` runs from fresh random starts only on examples
     not yet broken; with ``loss="dlr-targeted"`` the restarts run for each of ``targets``
     target classes (the 2nd, 3rd, ... most likely class of the clean input). ``eot``
     averages each gradient over that many forward passes, for a randomised model. With an
@@ -98,6 +104,11 @@ def apgd(
         raise DefpertError(f"unknown APGD loss {loss!r}; choose one of: {', '.join(APGD_LOSSES)}")
     if steps < 1 or restarts < 1 or eot < 1:
         raise DefpertError("APGD needs at least 1 step, 1 restart and 1 EOT sample")
+    if keep not in APGD_KEEP:
+        raise DefpertError(f"unknown APGD keep {keep!r}; choose one of: {', '.join(APGD_KEEP)}")
+    deepest = keep == "highest"
+    if deepest and (restarts != 1 or loss == "dlr-targeted"):
+        raise DefpertError("APGD keeps the highest-loss point of one untargeted run only")
     device = model_device(model)
     size = batch_size or chunk_size(model, tuple(x.shape[1:]), device)
     x, y = x.detach().cpu(), y.detach().cpu()
@@ -105,7 +116,7 @@ def apgd(
     if len(x) == 0:
         return best
     clean_logits = logits_in_chunks(model, x, size)
-    unbroken = clean_logits.argmax(1) == y
+    unbroken = torch.ones_like(y, dtype=torch.bool) if deepest else clean_logits.argmax(1) == y
     ranks = range(2, targets + 2) if loss == "dlr-targeted" else [0]
     # Runs outside, chunks inside: each run's random starts are drawn for all the examples
     # it attacks at once, so they do not depend on the chunk size (which is calibrated per
@@ -126,8 +137,9 @@ def apgd(
                 model, x[sel].to(device), y[sel].to(device), target, threat, steps, loss,
                 starts[part].to(device), eot, a,
             )  # fmt: skip
-            best[sel] = torch.where(broken.view(-1, 1, 1, 1), adv, high).cpu()
-            unbroken[sel[broken.cpu()]] = False
+            best[sel] = (high if deepest else torch.where(broken.view(-1, 1, 1, 1), adv, high)).cpu()
+            if not deepest:
+                unbroken[sel[broken.cpu()]] = False
         offer_runs_done(resume, done + 1, best, unbroken)
     return best
 
