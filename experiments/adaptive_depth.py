@@ -24,11 +24,10 @@ from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
 from defpert.data import load_split
 from defpert.defenses import DefendedModel, Defense
-from defpert.engine import madry_step_size
+from defpert.engine import Schedule, madry_step_size, perturb
 from defpert.evaluate import correct
 from defpert.models import load_checkpoint
 from defpert.objectives import capped_margin
-from defpert.engine import Schedule, perturb
 from defpert.threat import make_threat
 
 
@@ -60,16 +59,54 @@ def main() -> None:
         candidates[name] = fn()
         seconds[name] = round(time.perf_counter() - t, 2)
 
-    timed("pgd-ce-100-last", lambda: pgd(model, x, y, threat=threat, steps=100, step_size=step, loss="ce"))
-    timed("pgd-margin-100-last", lambda: pgd(model, x, y, threat=threat, steps=100, step_size=step, loss="margin"))
-    timed("pgd-ce-100-random-start-last", lambda: pgd(model, x, y, threat=threat, steps=100, step_size=step, loss="ce", random_start=True, generator=g))
+    timed(
+        "pgd-ce-100-last",
+        lambda: pgd(model, x, y, threat=threat, steps=100, step_size=step, loss="ce"),
+    )
+    timed(
+        "pgd-margin-100-last",
+        lambda: pgd(model, x, y, threat=threat, steps=100, step_size=step, loss="margin"),
+    )
+    timed(
+        "pgd-ce-100-random-start-last",
+        lambda: pgd(
+            model,
+            x,
+            y,
+            threat=threat,
+            steps=100,
+            step_size=step,
+            loss="ce",
+            random_start=True,
+            generator=g,
+        ),
+    )
+    timed(
+        "apgd-ce-last-broken",
+        lambda: apgd(model, x, y, threat=threat, loss="ce", generator=g, keep="last-broken"),
+    )
     for loss in ("ce", "dlr"):
-        timed(f"apgd-{loss}-first-broken", lambda: apgd(model, x, y, threat=threat, loss=loss, generator=g))
-        timed(f"apgd-{loss}-highest", lambda: apgd(model, x, y, threat=threat, loss=loss, generator=g, keep="highest"))
+        timed(
+            f"apgd-{loss}-first-broken",
+            lambda loss=loss: apgd(model, x, y, threat=threat, loss=loss, generator=g),
+        )
+        timed(
+            f"apgd-{loss}-highest",
+            lambda loss=loss: apgd(
+                model, x, y, threat=threat, loss=loss, generator=g, keep="highest"
+            ),
+        )
     for kappa in [float(k) for k in a.kappas.split(",")]:
         sched = Schedule(100, step, ascend=True)
-        timed(f"cw-kappa-{kappa:g}", lambda: perturb(model, x, y, threat=threat, objective=capped_margin(kappa), schedule=sched))
-    bare = {k: int((~correct(model, project(threat, x, v), y)).sum()) for k, v in candidates.items()}
+        timed(
+            f"cw-kappa-{kappa:g}",
+            lambda kappa=kappa, sched=sched: perturb(
+                model, x, y, threat=threat, objective=capped_margin(kappa), schedule=sched
+            ),
+        )
+    bare = {
+        k: int((~correct(model, project(threat, x, v), y)).sum()) for k, v in candidates.items()
+    }
     through = {k: ~correct(exact, project(threat, x, v), y) for k, v in candidates.items()}
     broken = {k: int(v.sum()) for k, v in through.items()}
     worst = torch.zeros(len(y), dtype=torch.bool)
@@ -77,9 +114,12 @@ def main() -> None:
         worst |= v
     clean_def = int((~correct(exact, x, y)).sum())
     result = {
-        "checkpoint": a.checkpoint, "defense": vars(a), "n": len(y),
+        "checkpoint": a.checkpoint,
+        "defense": vars(a),
+        "n": len(y),
         "threat": {"norm": a.norm, "eps": a.eps, "budget_from": "natural image"},
-        "broken_on_bare_model": bare, "broken_through_defense": broken,
+        "broken_on_bare_model": bare,
+        "broken_through_defense": broken,
         "defended_clean_errors": clean_def,
         "robust_through_defense_worst_over_all": float(1 - worst.float().mean()),
         "seconds": seconds,

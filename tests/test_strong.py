@@ -340,10 +340,10 @@ def test_an_attack_interrupted_inside_continues_from_its_bookmark(
     targeted_runs: list[int] = []
     real_run = apgd_module._single_run
 
-    def counted(model, xi, yi, target, *rest):
+    def counted(model, xi, yi, target, *rest, **kw):
         if target is not None:
             targeted_runs.append(len(xi))
-        return real_run(model, xi, yi, target, *rest)
+        return real_run(model, xi, yi, target, *rest, **kw)
 
     monkeypatch.setattr(apgd_module, "_single_run", counted)
     whole = strong_attack(masked, x, y, threat=threat, config=cfg, seed=4)
@@ -594,7 +594,9 @@ def test_the_adaptive_attack_is_never_above_the_strong_points_through_the_defens
 def test_deep_apgd_keeps_the_highest_loss_point(digits_model, xy):
     x, y = xy[0][:30], xy[1][:30]
     threat = LinfBall(0.15)
-    first = apgd(digits_model, x, y, threat=threat, steps=20, generator=torch.Generator().manual_seed(0))
+    first = apgd(
+        digits_model, x, y, threat=threat, steps=20, generator=torch.Generator().manual_seed(0)
+    )
     deep = apgd(digits_model, x, y, threat=threat, steps=20, keep="highest",
                 generator=torch.Generator().manual_seed(0))  # fmt: skip
     ce = torch.nn.functional.cross_entropy

@@ -9,7 +9,8 @@ stage run only on the examples the defended model still classifies correctly:
 2. transfer: points found against the bare model (the weak attack's, the strong suite's),
    passed through the defense;
 3. deep transfer: the bare model's attacks run to their end (the last iterates of PGD on
-   cross-entropy and on the CW margin, APGD-CE's and APGD-DLR's highest-loss points, and
+   cross-entropy and on the CW margin, APGD-CE's and APGD-DLR's highest-loss points,
+   APGD-CE's last misclassified iterate, and
    PGD on the CW margin capped at ``kappa``, each from several starts), passed through the
    defense. A first point across the boundary, which the strong suite keeps, is the right
    verdict on the bare model and the wrong candidate here: a defense that moves points a
@@ -234,15 +235,16 @@ def _deep_stages(
                                          schedule=schedule, generator=generator,
                                          batch_size=chunk, desc="deep")  # fmt: skip
 
-    def apgd_run(loss: str) -> Any:
+    def apgd_run(loss: str, keep: str = "highest") -> Any:
         return lambda xi, yi, r: apgd(model, xi, yi, threat=threat, steps=cfg.steps, loss=loss,
-                                      generator=generator, batch_size=chunk, keep="highest")  # fmt: skip
+                                      generator=generator, batch_size=chunk, keep=keep)  # fmt: skip
 
     kinds: list[tuple[str, Any]] = [
         ("apgd-ce", lambda run: apgd_run("ce")),
         (f"pgd-ce-{cfg.steps}", lambda run: pgd_run(cross_entropy, run)),
         (f"pgd-margin-{cfg.steps}", lambda run: pgd_run(margin, run)),
         ("apgd-dlr", lambda run: apgd_run("dlr")),
+        ("apgd-ce-last", lambda run: apgd_run("ce", "last-broken")),
         (f"cw-kappa-{cfg.kappa:g}", lambda run: pgd_run(capped_margin(cfg.kappa), run)),
     ]
     return [

@@ -34,7 +34,7 @@ from defpert.errors import DefpertError
 from defpert.threat import ThreatModel
 
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
-APGD_KEEP = ("first-broken", "highest")  # which point of a run is returned
+APGD_KEEP = ("first-broken", "last-broken", "highest")  # which point of a run is returned
 
 
 def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -90,8 +90,9 @@ def apgd(
     With ``keep="first-broken"`` (AutoAttack's choice, right for a model's robust
     accuracy): where an example is misclassified at some iteration, that point is returned;
     elsewhere the point of highest loss. With ``keep="highest"`` the point of highest loss
-    is returned for every example, broken or not: a point deep in a wrong class, the
-    candidate to pass through a test-time defense that pushes points back across a nearby
+    is returned for every example, broken or not, and with ``keep="last-broken"`` the last
+    misclassified iterate (torchattacks' choice): points deep in a wrong class, the
+    candidates to pass through a test-time defense that pushes points back across a nearby
     boundary (one run only: ``restarts=1``, untargeted). ``restarts`` runs from fresh random starts only on examples
     not yet broken; with ``loss="dlr-targeted"`` the restarts run for each of ``targets``
     target classes (the 2nd, 3rd, ... most likely class of the clean input). ``eot``
@@ -106,7 +107,7 @@ def apgd(
         raise DefpertError("APGD needs at least 1 step, 1 restart and 1 EOT sample")
     if keep not in APGD_KEEP:
         raise DefpertError(f"unknown APGD keep {keep!r}; choose one of: {', '.join(APGD_KEEP)}")
-    deepest = keep == "highest"
+    deepest = keep != "first-broken"
     if deepest and (restarts != 1 or loss == "dlr-targeted"):
         raise DefpertError("APGD keeps the highest-loss point of one untargeted run only")
     device = model_device(model)
@@ -135,9 +136,10 @@ def apgd(
             a = anchor[sel].to(device) if anchor is not None else None
             adv, broken, high = _single_run(
                 model, x[sel].to(device), y[sel].to(device), target, threat, steps, loss,
-                starts[part].to(device), eot, a,
+                starts[part].to(device), eot, a, last=keep == "last-broken",
             )  # fmt: skip
-            best[sel] = (high if deepest else torch.where(broken.view(-1, 1, 1, 1), adv, high)).cpu()
+            kept = high if keep == "highest" else torch.where(broken.view(-1, 1, 1, 1), adv, high)
+            best[sel] = kept.cpu()
             if not deepest:
                 unbroken[sel[broken.cpu()]] = False
         offer_runs_done(resume, done + 1, best, unbroken)
@@ -156,8 +158,10 @@ def _single_run(
     eot: int,
     anchor: torch.Tensor | None = None,
     rho: float = 0.75,
+    last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One APGD run from ``x + delta0``: (first misclassified points, which broke, best-loss points)."""
+    """One APGD run from ``x + delta0``: (first misclassified points, or the last with
+    ``last``; which broke; best-loss points)."""
 
     def gradient(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         grad = torch.zeros_like(point)
@@ -190,7 +194,8 @@ def _single_run(
             x_prev, x_adv = x_adv, project(threat, x, moved, anchor)
         grad, logits, values = gradient(x_adv)
         wrong = logits.argmax(1) != y
-        x_broken[wrong & ~broken] = x_adv[wrong & ~broken]
+        newly = wrong if last else wrong & ~broken
+        x_broken[newly] = x_adv[newly]
         broken |= wrong
         history[i] = values
         up = values > value_high
