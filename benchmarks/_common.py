@@ -90,7 +90,7 @@ def machine() -> dict[str, Any]:
     AVX512_BF16, AMX); ``load_average`` (1 minute) above ~0.5 per core means other programs
     shared the CPU.
     """
-    from defpert.devices import cpu_info
+    from defpert.runtime.devices import cpu_info
 
     info = cpu_info()
     flags = [f.upper() for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if info[f]]

@@ -33,12 +33,12 @@ from _common import emit
 
 from defpert.attacks import StrongConfig, strong_attack
 from defpert.attacks._common import project
+from defpert.core.evaluate import correct
+from defpert.core.threat import make_threat
 from defpert.data import load_split
-from defpert.devices import pick_device
-from defpert.evaluate import correct
 from defpert.models import load_checkpoint
-from defpert.reference import GradientMasked
-from defpert.threat import make_threat
+from defpert.runtime.devices import pick_device
+from defpert.testing import GradientMasked
 
 
 def cpu_description() -> dict[str, Any]:

@@ -21,12 +21,12 @@ import torch
 from _common import emit, interleaved, machine, median
 from pgd_throughput import mnist_batch
 
+from defpert.core.engine import Schedule, perturb_batch
+from defpert.core.evaluate import predict
+from defpert.core.threat import LinfBall
 from defpert.defenses import DEFENSES, LABEL_FREE, Defense, defend
-from defpert.engine import Schedule, perturb_batch
-from defpert.evaluate import predict
 from defpert.models import build_model
-from defpert.reference import textbook_model
-from defpert.threat import LinfBall
+from defpert.testing import textbook_model
 
 
 def textbook_defend(

@@ -7,7 +7,7 @@ implementations run interleaved in one process and the medians are compared. Als
 reported: a plain PGD loop (the textbook one: whole batch at once, a standard
 channels-first cnn with ReLU before pooling, parameters left trainable) to show what
 defpert's levers buy, the fraction of the machine's fp32 matmul rate reached, the chunk size
-the calibration chose on this machine (``defpert.calibrate``) with the rate measured at each
+the calibration chose on this machine (``defpert.runtime.calibrate``) with the rate measured at each
 candidate, and defpert with the whole batch as one chunk.
 
 torchattacks is installed without its dependencies: ``pip install --no-deps torchattacks``.
@@ -26,10 +26,10 @@ from _common import emit, flops_per_image_step, interleaved, machine, median, pe
 from torch import nn
 
 from defpert.attacks import pgd
-from defpert.devices import pick_device
+from defpert.core.threat import L2Ball, LinfBall
 from defpert.models import build_model
-from defpert.reference import art_classifier, textbook_model, textbook_pgd
-from defpert.threat import L2Ball, LinfBall
+from defpert.runtime.devices import pick_device
+from defpert.testing import art_classifier, textbook_model, textbook_pgd
 
 SETTINGS = {"linf": (LinfBall(0.2), 0.01), "l2": (L2Ball(2.5), 0.075)}
 
@@ -95,7 +95,7 @@ def main() -> None:
     flops = flops_per_image_step(model, (1, 28, 28))  # counted on the CPU copy
     model = model.to(device)
     peak = peak_gflops(device=device)
-    from defpert import calibrate
+    from defpert.runtime import calibrate
 
     chosen = calibrate.chunk_size(model, (1, 28, 28), device)
     alternatives = calibrate.measure(model, (1, 28, 28), device)

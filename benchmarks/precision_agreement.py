@@ -7,7 +7,7 @@ how far apart the two runs' points lie.
 
 Every accuracy is computed here again, in fp32, with the runs' own checkpoint, so only the
 points differ. A 2,000-example check of this kind decides whether ``--precision auto`` may
-use bf16 (``defpert.rq1.PRECISION_TOLERANCE``: 0.5 points).
+use bf16 (``defpert.study.dp.PRECISION_TOLERANCE``: 0.5 points).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from _common import emit, machine
 
-from defpert.evaluate import correct
+from defpert.core.evaluate import correct
 from defpert.models import load_checkpoint
-from defpert.rq1 import PRECISION_TOLERANCE
-from defpert.store import load_npz
+from defpert.study.dp import PRECISION_TOLERANCE
+from defpert.study.store import load_npz
 
 VERSIONS = ("adversarial", "{defense}/defensive", "{defense}/defensive-attacked")
 

@@ -23,9 +23,9 @@ from _common import emit, interleaved, machine, median
 from pgd_throughput import mnist_batch
 
 from defpert.attacks import pgd
-from defpert.devices import pick_device
+from defpert.core.threat import LinfBall
 from defpert.models import load_checkpoint
-from defpert.threat import LinfBall
+from defpert.runtime.devices import pick_device
 
 
 def matmul_runs(size: int, device: torch.device) -> dict[str, Callable[[], Any]]:

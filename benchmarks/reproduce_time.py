@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from _common import emit, flops_per_image_step, machine, peak_gflops
 
-from defpert import calibrate
 from defpert.data import get_spec, load_split
 from defpert.defenses import ROBUSTIFY
-from defpert.dp_config import DPConfig
 from defpert.models import build_model
-from defpert.reproduce import ReproduceConfig
+from defpert.runtime import calibrate
+from defpert.study.config import DPConfig
+from defpert.study.reproduce import ReproduceConfig
 
 
 def stage_seconds(run: Path) -> dict[str, float]:

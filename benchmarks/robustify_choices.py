@@ -19,13 +19,13 @@ import time
 import torch
 from _common import machine
 
+from defpert.core.engine import Schedule, perturb
+from defpert.core.evaluate import accuracy, correct
+from defpert.core.objectives import cross_entropy, margin
+from defpert.core.threat import LinfBall
 from defpert.data import load_split
 from defpert.defenses import Defense, defend
-from defpert.engine import Schedule, perturb
-from defpert.evaluate import accuracy, correct
 from defpert.models import load_checkpoint
-from defpert.objectives import cross_entropy, margin
-from defpert.threat import LinfBall
 from defpert.train import TrainConfig, recipe, train
 
 SETTINGS: list[tuple[str, str, dict[str, object]]] = [

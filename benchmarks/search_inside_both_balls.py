@@ -24,10 +24,10 @@ from _common import emit, machine
 from defpert.attacks._common import project
 from defpert.attacks.fab import fab
 from defpert.attacks.square import square
+from defpert.core.evaluate import correct
+from defpert.core.threat import L2Ball, LinfBall
 from defpert.data import load_split
 from defpert.defenses import Defense, defend
-from defpert.evaluate import correct
-from defpert.threat import L2Ball, LinfBall
 from defpert.train import TrainConfig, train
 
 

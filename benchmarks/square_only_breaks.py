@@ -30,12 +30,12 @@ from _common import machine
 
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
+from defpert.core.evaluate import correct
+from defpert.core.objectives import margin
 from defpert.defenses import defend
-from defpert.dp_config import DPConfig
-from defpert.evaluate import correct
 from defpert.models import load_checkpoint
-from defpert.objectives import margin
-from defpert.shipped import resolve
+from defpert.models.shipped import resolve
+from defpert.study.config import DPConfig
 
 PATH_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -25,11 +25,11 @@ from _common import emit, interleaved, machine, median
 from pgd_throughput import mnist_batch
 
 from defpert.attacks import square
-from defpert.calibrate import chunk_size
-from defpert.devices import pick_device
+from defpert.core.threat import LinfBall
 from defpert.models import load_checkpoint
-from defpert.shipped import resolve
-from defpert.threat import LinfBall
+from defpert.models.shipped import resolve
+from defpert.runtime.calibrate import chunk_size
+from defpert.runtime.devices import pick_device
 
 EPS = 0.3
 

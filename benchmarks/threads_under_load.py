@@ -1,11 +1,11 @@
 """PGD throughput when other programs keep cores busy: one thread, every core, and the
-count ``defpert.threads`` picks, beside torchattacks at PyTorch's default.
+count ``defpert.runtime.threads`` picks, beside torchattacks at PyTorch's default.
 
     python benchmarks/threads_under_load.py [--busy 0,1] [--batch 128,512] [--settle 120]
 
 For each entry of ``--busy`` the benchmark starts that many single-threaded busy loops of
 its own, waits ``--settle`` seconds so that the one-minute load average sees them, reads
-the thread count that ``defpert.threads.free_cores`` picks from that load (what the
+the thread count that ``defpert.runtime.threads.free_cores`` picks from that load (what the
 ``defpert`` command does at its start), then times PGD on the zoo's ``cnn`` (MNIST test
 images) interleaved in one process: defpert at one thread, at every core, at the picked
 count, and torchattacks at every core (its users' default). Anything else running on the
@@ -25,9 +25,9 @@ from _common import emit, interleaved, machine, median
 from pgd_throughput import mnist_batch
 
 from defpert.attacks import pgd
+from defpert.core.threat import LinfBall
 from defpert.models import build_model
-from defpert.threads import available_cores, free_cores, load_average
-from defpert.threat import LinfBall
+from defpert.runtime.threads import available_cores, free_cores, load_average
 
 THREAT, STEP = LinfBall(0.2), 0.01
 

@@ -19,7 +19,7 @@ from pgd_throughput import mnist_batch
 
 from defpert.data import Split, get_spec
 from defpert.models import build_model
-from defpert.reference import textbook_model
+from defpert.testing import textbook_model
 from defpert.train import TrainConfig, _fit
 
 

@@ -18,9 +18,9 @@ import time
 from _common import machine
 
 from defpert.attacks import StrongConfig, pgd, strong_attack
+from defpert.core.evaluate import accuracy
+from defpert.core.threat import LinfBall
 from defpert.data import load_split
-from defpert.evaluate import accuracy
-from defpert.threat import LinfBall
 from defpert.train import TrainConfig, recipe, train
 
 

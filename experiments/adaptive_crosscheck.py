@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from defpert.attacks._common import project
+from defpert.core.evaluate import correct
+from defpert.core.threat import make_threat
 from defpert.data import load_split
 from defpert.defenses import Defense
-from defpert.evaluate import correct
 from defpert.models import load_checkpoint
-from defpert.threat import make_threat
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:

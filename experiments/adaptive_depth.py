@@ -22,13 +22,13 @@ import torch
 from defpert.attacks import pgd
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
+from defpert.core.engine import Schedule, madry_step_size, perturb
+from defpert.core.evaluate import correct
+from defpert.core.objectives import capped_margin
+from defpert.core.threat import make_threat
 from defpert.data import load_split
 from defpert.defenses import DefendedModel, Defense
-from defpert.engine import Schedule, madry_step_size, perturb
-from defpert.evaluate import correct
 from defpert.models import load_checkpoint
-from defpert.objectives import capped_margin
-from defpert.threat import make_threat
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from defpert.data import Split, default_data_dir, fetch, load_split
+from defpert.data.datasets import Split, default_data_dir, fetch, load_split
 from defpert.models import build_model
 
 
@@ -54,10 +54,10 @@ def isolated_environment(
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread() -> Iterator[None]:
     """The suite, and the commands it starts, run on one CPU thread: its small models gain
-    little from more, a shared machine makes more 2-3x slower (``defpert.threads``), and
+    little from more, a shared machine makes more 2-3x slower (``defpert.runtime.threads``), and
     trained weights depend on the count, so two processes of one test must agree on it.
     ``tests/test_threads.py`` checks the load-following count itself."""
-    from defpert import threads
+    from defpert.runtime import threads
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(threads.ENV, "1")

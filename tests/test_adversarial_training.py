@@ -5,10 +5,10 @@ import json
 import pytest
 
 from defpert.attacks import pgd
+from defpert.core.evaluate import accuracy
+from defpert.core.threat import LinfBall
 from defpert.errors import DefpertError
-from defpert.evaluate import accuracy
 from defpert.models import load_checkpoint
-from defpert.threat import LinfBall
 from defpert.train import TrainConfig, _lr_schedule, _warmed_up, train
 
 
@@ -108,14 +108,14 @@ def test_adversarial_training_defaults_to_the_recipe_that_trains_on_mnist():
 def test_preempt_point_stays_within_both_budgets_and_the_box(digits_test):
     import torch
 
+    from defpert.core.threat import L2Ball
     from defpert.models import build_model
-    from defpert.threat import L2Ball
     from defpert.train import preempt_point
 
     model = build_model("cnn", (1, 8, 8), 10).eval()
     x, y = digits_test.images[:64], digits_test.labels[:64]
     defender, threat = LinfBall(0.1), LinfBall(0.15)
-    from defpert.engine import Schedule
+    from defpert.core.engine import Schedule
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -135,7 +135,7 @@ def test_preempt_training_raises_robustified_accuracy_above_pgd_training(digits_
     """Robust-to-robustification training (Moon et al.): after ``robustify`` within
     eps_def, PGD within eps of the defended point leaves more digits right on a model
     trained with ``preempt`` than on one trained with PGD at eps, on the same examples."""
-    from defpert.defenses import Defense, defend
+    from defpert.defenses.methods import Defense, defend
 
     eps = eps_def = 0.3  # at 0.15 + 0.15 both kept 94 % of the digits
     common = {"dataset": "digits", "epochs": 10, "adv_eps": eps, "adv_steps": 7,

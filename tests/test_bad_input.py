@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from defpert.cli import main
-from defpert.data import DATASETS
+from defpert.data.datasets import DATASETS
+from defpert.data.idx import encode_idx
 from defpert.errors import DefpertError
-from defpert.idx import encode_idx
 from defpert.models import build_model, save_checkpoint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -54,7 +54,7 @@ def tampered_shipped(tmp: Path) -> None:
     """A shipped directory whose one checkpoint's weights do not match the index."""
     import json
 
-    from defpert import shipped
+    from defpert.models import shipped
 
     digits_checkpoint(tmp)
     root = tmp / "shipped"
@@ -116,7 +116,7 @@ def corrupt_train_state(tmp: Path) -> None:
 
 def stopped_dp_run(tmp: Path) -> None:
     """A dp run stopped after it saved the original data and before the attacked data."""
-    from defpert.store import save_version
+    from defpert.study.store import save_version
 
     images, labels = torch.from_numpy(PIX[:4]), torch.from_numpy(LAB[:4])
     save_version(tmp / "r" / "versions" / "test" / "original.npz", images, labels)
@@ -561,7 +561,7 @@ def run_case(tmp: Path, setup, argv: list[str]) -> tuple[int, str]:
 
 @pytest.mark.parametrize(("what", "setup", "argv", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, monkeypatch, what, setup, argv, message):
-    from defpert import shipped
+    from defpert.models import shipped
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(shipped, "SHIPPED_DIR", shipped.SHIPPED_DIR)  # restored after
@@ -596,7 +596,7 @@ LIBRARY_CASES = [
 )
 def test_bad_input_to_library_calls(what, spoil, message):
     from defpert.attacks import pgd
-    from defpert.threat import LinfBall
+    from defpert.core.threat import LinfBall
 
     model = build_model("cnn", (1, 8, 8), 10).eval()
     x, y = spoil(torch.from_numpy(PIX), torch.from_numpy(LAB))
@@ -612,7 +612,7 @@ def write_doc() -> None:
     import tempfile
 
     rows = []
-    from defpert import shipped
+    from defpert.models import shipped
 
     real_shipped = shipped.SHIPPED_DIR
     for what, setup, argv, _ in CASES:
@@ -629,7 +629,7 @@ def write_doc() -> None:
         rows.append(f"| {what} | `defpert {shown}` | {code} | {line} |")
     for what, spoil, _ in LIBRARY_CASES:
         from defpert.attacks import pgd
-        from defpert.threat import LinfBall
+        from defpert.core.threat import LinfBall
 
         x, y = spoil(torch.from_numpy(PIX), torch.from_numpy(LAB))
         try:

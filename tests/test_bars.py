@@ -9,10 +9,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from defpert import bars, engine
-from defpert.engine import Schedule, perturb
-from defpert.objectives import cross_entropy
-from defpert.threat import LinfBall
+from defpert.core import engine
+from defpert.core.engine import Schedule, perturb
+from defpert.core.objectives import cross_entropy
+from defpert.core.threat import LinfBall
+from defpert.runtime import progress as bars
 
 
 def bar_threads() -> list[threading.Thread]:

@@ -3,8 +3,8 @@
 import pytest
 
 from defpert.cli import main
-from defpert.rq1 import DPConfig
-from defpert.sweep import run_budget_sweep
+from defpert.study.dp import DPConfig
+from defpert.study.sweep import run_budget_sweep
 
 
 def test_budget_zero_is_the_bare_model_and_budgets_grow_the_defense(digits_model, digits_test):
@@ -48,7 +48,7 @@ def test_sweep_refuses_budget_settings_that_cannot_work(capsys, tmp_path, extra,
 
 
 def test_budget_figure_draws_a_curve_per_defense_and_attack():
-    from defpert.figures import budget_curves
+    from defpert.report.figures import budget_curves
 
     rows = [{"defense": d, "eps_def": e, "eps": 0.2, "weak": 0.5 + e, "weak_strong_n": None,
              "strong": None if d == "ce" else 0.4 + e} for d in ("ce", "robustify") for e in (0, 0.2)]  # fmt: skip

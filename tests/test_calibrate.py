@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from defpert import calibrate
 from defpert.attacks import pgd
+from defpert.core.threat import LinfBall
 from defpert.errors import DefpertError
-from defpert.threat import LinfBall
+from defpert.runtime import calibrate
 
 
 @pytest.fixture

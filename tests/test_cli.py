@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from defpert.cli import main
-from defpert.data import DATASETS
-from defpert.defenses import DefendedModel
-from defpert.evaluate import correct
-from defpert.idx import encode_idx
+from defpert.core.evaluate import correct
+from defpert.data.datasets import DATASETS
+from defpert.data.idx import encode_idx
+from defpert.defenses.methods import DefendedModel
 from defpert.models import build_model, load_checkpoint, save_checkpoint
-from defpert.rq1 import DPConfig
+from defpert.study.dp import DPConfig
 
 
 def run(capsys, *argv):
@@ -425,7 +425,7 @@ def test_ctrl_c_says_whether_a_rerun_continues(capsys, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(importlib.import_module("defpert.train"), "train", ctrl_c)
-    monkeypatch.setattr(importlib.import_module("defpert.data"), "fetch", ctrl_c)
+    monkeypatch.setattr(importlib.import_module("defpert.data.datasets"), "fetch", ctrl_c)
     assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "t")]) == 130
     assert capsys.readouterr().err.strip().endswith("run the same command again to continue "
                                                     "from what it saved")  # fmt: skip
@@ -442,7 +442,7 @@ def test_studies_of_other_settings_get_their_own_default_directory(monkeypatch, 
         outs.append(out)
         raise KeyboardInterrupt  # stop before any work
 
-    monkeypatch.setattr(importlib.import_module("defpert.reproduce"), "reproduce", record)
+    monkeypatch.setattr(importlib.import_module("defpert.study.reproduce"), "reproduce", record)
     for argv in (
         ["reproduce", "--quick"],
         ["reproduce"],

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from defpert import data
+from defpert.data import datasets as data
+from defpert.data.idx import encode_idx
 from defpert.errors import DefpertError
-from defpert.idx import encode_idx
 
 
 def test_digits_needs_no_fetch():

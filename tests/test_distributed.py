@@ -67,7 +67,7 @@ def _saved_as_rank_sees_it(rank: int, port: int, runs: list[str], out: str) -> N
     import torch
     import torch.distributed as dist
 
-    from defpert.store import Store
+    from defpert.study.store import Store
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2,
@@ -90,7 +90,7 @@ def test_every_rank_takes_rank_0s_view_of_what_is_saved(tmp_path):
     import torch
     import torch.multiprocessing as mp
 
-    from defpert.store import Store, save_version
+    from defpert.study.store import Store, save_version
 
     runs = [tmp_path / "rank0-run", tmp_path / "rank1-run"]
     for run in runs:

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from defpert.attacks import StrongConfig, pgd, strong_attack
-from defpert.defenses import DEFENSES, DefendedModel, Defense, defend
-from defpert.engine import Schedule, perturb
-from defpert.evaluate import accuracy, correct
-from defpert.objectives import cross_entropy, hedge, margin
-from defpert.threat import L2Ball, LinfBall
+from defpert.core.engine import Schedule, perturb
+from defpert.core.evaluate import accuracy, correct
+from defpert.core.objectives import cross_entropy, hedge, margin
+from defpert.core.threat import L2Ball, LinfBall
+from defpert.defenses.methods import DEFENSES, DefendedModel, Defense, defend
 
 THREATS = [LinfBall(0.15), L2Ball(1.0)]
 
@@ -179,7 +179,7 @@ def test_agrees_with_art_pgd(digits_model, xy, threat):
     import numpy as np
     from art.attacks.evasion import ProjectedGradientDescent
 
-    from defpert.reference import art_classifier
+    from defpert.testing import art_classifier
 
     x, y = xy
     step = threat.eps / 8
@@ -245,7 +245,7 @@ def test_hedge_objective_ignores_labels():
 
 
 def test_the_fused_cross_entropy_sum_gives_each_example_the_same_gradient():
-    from defpert.objectives import cross_entropy, margin, summed
+    from defpert.core.objectives import cross_entropy, margin, summed
 
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(64, 10, generator=g) * 30).requires_grad_(True)

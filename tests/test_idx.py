@@ -3,8 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
+from defpert.data.idx import encode_idx, parse_idx, read_idx, read_images_and_labels
 from defpert.errors import DefpertError
-from defpert.idx import encode_idx, parse_idx, read_idx, read_images_and_labels
 
 
 def _images(n: int = 5) -> np.ndarray:

@@ -57,7 +57,7 @@ DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_checkpoint_is_loaded_onto_the_requested_device(tmp_path, device):
-    from defpert.devices import model_device
+    from defpert.runtime.devices import model_device
 
     save_checkpoint(build_model("cnn", (1, 8, 8), 10), tmp_path, _card())
     loaded, _ = load_checkpoint(tmp_path, map_location=device)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from defpert import rq1
-from defpert.rq1 import DPConfig, run_dp
+from defpert.study import dp as rq1
+from defpert.study.dp import DPConfig, run_dp
 
 
 def config(**kw):

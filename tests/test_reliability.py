@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from defpert.cli import main
-from defpert.runs import claim_run
+from defpert.runtime.rundir import claim_run
 
 DP = ["dp", "--dataset", "digits", "--defense", "all", "--inner-steps", "3", "--limit", "160", "--strong-limit", "60", "--strong-steps",
       "20", "--strong", "quick", "--square-queries", "20", "--adaptive-limit", "20", "--json", "--no-progress"]  # fmt: skip
@@ -138,7 +138,7 @@ def without_times(obj):
 
 def test_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     from defpert.errors import DefpertError
-    from defpert.runs import write_bytes_atomic
+    from defpert.runtime.rundir import write_bytes_atomic
 
     target = write_bytes_atomic(tmp_path / "metrics.json", b'{"ok": 1}\n')
 
@@ -146,7 +146,7 @@ def test_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
         tmp.write_bytes(b'{"half')
         raise OSError(28, "No space left on device")
 
-    from defpert.runs import write_atomic
+    from defpert.runtime.rundir import write_atomic
 
     with pytest.raises(DefpertError, match="No space left on device"):
         write_atomic(target, disk_full)
@@ -225,7 +225,7 @@ def test_training_interrupted_inside_an_epoch_resumes_at_its_bookmark(tmp_path, 
 def test_download_with_wrong_sha256_leaves_no_file(tmp_path, monkeypatch):
     import gzip
 
-    from defpert import data
+    from defpert.data import datasets as data
     from defpert.errors import DefpertError
 
     monkeypatch.setattr(data, "_download", lambda url, progress: gzip.compress(b"not mnist"))

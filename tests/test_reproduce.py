@@ -196,7 +196,7 @@ def test_several_models_side_by_side_with_a_headline(tmp_path):
 
 
 def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
-    from defpert.report import headline
+    from defpert.report.document import headline
 
     threat = {"norm": "linf", "eps": 0.2, "steps": 20, "step_size": 0.01}
 
@@ -233,7 +233,7 @@ def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
 
 
 def test_terminal_summary_is_an_aligned_table_with_each_columns_n():
-    from defpert.report import terminal_summary
+    from defpert.report.document import terminal_summary
 
     threat = {"norm": "linf", "eps": 0.2, "steps": 20, "step_size": 0.01, "budget_from": "defended"}
     acc = {"original": 0.99, "original_attacked": 0.9, "original_attacked_strong": 0.8,

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from defpert.attacks import pgd
-from defpert.defenses import Defense, InnerAttack, defend
-from defpert.engine import Schedule, perturb_batch
+from defpert.core.engine import Schedule, perturb_batch
+from defpert.core.evaluate import accuracy
+from defpert.core.objectives import cross_entropy
+from defpert.core.threat import L2Ball, LinfBall
+from defpert.defenses.methods import Defense, InnerAttack, defend
 from defpert.errors import DefpertError
-from defpert.evaluate import accuracy
-from defpert.objectives import cross_entropy
-from defpert.threat import L2Ball, LinfBall
 from defpert.train import TrainConfig, train
 
 EPS = 0.2
@@ -19,7 +19,7 @@ EPS = 0.2
 @pytest.fixture(scope="module")
 def robust_digits():
     """A cnn PGD-trained on the digits (seconds), and 300 test images."""
-    from defpert.data import load_split
+    from defpert.data.datasets import load_split
 
     cfg = TrainConfig(dataset="digits", epochs=10, adversarial="pgd", adv_eps=EPS,
                       adv_steps=7, adv_step_size=0.07, batch_size=100, lr=5e-3,
@@ -154,8 +154,8 @@ def test_undo_then_attack_stays_in_the_attackers_ball(robust_digits):
 
 
 def test_the_study_folds_undo_then_attack_into_the_strong_number(robust_digits):
-    from defpert.data import load_split
-    from defpert.rq1 import DPConfig, run_dp
+    from defpert.data.datasets import load_split
+    from defpert.study.dp import DPConfig, run_dp
 
     model, _, _ = robust_digits
     config = DPConfig(norm="linf", eps=EPS, steps=10, step_size=EPS / 8,

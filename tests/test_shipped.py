@@ -6,16 +6,15 @@ import shutil
 
 import pytest
 
-from defpert import shipped
 from defpert.attacks import pgd
 from defpert.cli import main
-from defpert.data import load_split
+from defpert.core.evaluate import accuracy
+from defpert.core.threat import make_threat
+from defpert.data.datasets import load_split
 from defpert.errors import DefpertError
-from defpert.evaluate import accuracy
-from defpert.models import load_checkpoint
-from defpert.runs import file_sha256
-from defpert.threat import make_threat
-from defpert.train import TrainConfig, trained_as
+from defpert.models import load_checkpoint, shipped
+from defpert.runtime.rundir import file_sha256
+from defpert.train import TrainConfig, matching_shipped, trained_as
 
 SHIPPED = shipped.index()
 
@@ -23,7 +22,7 @@ SHIPPED = shipped.index()
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_checkpoint_matches_its_record(name):
-    from defpert.data import fetch
+    from defpert.data.datasets import fetch
 
     record = SHIPPED[name]
     model, card = load_checkpoint(f"shipped:{name}")  # verifies the SHA-256 first
@@ -90,8 +89,8 @@ def test_matching_finds_the_checkpoint_of_the_same_training_settings(shipped_roo
 
     training = read_card(digits_cnn)["training"]
     same = TrainConfig(**{k: v for k, v in training.items() if k != "kind"})
-    assert shipped.matching(same) == "digits-cnn"
-    assert shipped.matching(TrainConfig(**{**vars(same), "seed": 1})) is None
+    assert matching_shipped(same) == "digits-cnn"
+    assert matching_shipped(TrainConfig(**{**vars(same), "seed": 1})) is None
     into = shipped.install("digits-cnn", shipped_root.parent / "study" / "model")
     assert file_sha256(into / "model.safetensors") == file_sha256(digits_cnn / "model.safetensors")
 
@@ -130,7 +129,7 @@ def test_models_command_lists_a_cards_strong_suite_figure(shipped_root, capsys):
      ("fashion-mnist", "trades", "fashion-mnist-cnn-trades")],
 )  # fmt: skip
 def test_the_study_uses_the_shipped_robust_checkpoints(dataset, kind, name):
-    from defpert.reproduce import ReproduceConfig
+    from defpert.study.reproduce import ReproduceConfig
 
     config = ReproduceConfig(dataset=dataset, models=(kind,)).train_config(kind)
-    assert shipped.matching(config) == name
+    assert matching_shipped(config) == name

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from defpert.attacks import pgd
-from defpert.defenses import Defense, defend
-from defpert.engine import frozen_parameters
+from defpert.core.engine import frozen_parameters
+from defpert.core.threat import L2Ball, LinfBall
+from defpert.defenses.methods import Defense, defend
 from defpert.models import build_model
-from defpert.reference import textbook_model, textbook_pgd
-from defpert.threat import L2Ball, LinfBall
+from defpert.testing import textbook_model, textbook_pgd
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_bf16_mode_stays_in_the_ball_and_agrees_with_fp32(digits_model, digits_t
 
 
 def test_dp_in_bf16_reports_its_check_against_fp32(digits_model, digits_test):
-    from defpert.rq1 import DPConfig, run_dp
+    from defpert.study.dp import DPConfig, run_dp
 
     cfg = DPConfig(eps=0.1, step_size=0.02, steps=5, strong=False, precision="bf16")
     result = run_dp(digits_model, digits_test.head(100), cfg)[0]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defpert import rq1, store
-from defpert.reproduce import _stage
-from defpert.rq1 import DPConfig, run_dp
+from defpert.study import dp as rq1
+from defpert.study import store
+from defpert.study.dp import DPConfig, run_dp
+from defpert.study.reproduce import _stage
 
 
 def _count_calls(monkeypatch, module, name):
@@ -194,8 +195,8 @@ def test_a_strong_attack_killed_inside_square_continues_from_its_file(
     digits_model, digits_test, tmp_path, monkeypatch
 ):
     from defpert.attacks import StrongConfig, strong_attack
-    from defpert.reference import GradientMasked
-    from defpert.threat import LinfBall
+    from defpert.core.threat import LinfBall
+    from defpert.testing import GradientMasked
 
     class Killed(Exception):
         pass
@@ -254,7 +255,7 @@ ROBUSTIFY_IN_CHUNKS = DPConfig(norm="linf", eps=0.1, steps=3, step_size=0.03, de
 def test_a_run_killed_in_its_defense_continues_after_the_rows_it_kept(
     digits_model, digits_test, tmp_path, monkeypatch
 ):
-    from defpert import engine
+    from defpert.core import engine
 
     class Killed(Exception):
         pass

@@ -11,11 +11,11 @@ import torch
 from defpert.attacks import StrongConfig, apgd, fab, square, strong_attack
 from defpert.attacks import strong as strong_module
 from defpert.attacks.adaptive import AdaptiveConfig, adaptive_attack
-from defpert.defenses import DefendedModel, Defense
+from defpert.core.evaluate import accuracy, correct
+from defpert.core.threat import L2Ball, LinfBall
+from defpert.defenses.methods import DefendedModel, Defense
 from defpert.errors import DefpertError
-from defpert.evaluate import accuracy, correct
-from defpert.reference import GradientMasked
-from defpert.threat import L2Ball, LinfBall
+from defpert.testing import GradientMasked
 
 THREATS = [LinfBall(0.1), L2Ball(0.6)]
 # Each tier with shortened lengths: the tier's attacks, in seconds on the digits.
@@ -182,7 +182,7 @@ def test_unrolled_linf_defense_passes_a_gradient(digits_model, xy):
 
 @pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
 def test_both_balls_projection_is_feasible_and_keeps_feasible_points(threat):
-    from defpert.threat import clip_to_both_balls
+    from defpert.core.threat import clip_to_both_balls
 
     g = torch.Generator().manual_seed(0)
     natural = torch.rand(64, 1, 8, 8, generator=g)
@@ -206,7 +206,7 @@ def test_black_box_and_fab_search_inside_both_balls(digits_model, digits_test, t
     # projected there (not only its nearest boundary point, projected at the end).
     from defpert.attacks._common import project
     from defpert.attacks.fab import fab
-    from defpert.defenses import defend
+    from defpert.defenses.methods import defend
 
     x, y = digits_test.images[:200], digits_test.labels[:200]
     x_def = defend(digits_model, x, y, Defense("ce", threat, steps=10, step_size=threat.eps / 4))
@@ -228,7 +228,7 @@ def test_black_box_and_fab_search_inside_both_balls(digits_model, digits_test, t
 
 @pytest.mark.parametrize("budget_from", ["defended", "original"])
 def test_budget_from_sets_the_distance_to_the_natural_image(digits_model, digits_test, budget_from):
-    from defpert.rq1 import DPConfig, run_dp
+    from defpert.study.dp import DPConfig, run_dp
 
     # a weak attack too short to break anything: the strong suite's own points are measured
     config = DPConfig(norm="linf", eps=0.1, steps=1, step_size=0.002, defenses=("ce",),
@@ -246,7 +246,7 @@ def test_budget_from_sets_the_distance_to_the_natural_image(digits_model, digits
 
 
 def test_defended_points_face_the_bare_models_points_transferred(digits_model, digits_test):
-    from defpert.rq1 import DPConfig, run_dp
+    from defpert.study.dp import DPConfig, run_dp
 
     config = DPConfig(norm="linf", eps=0.1, steps=5, step_size=0.03, defenses=("ce",),
                       strong_tier="quick", strong_steps=5, square_queries=20, strong_limit=40,

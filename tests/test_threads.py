@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defpert import threads
 from defpert.attacks import pgd
 from defpert.cli import main
-from defpert.threat import L2Ball, LinfBall
+from defpert.core.threat import L2Ball, LinfBall
+from defpert.runtime import threads
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,7 @@ def test_a_fixed_count_is_kept_whatever_the_load(monkeypatch):
 
 def test_the_engine_and_the_attacks_look_at_the_load_between_chunks(monkeypatch, digits_model):
     from defpert.attacks import StrongConfig, strong_attack  # noqa: F401  (import cost outside)
-    from defpert.data import load_split
+    from defpert.data.datasets import load_split
 
     looks = {"n": 0}
     monkeypatch.setattr(threads, "adapt", lambda: looks.__setitem__("n", looks["n"] + 1))
@@ -92,7 +92,7 @@ def test_the_engine_and_the_attacks_look_at_the_load_between_chunks(monkeypatch,
 
 @pytest.mark.parametrize("threat", [LinfBall(0.3), L2Ball(2.5)], ids=["linf", "l2"])
 def test_pgd_points_do_not_depend_on_the_thread_count(threat, mnist_dir):
-    from defpert.data import load_split
+    from defpert.data.datasets import load_split
     from defpert.models import load_checkpoint
 
     model, _ = load_checkpoint("shipped:mnist-cnn-pgd")

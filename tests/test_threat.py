@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from defpert.core.threat import L2Ball, LinfBall, clip_to_box, make_threat, validate_schedule
 from defpert.errors import DefpertError
-from defpert.threat import L2Ball, LinfBall, clip_to_box, make_threat, validate_schedule
 
 
 @settings(max_examples=60, deadline=None)

@@ -50,7 +50,7 @@ def test_same_seed_same_embedding(small):
 
 def test_features_separate_classes_better_than_adversarial(small, digits_model):
     from defpert.attacks import pgd
-    from defpert.threat import LinfBall
+    from defpert.core.threat import LinfBall
 
     x, y = small
     x_adv = pgd(digits_model, x, y, threat=LinfBall(0.2), steps=10, step_size=0.04)
@@ -109,8 +109,8 @@ def test_many_versions_wrap_three_panels_a_row_with_legible_text(small):
 
 
 def test_image_grid_shows_each_perturbation_on_a_colour_scale(digits_model):
-    from defpert.data import load_split
-    from defpert.figures import image_grid
+    from defpert.data.datasets import load_split
+    from defpert.report.figures import image_grid
 
     test = load_split("digits", "test").head(3)
     moved = (test.images + 0.1).clamp(0, 1)

@@ -20,7 +20,9 @@ REFERENCE = (ROOT / "tests" / "reference_commit.txt").read_text().split()[0]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("reference_outputs", ROOT / "tools" / "reference_outputs.py")
+    spec = importlib.util.spec_from_file_location(
+        "reference_outputs", ROOT / "tools" / "reference_outputs.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -49,7 +51,9 @@ def test_every_number_equals_the_reference_commits(monkeypatch):
         (Path(tmp) / "new").mkdir()
         (Path(tmp) / "ref").mkdir()
         new = tool.run("fast", Path(tmp) / "new")
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ref_src), os.environ.get("PYTHONPATH", "")]))
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join([str(ref_src), os.environ.get("PYTHONPATH", "")])
+        )
         ref = tool.run("fast", Path(tmp) / "ref")
     assert new.keys() == ref.keys() and all(new.values())
     assert tool.differences(ref, new) == []

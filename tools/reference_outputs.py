@@ -141,7 +141,11 @@ def differences(a: Any, b: Any, where: str = "") -> list[str]:
             found += differences(a[k], b[k], f"{where}/{k}")
         return found
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (u, v) in enumerate(zip(a, b)) for d in differences(u, v, f"{where}[{i}]")]
+        return [
+            d
+            for i, (u, v) in enumerate(zip(a, b, strict=True))
+            for d in differences(u, v, f"{where}[{i}]")
+        ]
     return [] if a == b or (a != a and b != b) else [f"{where}: {a!r} != {b!r}"]
 
 

@@ -1,5 +1,5 @@
 """Ship a checkpoint that ``defpert train`` wrote: copy it into the package, measure it,
-record its SHA-256 and provenance in ``src/defpert/checkpoints/index.json``.
+record its SHA-256 and provenance in ``src/defpert/models/checkpoints/index.json``.
 
     python tools/ship_checkpoint.py runs/mnist-cnn-pgd10 mnist-cnn-pgd \
         --command "defpert train --dataset mnist --adversarial pgd ..." --commit 6d192ad
@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from defpert.attacks import pgd
+from defpert.core.evaluate import correct
+from defpert.core.threat import make_threat
 from defpert.data import load_split
-from defpert.evaluate import correct
 from defpert.models import load_checkpoint, read_card
-from defpert.runs import file_sha256, read_json, write_json
-from defpert.shipped import INDEX, SHIPPED_DIR
-from defpert.threat import make_threat
+from defpert.models.shipped import INDEX, SHIPPED_DIR
+from defpert.runtime.rundir import file_sha256, read_json, write_json
 
 CHECK_N = 200  # test images the test suite re-measures for each shipped checkpoint
 

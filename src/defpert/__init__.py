@@ -10,6 +10,8 @@ perturbations (descend the defender's loss). Typical use from a notebook::
 __version__ = "0.1.0"
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import types
@@ -25,19 +27,19 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 # Where each public name lives. They are imported on first use, so `defpert --help` and
 # `defpert models` answer without waiting seconds for PyTorch and matplotlib to load.
 _PUBLIC = {
-    "fetch": "defpert.data",
-    "load_split": "defpert.data",
+    "fetch": "defpert.data.datasets",
+    "load_split": "defpert.data.datasets",
     "DefpertError": "defpert.errors",
-    "accuracy": "defpert.evaluate",
-    "predict": "defpert.evaluate",
-    "build_model": "defpert.models",
-    "load_checkpoint": "defpert.models",
-    "save_checkpoint": "defpert.models",
+    "accuracy": "defpert.core.evaluate",
+    "predict": "defpert.core.evaluate",
+    "build_model": "defpert.models.zoo",
+    "load_checkpoint": "defpert.models.checkpoint",
+    "save_checkpoint": "defpert.models.checkpoint",
     "TrainConfig": "defpert.train",
     "TrainResult": "defpert.train",
     "train": "defpert.train",
-    "draw_tsne": "defpert.tsne",
-    "embed_tsne": "defpert.tsne",
+    "draw_tsne": "defpert.report.tsne",
+    "embed_tsne": "defpert.report.tsne",
 }
 
 
@@ -67,6 +69,55 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+# Modules that moved when the package took its layout (core/, study/, report/, runtime/, ...):
+# the old names keep working for one release, with a DeprecationWarning naming the new one.
+MOVED = {
+    "defpert.threat": "defpert.core.threat",
+    "defpert.objectives": "defpert.core.objectives",
+    "defpert.engine": "defpert.core.engine",
+    "defpert.evaluate": "defpert.core.evaluate",
+    "defpert.defense_names": "defpert.defenses.registry",
+    "defpert.idx": "defpert.data.idx",
+    "defpert.shipped": "defpert.models.shipped",
+    "defpert.dp_config": "defpert.study.config",
+    "defpert.rq1": "defpert.study.dp",
+    "defpert.store": "defpert.study.store",
+    "defpert.sweep": "defpert.study.sweep",
+    "defpert.reproduce": "defpert.study.reproduce",
+    "defpert.figures": "defpert.report.figures",
+    "defpert.tsne": "defpert.report.tsne",
+    "defpert.devices": "defpert.runtime.devices",
+    "defpert.threads": "defpert.runtime.threads",
+    "defpert.distributed": "defpert.runtime.distributed",
+    "defpert.calibrate": "defpert.runtime.calibrate",
+    "defpert.runs": "defpert.runtime.rundir",
+    "defpert.bars": "defpert.runtime.progress",
+    "defpert.reference": "defpert.testing",
+}
+
+
+class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports an old module name as the module it moved to (the same module object)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in MOVED:
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        import warnings
+
+        new = MOVED[spec.name]
+        warnings.warn(f"{spec.name} moved to {new}; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=3)  # fmt: skip
+        return importlib.import_module(new)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass  # the module it moved to is already executed
+
+
+sys.meta_path.insert(0, _MovedFinder())
 
 
 __all__ = [

@@ -20,16 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from defpert import distributed, threads
-from defpert.data import Split, load_split
-from defpert.devices import pick_device
-from defpert.engine import Schedule, perturb_batch
+from defpert.core.engine import Schedule, perturb_batch
+from defpert.core.evaluate import accuracy
+from defpert.core.objectives import cross_entropy
+from defpert.core.threat import ThreatModel, make_threat
+from defpert.data.datasets import Split, load_split
 from defpert.errors import DefpertError
-from defpert.evaluate import accuracy
-from defpert.models import build_model, environment, save_checkpoint
-from defpert.objectives import cross_entropy
-from defpert.runs import claim_run, write_atomic, write_json
-from defpert.threat import ThreatModel, make_threat
+from defpert.models import shipped
+from defpert.models.checkpoint import environment, read_card, save_checkpoint
+from defpert.models.zoo import build_model
+from defpert.runtime import distributed, threads
+from defpert.runtime.devices import pick_device
+from defpert.runtime.rundir import claim_run, write_atomic, write_json
 from defpert.wording import count
 
 
@@ -579,6 +581,19 @@ def trained_as(training: dict[str, Any], config: TrainConfig) -> bool:
     return all(have.get(k) == v for k, v in want.items())
 
 
+def matching_shipped(config: TrainConfig, root: Path | None = None) -> str | None:
+    """The shipped checkpoint trained with exactly this config, if any."""
+    root = root or shipped.SHIPPED_DIR
+    for name in sorted(shipped.index(root)):
+        try:
+            training = read_card(root / name).get("training", {})
+        except DefpertError:
+            continue
+        if trained_as(training, config):
+            return name
+    return None
+
+
 def trades_kl(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
     """KL(p(x) || p(x_adv)) per example (B,): TRADES's robustness term (Zhang et al., 2019)."""
     return F.kl_div(
@@ -617,8 +632,8 @@ def default_checkpoint(
     report: Any = None,
 ) -> Path:
     """The default ``cnn`` for a dataset, trained on first use and reused afterwards."""
-    from defpert.data import get_spec
-    from defpert.runs import default_cache_dir
+    from defpert.data.datasets import get_spec
+    from defpert.runtime.rundir import default_cache_dir
 
     spec = get_spec(dataset)
     epochs = DEFAULT_EPOCHS.get(spec.name, 3)

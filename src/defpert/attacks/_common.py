@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from defpert import threads
-from defpert.devices import model_device
-from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box
+from defpert.core.threat import ThreatModel, clip_to_both_balls, clip_to_box
+from defpert.runtime import threads
+from defpert.runtime.devices import model_device
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` rows covering ``range(n)`` (each one a point
-    where the thread count may follow the machine's load: ``defpert.threads``)."""
+    where the thread count may follow the machine's load: ``defpert.runtime.threads``)."""
     for lo in range(0, n, size):
         threads.adapt()
         yield slice(lo, min(lo + size, n))

@@ -27,7 +27,7 @@ stage run only on the examples the defended model still classifies correctly:
 6. Square through the defense: black-box, so it needs no gradient of the defense at all.
 
 Every candidate is classified by the exact defended model (defense, then classifier).
-Any reactive defense works: one of the registry's (:class:`defpert.defenses.Defense`) or
+Any reactive defense works: one of the registry's (:class:`defpert.defenses.methods.Defense`) or
 any object whose ``wrap(model, mode)`` gives the defended classifier (``mode`` ``"bpda"``:
 the exact defense forward, the identity backward; ``"unrolled"``: differentiable).
 """
@@ -45,13 +45,13 @@ from defpert.attacks.apgd import apgd
 from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
-from defpert.calibrate import chunk_size
-from defpert.devices import model_device
-from defpert.engine import Schedule, madry_step_size, perturb
+from defpert.core.engine import Schedule, madry_step_size, perturb
+from defpert.core.evaluate import correct
+from defpert.core.objectives import capped_margin, cross_entropy, margin
+from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
-from defpert.evaluate import correct
-from defpert.objectives import capped_margin, cross_entropy, margin
-from defpert.threat import ThreatModel
+from defpert.runtime.calibrate import chunk_size
+from defpert.runtime.devices import model_device
 
 # The unrolled defense keeps every one of its steps' graphs: small chunks keep memory flat.
 # (Elsewhere a defended forward pass is a run of the classifier's passes, chunked as the

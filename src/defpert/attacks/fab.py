@@ -22,11 +22,11 @@ from torch import nn
 
 from defpert.attacks._common import chunks, logits_in_chunks, logits_of, project, rows
 from defpert.attacks.journal import Resume, offer_runs_done, runs_already_done
-from defpert.calibrate import chunk_size
-from defpert.devices import model_device
-from defpert.engine import frozen_parameters
+from defpert.core.engine import frozen_parameters
+from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
-from defpert.threat import ThreatModel
+from defpert.runtime.calibrate import chunk_size
+from defpert.runtime.devices import model_device
 
 
 def fab(

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from defpert import distributed
+from defpert.runtime import distributed
 
 
 @dataclass

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defpert.engine import Schedule, perturb
-from defpert.objectives import get_objective
-from defpert.threat import ThreatModel
+from defpert.core.engine import Schedule, perturb
+from defpert.core.objectives import get_objective
+from defpert.core.threat import ThreatModel
 
 
 def pgd(

@@ -26,10 +26,10 @@ from torch import nn
 
 from defpert.attacks._common import chunks, logits_in_chunks, project, rows
 from defpert.attacks.journal import Bookmark, Resume
-from defpert.calibrate import chunk_size
-from defpert.devices import model_device
+from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
-from defpert.threat import ThreatModel
+from defpert.runtime.calibrate import chunk_size
+from defpert.runtime.devices import model_device
 
 # The model's logits for a batch of images (no graph).
 Forward = Callable[[torch.Tensor], torch.Tensor]

@@ -31,11 +31,11 @@ from defpert.attacks.fab import fab
 from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
-from defpert.bars import ticking
-from defpert.engine import madry_step_size
+from defpert.core.engine import madry_step_size
+from defpert.core.evaluate import correct
+from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
-from defpert.evaluate import correct
-from defpert.threat import ThreatModel
+from defpert.runtime.progress import ticking
 
 TIERS = ("quick", "standard", "plus")
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defpert.defenses import Defense
-from defpert.engine import Schedule, madry_step_size, perturb
-from defpert.objectives import cross_entropy, margin
-from defpert.threat import ThreatModel
+from defpert.core.engine import Schedule, madry_step_size, perturb
+from defpert.core.objectives import cross_entropy, margin
+from defpert.core.threat import ThreatModel
+from defpert.defenses.methods import Defense
 
 
 def undo_then_attack(

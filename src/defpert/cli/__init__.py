@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from defpert.data import fetch
+    from defpert.data.datasets import fetch
 
     fetch(args.dataset, args.data_dir and dataset_path(args.data_dir, args.dataset),
           source=args.source, progress=args.progress, report=say)  # fmt: skip
@@ -103,7 +103,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from defpert.shipped import PREFIX, index, verified
+    from defpert.models.shipped import PREFIX, index, verified
     from defpert.wording import aligned
 
     records = index()
@@ -146,8 +146,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **recipe(args.adversarial, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  lr_schedule=args.lr_schedule, adv_warmup=args.adv_warmup),
     )  # fmt: skip
-    from defpert.data import get_spec
-    from defpert.models import build_model
+    from defpert.data.datasets import get_spec
+    from defpert.models.zoo import build_model
 
     get_spec(config.dataset)  # unknown names fail before any work
     build_model(config.model)
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.progress = progress_default()
     computes = args.command not in LISTINGS
     if computes:
-        from defpert import distributed
+        from defpert.runtime import distributed
 
         try:
             distributed.init()  # under torchrun: join the process group
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + 13  # what a shell reports for a program ended by SIGPIPE
     finally:
         if computes:
-            from defpert import distributed
+            from defpert.runtime import distributed
 
             distributed.shutdown()
 
@@ -207,7 +207,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"data": _cmd_fetch, "train": _cmd_train, "models": _cmd_models}
     try:
         if args.command not in LISTINGS:
-            from defpert import threads
+            from defpert.runtime import threads
 
             threads.configure(getattr(args, "threads", None))
         if args.command in handlers:

@@ -39,6 +39,6 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def dataset_path(data_dir: str, dataset: str) -> str:
     """``--data-dir`` names the root; each dataset lives in its own sub-directory."""
-    from defpert.data import get_spec
+    from defpert.data.datasets import get_spec
 
     return f"{data_dir}/{get_spec(dataset).name}"

@@ -18,7 +18,7 @@ from defpert.errors import DefpertError
 
 def add_dp_parser(sub: Any) -> None:
     from defpert.cli.common import add_common
-    from defpert.defense_names import DEFENSES
+    from defpert.defenses.registry import DEFENSES
 
     p = sub.add_parser("dp", help="attack, defensive perturbation, attack again (RQ1)")
     p.add_argument("-p", "--norm", default="linf", help="threat model: linf or l2")
@@ -115,12 +115,12 @@ def strong_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
-    from defpert.data import SPLITS, get_spec, load_split
-    from defpert.defenses import DEFENSES
-    from defpert.devices import native_bf16, pick_device
-    from defpert.models import checkpoint_digest, load_checkpoint
-    from defpert.rq1 import DPConfig, format_table, run_dp
-    from defpert.runs import claim_run, ensure_dir
+    from defpert.data.datasets import SPLITS, get_spec, load_split
+    from defpert.defenses.methods import DEFENSES
+    from defpert.models.checkpoint import checkpoint_digest, load_checkpoint
+    from defpert.runtime.devices import native_bf16, pick_device
+    from defpert.runtime.rundir import claim_run, ensure_dir
+    from defpert.study.dp import DPConfig, format_table, run_dp
     from defpert.train import default_checkpoint
 
     defenses = (

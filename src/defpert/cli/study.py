@@ -78,13 +78,13 @@ def add_study_parsers(sub: Any) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
     from defpert.cli.dp import default_out, strong_settings
-    from defpert.data import get_spec, load_split
-    from defpert.devices import pick_device
-    from defpert.figures import accuracy_curves
-    from defpert.models import checkpoint_digest, load_checkpoint
-    from defpert.rq1 import DPConfig
-    from defpert.runs import claim_run, ensure_dir, write_atomic, write_json
-    from defpert.sweep import STEP_FRACTION, parse_eps_list, run_sweep
+    from defpert.data.datasets import get_spec, load_split
+    from defpert.models.checkpoint import checkpoint_digest, load_checkpoint
+    from defpert.report.figures import accuracy_curves
+    from defpert.runtime.devices import pick_device
+    from defpert.runtime.rundir import claim_run, ensure_dir, write_atomic, write_json
+    from defpert.study.dp import DPConfig
+    from defpert.study.sweep import STEP_FRACTION, parse_eps_list, run_sweep
     from defpert.train import default_checkpoint
 
     budgets = parse_eps_list(args.defense_eps) if args.defense_eps else None
@@ -157,9 +157,9 @@ def _budget_sweep(
     run_config: dict[str, Any], checkpoint: Any, dataset: str,
 ) -> int:  # fmt: skip
     """``sweep --defense-eps``: accuracy versus the defender's budget."""
-    from defpert.figures import budget_curves
-    from defpert.runs import claim_run, write_atomic, write_json
-    from defpert.sweep import run_budget_sweep
+    from defpert.report.figures import budget_curves
+    from defpert.runtime.rundir import claim_run, write_atomic, write_json
+    from defpert.study.sweep import run_budget_sweep
 
     outputs = ("budget.json", f"budget-{args.norm}.png", *(f"eps-def-{e:g}" for e in budgets))
     with claim_run(
@@ -187,13 +187,13 @@ def _budget_sweep(
 
 def run_reproduce_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
-    from defpert.reproduce import MODEL_KINDS, ReproduceConfig, reproduce
+    from defpert.study.reproduce import MODEL_KINDS, ReproduceConfig, reproduce
 
     config = ReproduceConfig.for_dataset(args.dataset, quick=args.quick, seed=args.seed)
     config.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if args.defense != "all":
-        from defpert.defenses import Defense
-        from defpert.threat import LinfBall
+        from defpert.core.threat import LinfBall
+        from defpert.defenses.methods import Defense
 
         config.defenses = tuple(d.strip() for d in args.defense.split(",") if d.strip())
         for method in config.defenses:
@@ -216,7 +216,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         from defpert.attacks import check_tier
 
         config.strong_tier = check_tier(args.strong)
-    from defpert.dp_config import BUDGET_FROM
+    from defpert.study.config import BUDGET_FROM
 
     if args.budget_from not in BUDGET_FROM:
         raise DefpertError(
@@ -232,7 +232,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
                         progress=args.progress, report=say, overwrite=args.overwrite,
                         retrain=args.retrain)  # fmt: skip
-    from defpert.report import terminal_summary
+    from defpert.report.document import terminal_summary
 
     print(terminal_summary(metrics["rq1"]))
     print("\n" + stage_times(metrics["compute_seconds"]))

@@ -45,8 +45,8 @@ def add_tsne_parser(sub: Any) -> None:
 
 
 def _run_versions(run: Path, names: list[str], defense: str | None, split: str) -> dict[str, Any]:
-    from defpert.data import SPLITS
-    from defpert.defense_names import DEFENSES
+    from defpert.data.datasets import SPLITS
+    from defpert.defenses.registry import DEFENSES
 
     # names become paths: only known ones, so nothing outside the run directory is read
     if split not in SPLITS:
@@ -61,7 +61,7 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
     if defense is None:
         saved = sorted(d.name for d in base.iterdir() if (d / "defensive.npz").is_file())
         defense = saved[0] if saved else "ce"
-    from defpert.store import load_npz
+    from defpert.study.store import load_npz
 
     out = {}
     for name in names:
@@ -80,10 +80,10 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
 
 
 def run_tsne_command(args: argparse.Namespace) -> int:
-    from defpert.models import load_checkpoint
-    from defpert.runs import read_json, write_atomic
-    from defpert.store import load_npz
-    from defpert.tsne import draw_tsne
+    from defpert.models.checkpoint import load_checkpoint
+    from defpert.report.tsne import draw_tsne
+    from defpert.runtime.rundir import read_json, write_atomic
+    from defpert.study.store import load_npz
 
     if args.per_class is not None and args.per_class < 1:
         raise DefpertError(f"--per-class must be at least 1, got {args.per_class}")

@@ -26,13 +26,14 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from defpert import distributed
-from defpert.data import get_spec, load_split
-from defpert.devices import pick_device
+from defpert.data.datasets import get_spec, load_split
 from defpert.errors import DefpertError
-from defpert.models import environment, load_checkpoint, read_card
-from defpert.runs import claim_run, ensure_dir, read_json, write_atomic, write_json
-from defpert.shipped import install, matching
+from defpert.models.checkpoint import environment, load_checkpoint, read_card
+from defpert.models.shipped import install
+from defpert.runtime import distributed
+from defpert.runtime.devices import pick_device
+from defpert.runtime.rundir import claim_run, ensure_dir, read_json, write_atomic, write_json
+from defpert.train import ADV_EPS, TrainConfig, matching_shipped, recipe, train, trained_as
 from defpert.wording import count
 
 Report = Callable[[str], None]
@@ -95,8 +96,7 @@ class ReproduceConfig:
 
     def train_config(self, kind: str) -> Any:
         """How the model of a kind (a key of ``MODEL_KINDS``) is trained for this study."""
-        from defpert.engine import madry_step_size
-        from defpert.train import ADV_EPS, TrainConfig, recipe
+        from defpert.core.engine import madry_step_size
 
         if kind not in MODEL_KINDS:
             raise DefpertError(
@@ -132,7 +132,7 @@ def _stage(
     path: Path, config: dict[str, Any], compute: Callable[[], Any], report: Report, name: str
 ) -> Any:
     """Reuse ``path`` if it was computed with the same config; otherwise compute and save."""
-    from defpert.store import code_version
+    from defpert.study.store import code_version
 
     # compare as saved (tuples become lists); results of other code are never reused
     config = json.loads(json.dumps({**config, "code": code_version()}))
@@ -182,9 +182,8 @@ def _reproduce(
     report: Report | None,
     retrain: bool = False,
 ) -> dict[str, Any]:
-    from defpert.rq1 import DPConfig, run_dp
-    from defpert.sweep import run_budget_sweep, run_sweep
-    from defpert.train import train
+    from defpert.study.dp import DPConfig, run_dp
+    from defpert.study.sweep import run_budget_sweep, run_sweep
 
     say: Report = report or (lambda _m: None)
     dev = pick_device(device)
@@ -200,7 +199,7 @@ def _reproduce(
     for kind in config.models:
         model_dir = run / _suffixed("model", kind)
         train_cfg = config.train_config(kind)
-        shipped = None if retrain else matching(train_cfg)
+        shipped = None if retrain else matching_shipped(train_cfg)
         if _card_matches(model_dir, train_cfg):
             say(f"model ({kind}): reused from {model_dir}")
         elif shipped is not None:
@@ -276,7 +275,7 @@ def _reproduce(
     # 4. figures and 5. report
     figures = _figures(run, model, card, config, results_by_threat, sweep_rows, say)
     if budget:
-        from defpert.figures import budget_curves
+        from defpert.report.figures import budget_curves
 
         caption = (f"Accuracy versus the defender's budget ({budget['model']} model, "
                    f"{first['norm']} eps {first['eps']:g} measured from the {config.budget_from} point, "
@@ -317,7 +316,6 @@ def _suffixed(name: str, kind: str) -> str:
 def _card_matches(model_dir: Path, cfg: Any) -> bool:
     if not (model_dir / "model.safetensors").is_file():
         return False
-    from defpert.train import trained_as
 
     try:
         training = read_card(model_dir).get("training", {})
@@ -340,9 +338,9 @@ def _figures(
     sweep_rows: list[dict[str, Any]],
     say: Report,
 ) -> dict[str, Path]:
-    from defpert.figures import accuracy_curves, image_grid
-    from defpert.store import load_npz
-    from defpert.tsne import draw_tsne
+    from defpert.report.figures import accuracy_curves, image_grid
+    from defpert.report.tsne import draw_tsne
+    from defpert.study.store import load_npz
 
     figs: dict[str, Path] = {}
     fig_dir = ensure_dir(run / "figures")
@@ -381,7 +379,7 @@ def _write_report(
     results_by_threat: dict[str, list[dict[str, Any]]],
     sweep_rows: list[dict[str, Any]],
 ) -> None:
-    from defpert.report import html_report, markdown, write_csv
+    from defpert.report.document import html_report, markdown, write_csv
 
     n = next(iter(results_by_threat.values()))[0]["n"]
     summary = [
@@ -418,7 +416,7 @@ def _write_report(
     rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
     md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows,
                   strong_steps=config.strong_steps, models=metrics["models"])  # fmt: skip
-    from defpert.runs import write_bytes_atomic
+    from defpert.runtime.rundir import write_bytes_atomic
 
     write_bytes_atomic(run / "report.md", md.encode())
     write_bytes_atomic(run / "report.html", html_report(md, figures).encode())

@@ -11,9 +11,8 @@ exactly as they were.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,13 +20,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from defpert import distributed, threads
-from defpert.bars import ticking
-from defpert.calibrate import chunk_size
-from defpert.devices import autocast, model_device
+from defpert.core.objectives import Objective, summed
+from defpert.core.threat import ThreatModel, clip_to_both_balls, clip_to_box, validate_schedule
 from defpert.errors import DefpertError
-from defpert.objectives import Objective, summed
-from defpert.threat import ThreatModel, clip_to_both_balls, clip_to_box, validate_schedule
+from defpert.runtime import distributed, threads
+from defpert.runtime.calibrate import chunk_size
+from defpert.runtime.devices import autocast, frozen_parameters, model_device
+from defpert.runtime.progress import ticking
 
 # Maps (model, point, labels, previous) to the points where the objective is evaluated,
 # shape (K, B, C, H, W): the robustifying defense evaluates the loss at K inner attacks'
@@ -39,7 +38,7 @@ InnerPoint = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | No
 
 class RowsProgress(Protocol):
     """Where a long perturbation keeps the rows it has finished, so that a rerun on the same
-    inputs continues after them (:class:`defpert.store.RowsJournal` keeps them in a file)."""
+    inputs continues after them (:class:`defpert.study.store.RowsJournal` keeps them in a file)."""
 
     interval: float  # seconds between writes
 
@@ -250,23 +249,6 @@ def check_images(model: nn.Module, x: torch.Tensor) -> int:
         raise DefpertError(
             f"images of shape {tuple(x.shape[1:])} do not fit the model: {first}"
         ) from None
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Parameters need no gradient while only the input's gradient is wanted.
-
-    Autograd then skips every weight-gradient computation (and ART's ``loss.backward()``
-    leaves ``.grad`` alone); each parameter's flag is restored on exit.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _run_steps(

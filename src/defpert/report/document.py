@@ -81,7 +81,7 @@ def write_csv(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["dataset"])
     writer.writeheader()
     writer.writerows(rows)
-    from defpert.runs import write_bytes_atomic
+    from defpert.runtime.rundir import write_bytes_atomic
 
     write_bytes_atomic(path, buf.getvalue().encode())
 

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from defpert import __version__, distributed
+from defpert import __version__
 from defpert.attacks.journal import Bookmark, CascadeState
 from defpert.errors import DefpertError
-from defpert.runs import copy_atomic, read_json, write_atomic, write_json
+from defpert.runtime import distributed
+from defpert.runtime.rundir import copy_atomic, read_json, write_atomic, write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defpert.devices import model_device
+from defpert.runtime.devices import model_device
 
 
 @torch.no_grad()

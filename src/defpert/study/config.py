@@ -7,12 +7,12 @@ from typing import Any
 
 from defpert.attacks.adaptive import AdaptiveConfig
 from defpert.attacks.strong import StrongConfig, check_tier
-from defpert.defense_names import PROACTIVE
-from defpert.defenses import DEFENSES, Defense
-from defpert.devices import check_precision
-from defpert.engine import Schedule
+from defpert.core.engine import Schedule
+from defpert.core.threat import ThreatModel, make_threat
+from defpert.defenses.methods import DEFENSES, Defense
+from defpert.defenses.registry import PROACTIVE
 from defpert.errors import DefpertError
-from defpert.threat import ThreatModel, make_threat
+from defpert.runtime.devices import check_precision
 
 # Where an attack on a proactively defended point measures its budget from: the defended
 # point (man-in-the-middle, Moon et al. 2022) or also the natural image (both balls).

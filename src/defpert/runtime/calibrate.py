@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from defpert import distributed
-from defpert.devices import GPU_CHUNK, cpu_info
 from defpert.errors import DefpertError
-from defpert.runs import default_cache_dir, read_json, write_json
-from defpert.threads import available_cores, load_average
+from defpert.runtime import distributed
+from defpert.runtime.devices import GPU_CHUNK, cpu_info, frozen_parameters
+from defpert.runtime.rundir import default_cache_dir, read_json, write_json
+from defpert.runtime.threads import available_cores, load_average
 
 CANDIDATES = (32, 64, 128, 256, 512)
 CACHE_FILE = "calibration.json"
@@ -78,8 +78,6 @@ def measure(
     """Image-steps per second of one PGD step (forward, backward to the input) per chunk
     size: the candidates interleaved over ``rounds`` rounds, each timed for about
     ``seconds`` in all, the median kept (a busy machine slows every candidate alike)."""
-    from defpert.engine import frozen_parameters
-
     rates: dict[int, list[float]] = {c: [] for c in candidates}
     with frozen_parameters(model), torch.enable_grad():
         for _ in range(rounds):

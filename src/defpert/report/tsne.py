@@ -20,10 +20,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from defpert import distributed
-from defpert.devices import model_device
-from defpert.engine import check_images
+from defpert.core.engine import check_images
 from defpert.errors import DefpertError
+from defpert.runtime import distributed
+from defpert.runtime.devices import model_device
 
 ArrayLike = Any  # numpy array or torch tensor
 SPACES = ("pixels", "features")

@@ -3,24 +3,22 @@
     defpert dp --checkpoint shipped:mnist-cnn-pgd ...
     defpert models                      # what is shipped, with each card's accuracies
 
-Each lives in ``defpert/checkpoints/<name>/`` (``model.safetensors`` and its card
+Each lives in ``defpert/models/checkpoints/<name>/`` (``model.safetensors`` and its card
 ``model.json``, written by ``defpert train`` itself); ``checkpoints/index.json`` records the
 SHA-256 of its weights, the exact command that made it, the code it ran on and what was
 measured. The hash is checked before every use: weights that do not match are refused.
-``reproduce`` uses a shipped checkpoint whenever its training settings equal the study's.
+``reproduce`` uses a shipped checkpoint whenever its training settings equal the study's
+(:func:`defpert.train.matching_shipped`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from defpert.errors import DefpertError
-from defpert.runs import copy_atomic, file_sha256, read_json
-
-if TYPE_CHECKING:
-    from defpert.train import TrainConfig
+from defpert.runtime.rundir import copy_atomic, file_sha256, read_json
 
 SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 INDEX = "index.json"
@@ -60,22 +58,6 @@ def resolve(checkpoint: str | os.PathLike[str]) -> Path:
     if text.startswith(PREFIX):
         return verified(text[len(PREFIX) :])
     return Path(text)
-
-
-def matching(config: TrainConfig, root: Path | None = None) -> str | None:
-    """The shipped checkpoint trained with exactly this config, if any."""
-    from defpert.models import read_card
-    from defpert.train import trained_as
-
-    root = root or SHIPPED_DIR
-    for name in sorted(index(root)):
-        try:
-            training = read_card(root / name).get("training", {})
-        except DefpertError:
-            continue
-        if trained_as(training, config):
-            return name
-    return None
 
 
 def install(name: str, into: Path, root: Path | None = None) -> Path:

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from defpert.data.idx import parse_idx, read_idx_bytes, read_images_and_labels
 from defpert.errors import DefpertError
-from defpert.idx import parse_idx, read_idx_bytes, read_images_and_labels
-from defpert.runs import default_cache_dir, ensure_dir, write_bytes_atomic
+from defpert.runtime.rundir import default_cache_dir, ensure_dir, write_bytes_atomic
 
 Report = Callable[[str], None]
 

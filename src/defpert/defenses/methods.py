@@ -31,12 +31,12 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from defpert.defense_names import DEFENSES, LABEL_FREE, PROACTIVE, REACTIVE, ROBUSTIFY  # noqa: F401
-from defpert.engine import RowsProgress, Schedule, madry_step_size, perturb, perturb_batch
+from defpert.core.engine import RowsProgress, Schedule, madry_step_size, perturb, perturb_batch
+from defpert.core.evaluate import predict
+from defpert.core.objectives import Objective, cross_entropy, hedge, margin
+from defpert.core.threat import ThreatModel
+from defpert.defenses.registry import DEFENSES, LABEL_FREE, PROACTIVE, REACTIVE, ROBUSTIFY  # noqa: F401
 from defpert.errors import DefpertError
-from defpert.evaluate import predict
-from defpert.objectives import Objective, cross_entropy, hedge, margin
-from defpert.threat import ThreatModel
 
 OBJECTIVE_OF: dict[str, Objective] = {
     "ce": cross_entropy, "margin": margin, "robustify": cross_entropy,

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from defpert.devices import model_device
+from defpert.runtime.devices import model_device
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def _hw(image: torch.Tensor) -> np.ndarray:
 def accuracy_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Figure:
     """Accuracy versus eps for original and defensive data, weak (solid) and strong (dashed).
 
-    ``rows`` are :func:`defpert.sweep.run_sweep` results: ``eps`` plus the accuracy keys.
+    ``rows`` are :func:`defpert.study.sweep.run_sweep` results: ``eps`` plus the accuracy keys.
     Where the strong attack ran, the weak curve is drawn on the strong attack's examples
     too, so the two curves compare the same examples.
     """
@@ -109,7 +109,7 @@ def budget_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Figu
     """Accuracy versus the defender's budget at the attacker's fixed eps, one colour per
     defense: the strong attack (solid) and the weak attack on the same examples (dashed).
 
-    ``rows`` are :func:`defpert.sweep.run_budget_sweep` results.
+    ``rows`` are :func:`defpert.study.sweep.run_budget_sweep` results.
     """
     fig = Figure(figsize=(5.6, 3.8), layout="constrained")
     ax = fig.subplots()

@@ -17,10 +17,10 @@ from typing import Any
 
 from torch import nn
 
-from defpert.data import Split
-from defpert.engine import madry_step_size
+from defpert.core.engine import madry_step_size
+from defpert.data.datasets import Split
 from defpert.errors import DefpertError
-from defpert.rq1 import DPConfig, run_dp
+from defpert.study.dp import DPConfig, run_dp
 
 # Step size as a fraction of eps, from the original study's commands (0.01 / 0.2, 0.075 / 2.5).
 STEP_FRACTION = {"linf": 0.05, "l2": 0.03}

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.devices import model_device
-from defpert.threat import ThreatModel
+from defpert.core.threat import ThreatModel
+from defpert.runtime.devices import model_device
 
 
 class _ChannelsFirstNormalize(nn.Module):
@@ -51,7 +51,7 @@ def textbook_pgd(
 ) -> torch.Tensor:
     """PGD as written in papers: the whole batch at once, gradient of the summed loss.
 
-    Its step and projection are written here, independently of :mod:`defpert.threat`
+    Its step and projection are written here, independently of :mod:`defpert.core.threat`
     (only the norm's name and radius are read), so a wrong projection there shows up as a
     difference from this reference.
     """

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from defpert.errors import DefpertError
 def pick_device(name: str | None = None) -> torch.device:
     """``None`` or ``"auto"`` picks CUDA when available, else CPU; anything else is checked."""
     if name in (None, "auto"):
-        from defpert.distributed import local_device
+        from defpert.runtime.distributed import local_device
 
         return local_device()  # under torchrun: this rank's GPU
     try:
@@ -39,7 +40,7 @@ def model_device(model: nn.Module) -> torch.device:
 # Images per chunk of the projected-gradient loop on a GPU, which wants large chunks to
 # fill its cores: on an H100 one PGD step ran 276,509 image-steps/s at chunks of 512 and
 # whole batches of 2,048 ran 13 % faster than chunks of 1,024 (benchmarks/README.md).
-# On a CPU the size is measured per machine (defpert.calibrate).
+# On a CPU the size is measured per machine (defpert.runtime.calibrate).
 GPU_CHUNK = 2048
 
 
@@ -106,3 +107,20 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "auto":
         raise DefpertError("precision 'auto' is resolved by the study, not by one computation")
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters need no gradient while only the input's gradient is wanted.
+
+    Autograd then skips every weight-gradient computation (and ART's ``loss.backward()``
+    leaves ``.grad`` alone); each parameter's flag is restored on exit.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

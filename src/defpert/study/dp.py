@@ -31,16 +31,16 @@ from defpert.attacks import StrongConfig, StrongResult, pgd, strong_attack
 from defpert.attacks.adaptive import adaptive_attack
 from defpert.attacks.journal import CascadeState
 from defpert.attacks.undo import undo_then_attack
-from defpert.calibrate import chunk_size
-from defpert.data import SPLITS, Split
-from defpert.defenses import ROBUSTIFY, Defense, defend
-from defpert.devices import model_device, native_bf16
-from defpert.dp_config import DPConfig
+from defpert.core.evaluate import accuracy, correct
+from defpert.data.datasets import SPLITS, Split
+from defpert.defenses.methods import ROBUSTIFY, Defense, defend
 from defpert.errors import DefpertError
-from defpert.evaluate import accuracy, correct
-from defpert.models import environment
-from defpert.runs import write_json
-from defpert.store import RowsJournal, Store, weights_digest
+from defpert.models.checkpoint import environment
+from defpert.runtime.calibrate import chunk_size
+from defpert.runtime.devices import model_device, native_bf16
+from defpert.runtime.rundir import write_json
+from defpert.study.config import DPConfig
+from defpert.study.store import RowsJournal, Store, weights_digest
 from defpert.wording import count
 
 Report = Callable[[str], None]

@@ -38,7 +38,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
     Under torchrun only rank 0 writes; every rank returns once the file is in place.
     """
-    from defpert import distributed
+    from defpert.runtime import distributed
 
     target = Path(path)
     if distributed.active():
@@ -165,7 +165,7 @@ def claim_run(
     (which first removes the named result folders/files). Temporary files left by a
     killed writer are removed. Under torchrun only rank 0 locks.
     """
-    from defpert import distributed
+    from defpert.runtime import distributed
 
     run = ensure_dir(path)
     lock_fh = None
