@@ -18,15 +18,15 @@ from defpert.errors import DefpertError
 
 def add_dp_parser(sub: Any) -> None:
     from defpert.cli.common import add_common
-    from defpert.defenses.registry import DEFENSES
+    from defpert.defenses import registry
 
     p = sub.add_parser("dp", help="attack, defensive perturbation, attack again (RQ1)")
     p.add_argument("-p", "--norm", default="linf", help="threat model: linf or l2")
     p.add_argument("-k", "--steps", type=int, default=20, help="PGD steps")
     p.add_argument("-e", "--eps", type=float, default=0.2, help="radius of the threat model")
     p.add_argument("-a", "--step-size", type=float, default=0.01, help="PGD step size")
-    p.add_argument("--defense", default="ce",
-                   help=f"comma-separated, or 'all': {', '.join(DEFENSES)}")  # fmt: skip
+    p.add_argument("--defense", default=registry.ORIGINAL,
+                   help=f"comma-separated, or 'all': {', '.join(registry.names())}")  # fmt: skip
     p.add_argument("--defense-eps", type=float, help="defense budget (default: the attack's eps)")
     p.add_argument("--defense-steps", type=int, help="defense steps (default: the attack's)")
     p.add_argument(
@@ -116,7 +116,7 @@ def strong_settings(args: argparse.Namespace) -> dict[str, Any]:
 def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
     from defpert.data.datasets import SPLITS, get_spec, load_split
-    from defpert.defenses.methods import DEFENSES
+    from defpert.defenses import registry
     from defpert.models.checkpoint import checkpoint_digest, load_checkpoint
     from defpert.runtime.devices import native_bf16, pick_device
     from defpert.runtime.rundir import claim_run, ensure_dir
@@ -124,7 +124,9 @@ def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.train import default_checkpoint
 
     defenses = (
-        DEFENSES if args.defense == "all" else tuple(d.strip() for d in args.defense.split(","))
+        registry.names()
+        if args.defense == "all"
+        else tuple(d.strip() for d in args.defense.split(","))
     )
     config = DPConfig(
         norm=args.norm, eps=args.eps, step_size=args.step_size, steps=args.steps,

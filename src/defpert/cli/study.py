@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from defpert.cli.common import say
+from defpert.defenses.registry import ORIGINAL
 from defpert.errors import DefpertError
 from defpert.wording import aligned, percent
 
@@ -25,7 +26,7 @@ def add_study_parsers(sub: Any) -> None:
                     help="sweep the defender's budget instead (comma-separated, 0 = no defense), "
                     "the attacker's eps fixed")  # fmt: skip
     sw.add_argument("-k", "--steps", type=int, default=20)
-    sw.add_argument("--defense", default="ce", help="comma-separated with --defense-eps")
+    sw.add_argument("--defense", default=ORIGINAL, help="comma-separated with --defense-eps")
     sw.add_argument("--checkpoint")
     sw.add_argument("--dataset", default="mnist")
     sw.add_argument("--limit", type=int, default=1000)
@@ -193,13 +194,16 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     config.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if args.defense != "all":
         from defpert.core.threat import LinfBall
+        from defpert.defenses import registry
         from defpert.defenses.methods import Defense
 
         config.defenses = tuple(d.strip() for d in args.defense.split(",") if d.strip())
         for method in config.defenses:
             Defense(method, LinfBall(0.1), steps=1, step_size=0.1)  # unknown names fail here
-        if "ce" not in config.defenses:  # the figures and the sweep show the original's method
-            raise DefpertError("--defense must include ce, the original study's method")
+        if registry.ORIGINAL not in config.defenses:  # the figures and sweep show it
+            raise DefpertError(
+                f"--defense must include {registry.ORIGINAL}, the original study's method"
+            )
     if not config.models:
         raise DefpertError(f"--models needs at least one of: {', '.join(MODEL_KINDS)}")
     for flag, value in (("--epochs", args.epochs), ("--adv-epochs", args.adv_epochs),

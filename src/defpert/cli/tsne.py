@@ -46,13 +46,13 @@ def add_tsne_parser(sub: Any) -> None:
 
 def _run_versions(run: Path, names: list[str], defense: str | None, split: str) -> dict[str, Any]:
     from defpert.data.datasets import SPLITS
-    from defpert.defenses.registry import DEFENSES
+    from defpert.defenses import registry
 
     # names become paths: only known ones, so nothing outside the run directory is read
     if split not in SPLITS:
         raise DefpertError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    if defense is not None and defense not in DEFENSES:
-        raise DefpertError(f"unknown defense {defense!r}; choose one of: {', '.join(DEFENSES)}")
+    if defense is not None:
+        registry.get(defense)  # an unknown name is refused in one line
     base = run / "versions" / split
     if not base.is_dir():
         raise DefpertError(
@@ -60,7 +60,7 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
         )
     if defense is None:
         saved = sorted(d.name for d in base.iterdir() if (d / "defensive.npz").is_file())
-        defense = saved[0] if saved else "ce"
+        defense = saved[0] if saved else registry.ORIGINAL
     from defpert.study.store import load_npz
 
     out = {}

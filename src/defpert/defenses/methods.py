@@ -33,15 +33,11 @@ from torch import nn
 
 from defpert.core.engine import RowsProgress, Schedule, madry_step_size, perturb, perturb_batch
 from defpert.core.evaluate import predict
-from defpert.core.objectives import Objective, cross_entropy, hedge, margin
+from defpert.core.objectives import Objective, cross_entropy, get_objective
 from defpert.core.threat import ThreatModel
-from defpert.defenses.registry import DEFENSES, LABEL_FREE, PROACTIVE, REACTIVE, ROBUSTIFY  # noqa: F401
+from defpert.defenses import registry
+from defpert.defenses.registry import DefenseSpec
 from defpert.errors import DefpertError
-
-OBJECTIVE_OF: dict[str, Objective] = {
-    "ce": cross_entropy, "margin": margin, "robustify": cross_entropy,
-    "robustify-label-free": cross_entropy, "anti-adversary": cross_entropy, "hedge": hedge,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,10 +58,7 @@ class Defense:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in DEFENSES:
-            raise DefpertError(
-                f"unknown defense {self.method!r}; choose one of: {', '.join(DEFENSES)}"
-            )
+        registry.get(self.method)  # an unknown name is refused in one line
         Schedule(self.steps, self.step_size, optimizer=self.optimizer)  # validates
         if self.inner_steps < 1:
             raise DefpertError(f"--inner-steps must be at least 1, got {self.inner_steps}")
@@ -73,13 +66,18 @@ class Defense:
             raise DefpertError(f"--inner-restarts must be at least 1, got {self.inner_restarts}")
 
     @property
+    def spec(self) -> DefenseSpec:
+        """The method's registry entry: what it is, whatever its budget."""
+        return registry.get(self.method)
+
+    @property
     def reactive(self) -> bool:
-        return self.method in REACTIVE
+        return self.spec.reactive
 
     @property
     def objective(self) -> Objective:
-        """What the method optimises (descends, or ascends for ``hedge``)."""
-        return OBJECTIVE_OF[self.method]
+        """What the method optimises (descends, or ascends where its entry says so)."""
+        return get_objective(self.spec.objective)
 
     def reactive_labels(self, logits: torch.Tensor) -> torch.Tensor:
         """The labels a reactive method uses: the model's prediction (hedge ignores them)."""
@@ -87,13 +85,13 @@ class Defense:
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(self.steps, self.step_size, ascend=self.method == "hedge",
+        return Schedule(self.steps, self.step_size, ascend=self.spec.ascend,
                         optimizer=self.optimizer)  # fmt: skip
 
     @property
     def passes_per_step(self) -> int:
         """Forward-backward passes per outer step (per image)."""
-        if self.method not in ROBUSTIFY:
+        if not self.spec.inner_attack:
             return 1
         return 1 + self.inner_restarts * self.inner_steps
 
@@ -103,7 +101,7 @@ class Defense:
 
     def inner_attack(self) -> InnerAttack | None:
         """The attack whose point the robustifying defense descends from (None for others)."""
-        if self.method not in ROBUSTIFY:
+        if not self.spec.inner_attack:
             return None
         threat = self.attack_threat or self.threat
         steps = self.inner_steps
@@ -179,12 +177,12 @@ def defend(
 ) -> torch.Tensor:
     """Apply a defensive perturbation to ``x`` (N, C, H, W); returns the defensive inputs.
 
-    Label-aware methods need the true labels ``y``; label-free ones (:data:`LABEL_FREE`)
-    never read them and use the model's prediction. ``saved`` keeps the finished rows, so
+    Label-aware methods need the true labels ``y``; label-free ones (``uses_label`` false in
+    their registry entry) never read them and use the model's prediction. ``saved`` keeps the finished rows, so
     that an interrupted defense continues where it stopped (see :func:`perturb`).
     """
     method = defense.method
-    if method in LABEL_FREE:
+    if not defense.spec.uses_label:
         labels = predict(model, x)  # what a label-free method sees instead of the true label
     else:
         if y is None:

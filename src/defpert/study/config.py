@@ -9,8 +9,8 @@ from defpert.attacks.adaptive import AdaptiveConfig
 from defpert.attacks.strong import StrongConfig, check_tier
 from defpert.core.engine import Schedule
 from defpert.core.threat import ThreatModel, make_threat
-from defpert.defenses.methods import DEFENSES, Defense
-from defpert.defenses.registry import PROACTIVE
+from defpert.defenses import registry
+from defpert.defenses.methods import Defense
 from defpert.errors import DefpertError
 from defpert.runtime.devices import check_precision
 
@@ -27,7 +27,7 @@ class DPConfig:
     eps: float = 0.2
     step_size: float = 0.01
     steps: int = 20
-    defenses: tuple[str, ...] = ("ce",)
+    defenses: tuple[str, ...] = (registry.ORIGINAL,)
     random_start: bool = False
     strong: bool = True
     strong_tier: str = "standard"  # quick, standard or plus (attacks.strong)
@@ -108,11 +108,11 @@ class DPConfig:
         natural image than the radius the model was trained against (``trained``: the card's
         ``threat_trained_against``), or ``None``.
 
-        Measured on ``shipped:mnist-cnn-pgd`` (README, "The defender's budget decides it"):
+        Measured on ``shipped:mnist-cnn-pgd`` (benchmarks/results/robustify-mnist-cnn-pgd-*):
         robustify held the bare model's accuracy under the strong suite while eps + eps_def
-        stayed within the training radius, and collapsed beyond it.
+        stayed within the training radius, and lost it beyond.
         """
-        proactive = [m for m in self.defenses if m in PROACTIVE]
+        proactive = [m for m in self.defenses if not registry.get(m).reactive]
         if not proactive or trained is None or trained.get("norm") != self.norm:
             return None
         if self.budget_from != "defended":
@@ -123,10 +123,9 @@ class DPConfig:
             return None
         return (f"an attack from a {'/'.join(proactive)} point may end eps + eps_def = {reach:g} "
                 f"from the natural image, beyond the {self.norm} {radius:g} this model was trained "
-                "against; there robustify on shipped:mnist-cnn-pgd (trained at linf 0.3; linf 0.2 "
-                "from the defended point, eps_def 0.2) kept 86.0 % under the strong suite where "
-                "the bare model kept 97.0 % (the same 200 images); a smaller --defense-eps or "
-                "--budget-from original stays inside it")  # fmt: skip
+                "against, where robustify on shipped:mnist-cnn-pgd fell below the bare model under "
+                "the strong suite (benchmarks/results/robustify-mnist-cnn-pgd-linf0.2-n200.json); a "
+                "smaller --defense-eps or --budget-from original stays inside it")  # fmt: skip
 
     def validate(self) -> None:
         check_precision(self.precision)
@@ -136,7 +135,7 @@ class DPConfig:
         for method in self.defenses:
             self.defense(method)
         if not self.defenses:
-            raise DefpertError(f"name at least one defense: {', '.join(DEFENSES)}")
+            raise DefpertError(f"name at least one defense: {', '.join(registry.names())}")
         for name in ("strong_limit", "strong_steps", "strong_restarts", "square_queries",
                      "batch_size"):  # fmt: skip
             value = getattr(self, name)

@@ -33,7 +33,7 @@ from defpert.attacks.journal import CascadeState
 from defpert.attacks.undo import undo_then_attack
 from defpert.core.evaluate import accuracy, correct
 from defpert.data.datasets import SPLITS, Split
-from defpert.defenses.methods import ROBUSTIFY, Defense, defend
+from defpert.defenses.methods import Defense, defend
 from defpert.errors import DefpertError
 from defpert.models.checkpoint import environment
 from defpert.runtime.calibrate import chunk_size
@@ -216,7 +216,7 @@ def run_dp(
                 known = {"weak": x_def_adv, "transfer-weak": x_adv}
                 if x_strong is not None:
                     known["transfer-strong"] = x_strong
-                if method in ROBUSTIFY:  # Moon et al.'s check: undo the defense, then attack
+                if defense.spec.inner_attack:  # Moon et al.'s check: undo it, then attack
                     say(f"undo-then-attack on the {method} points ({n_strong} examples)")
                     known["undo-then-attack"] = store.version(f"{method}/undo-attacked", partial(
                         undo_then_attack, model, x_def[:n_strong], y[:n_strong], defense,

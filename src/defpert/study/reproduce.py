@@ -27,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 
 from defpert.data.datasets import get_spec, load_split
+from defpert.defenses.registry import ORIGINAL, get, names
 from defpert.errors import DefpertError
 from defpert.models.checkpoint import environment, load_checkpoint, read_card
 from defpert.models.shipped import install
@@ -240,7 +241,7 @@ def _reproduce(
 
     # 3. accuracy versus eps (first threat model's norm, the ce defense)
     first = config.threats[0]
-    sweep_base = DPConfig(**first, defenses=("ce",), strong_limit=config.sweep_strong_limit,
+    sweep_base = DPConfig(**first, defenses=(ORIGINAL,), strong_limit=config.sweep_strong_limit,
                           strong_steps=config.strong_steps, strong_tier=config.strong_tier,
                           square_queries=config.square_queries, adaptive_limit=0, seed=config.seed)  # fmt: skip
     sweep_data = test.head(config.sweep_limit)
@@ -255,7 +256,9 @@ def _reproduce(
     # 3b. accuracy versus the defender's budget, on the first adversarially trained model
     budget: dict[str, Any] = {}
     robust_kinds = [k for k in config.models if k != "standard"]
-    methods = tuple(d for d in ("ce", "robustify") if d in config.defenses)
+    # the original's method and the label-aware robustification, where the study has them
+    robustifying = tuple(n for n in names() if get(n).inner_attack and get(n).uses_label)
+    methods = tuple(d for d in (ORIGINAL, *robustifying) if d in config.defenses)
     if robust_kinds and methods:
         kind = robust_kinds[0]
         budget_base = DPConfig(**first, defenses=methods, strong_limit=config.sweep_strong_limit,
@@ -348,8 +351,8 @@ def _figures(
     for key in (_suffixed(t["norm"], config.models[0]) for t in config.threats):  # first model
         base = run / f"rq1-{key}" / "versions" / "test"
         versions = {"original": load_npz(base / "original.npz"), "adversarial": load_npz(base / "adversarial.npz"),
-                    "defensive (ce)": load_npz(base / "ce" / "defensive.npz"),
-                    "defensive-attacked (ce)": load_npz(base / "ce" / "defensive-attacked.npz")}  # fmt: skip
+                    f"defensive ({ORIGINAL})": load_npz(base / ORIGINAL / "defensive.npz"),
+                    f"defensive-attacked ({ORIGINAL})": load_npz(base / ORIGINAL / "defensive-attacked.npz")}  # fmt: skip
         say(f"figures: t-SNE and image grid for {key}")
         tsne = draw_tsne(versions, space="features", model=model, seed=config.seed,
                          per_class=config.tsne_per_class, class_names=classes)  # fmt: skip
