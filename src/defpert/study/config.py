@@ -108,7 +108,7 @@ class DPConfig:
         natural image than the radius the model was trained against (``trained``: the card's
         ``threat_trained_against``), or ``None``.
 
-        Measured on ``shipped:mnist-cnn-pgd`` (benchmarks/results/robustify-mnist-cnn-pgd-*):
+        Measured on ``shipped:mnist-cnn-pgd`` (experiments/results/robustify-mnist-cnn-pgd-*):
         robustify held the bare model's accuracy under the strong suite while eps + eps_def
         stayed within the training radius, and lost it beyond.
         """
@@ -124,7 +124,7 @@ class DPConfig:
         return (f"an attack from a {'/'.join(proactive)} point may end eps + eps_def = {reach:g} "
                 f"from the natural image, beyond the {self.norm} {radius:g} this model was trained "
                 "against, where robustify on shipped:mnist-cnn-pgd fell below the bare model under "
-                "the strong suite (benchmarks/results/robustify-mnist-cnn-pgd-linf0.2-n200.json); a "
+                "the strong suite (experiments/results/robustify-mnist-cnn-pgd-linf0.2-n200.json); a "
                 "smaller --defense-eps or --budget-from original stays inside it")  # fmt: skip
 
     def validate(self) -> None:

@@ -365,7 +365,7 @@ def _agreement(
 
     Checking the defended points too matters: on MNIST (the standard ``cnn``, L-inf 0.2,
     PGD-20, 2,000 examples) bf16 moved the weak attack's accuracy by 0.15 points but the
-    attacked ``margin``-defended accuracy by 0.85 (``benchmarks/precision_agreement.py``).
+    attacked ``margin``-defended accuracy by 0.85 (``experiments/precision_agreement.py``).
     """
     x, y = x[:n], y[:n]
     natural = x if config.budget_from == "original" else None

@@ -1,6 +1,6 @@
 """Where gradient attacks go blind: Square's breaks that PGD misses, per data version.
 
-    python benchmarks/square_only_breaks.py RUN_DIR [--defense robustify] [--rows natural,defense,ce]
+    python experiments/square_only_breaks.py RUN_DIR [--defense robustify] [--rows natural,defense,ce]
         [--json-out FILE]
 
 ``RUN_DIR`` is a finished ``defpert dp`` run with a proactive defense (its saved points are
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import machine
+from _benchmarks import machine
 
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import emit, machine
+from _benchmarks import emit, machine
 
 from defpert.core.evaluate import correct
 from defpert.models import load_checkpoint

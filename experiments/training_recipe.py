@@ -1,6 +1,6 @@
 """Is PGD-10 adversarial training as good as Madry et al.'s PGD-40, under the strong suite?
 
-    python benchmarks/training_recipe.py [--dataset digits] [--epochs 30] [--eps 0.3]
+    python experiments/training_recipe.py [--dataset digits] [--epochs 30] [--eps 0.3]
                                          [--n 360] [--tier standard]
 
 Trains the ``cnn`` twice with the same seed and schedule, once with 40 PGD steps of 0.01
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import machine
+from _benchmarks import machine
 
 from defpert.attacks import StrongConfig, pgd, strong_attack
 from defpert.core.evaluate import accuracy

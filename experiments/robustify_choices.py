@@ -1,6 +1,6 @@
 """Which robustify settings pay: outer optimiser, restarts, warm start, labels.
 
-    python benchmarks/robustify_choices.py [--dataset digits] [--checkpoint DIR] [--n 300]
+    python experiments/robustify_choices.py [--dataset digits] [--checkpoint DIR] [--n 300]
                                            [--eps 0.2] [--steps 20]
 
 On a PGD-trained ``cnn`` (trained here on the digits in about a minute unless
@@ -17,7 +17,7 @@ import argparse
 import time
 
 import torch
-from _common import machine
+from _benchmarks import machine
 
 from defpert.core.engine import Schedule, perturb
 from defpert.core.evaluate import accuracy, correct

@@ -1,6 +1,6 @@
 """Searching inside both balls vs projecting afterwards, under ``--budget-from original``.
 
-    python benchmarks/search_inside_both_balls.py [--n 200] [--json-out FILE]
+    python experiments/search_inside_both_balls.py [--n 200] [--json-out FILE]
 
 With the attacker's budget measured from the natural image as well as from the defended
 point, a point must lie in the intersection of the two balls. Square and FAB can search
@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import torch
-from _common import emit, machine
+from _benchmarks import emit, machine
 
 from defpert.attacks._common import project
 from defpert.attacks.fab import fab

@@ -11,8 +11,8 @@ and Square with the paper's 100 iterations; torchattacks' own ``AutoAttack`` cla
 parts at 10 iterations, which is also measured (``--peers 100,10``).
 
     pip install --no-deps torchattacks==3.5.1     # the peer (not a dependency of defpert)
-    python benchmarks/autoattack_crosscheck.py --standard runs/cnn --robust runs/cnn-fgsm \\
-        --n 500 --out benchmarks/results/autoattack-crosscheck.json
+    python experiments/autoattack_crosscheck.py --standard runs/cnn --robust runs/cnn-fgsm \\
+        --n 500 --out experiments/results/autoattack-crosscheck.json
 
 ``--part defpert`` and ``--part autoattack`` run one side each (side by side, one thread
 each, under the same load), ``--merge A.json B.json`` joins them.
@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import torch
-from _common import emit
+from _benchmarks import emit
 
 from defpert.attacks import StrongConfig, strong_attack
 from defpert.attacks._common import project
