@@ -84,206 +84,290 @@ def run_dp(
     ``lend_from`` names another run directory whose shared pieces (the original data,
     attacked weakly and strongly) are copied when they were computed with the same
     attacks, data and weights.
+
+    The stages, in order: :meth:`_DPRun.attack_original` (the weak attack),
+    :meth:`_DPRun.strong_original` (the strong suite on the bare model), then per defense
+    :meth:`_DPRun.defend` and :meth:`_DPRun.attack_proactive` or
+    :meth:`_DPRun.attack_reactive`.
     """
     config.validate()
     if split_name not in SPLITS:
         raise DefpertError(f"unknown split {split_name!r}; choose one of: {', '.join(SPLITS)}")
     say: Report = report or (lambda _m: None)
-    threat = config.threat()
-    x, y = data.images, data.labels
-    run = Path(out) if out is not None else None
     requested = config.precision
     auto_check: dict[str, Any] = {}
     if requested == "auto":
-        config, auto_check = _resolve_auto_precision(model, x, y, config, say)
-    shared = {k: v for k, v in asdict(config).items() if k not in DEFENSE_FIELDS}
-    fingerprint = {"config": shared, "dataset": data.spec.name, "n": len(x),
-                   "data_sha256": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
-                   "weights_sha256": weights_digest(model)}  # fmt: skip
-    store = Store(run, split_name, y, fingerprint)
-    for method in config.defenses:
-        store.for_defense(method, {"method": method,
-                                   **{k: getattr(config, k) for k in DEFENSE_FIELDS if k != "defenses"}})  # fmt: skip
-    if lend_from is not None and run is not None:
-        lent = store.adopt(Path(lend_from))
-        say(f"lent {count(lent, 'finished piece')} of the original data's attacks from {lend_from}"
-            if lent else f"nothing to lend from {lend_from}: its attacks, data, model or code "
-            "differ from this run's")  # fmt: skip
-    reused = store.finished()
-    if reused:
-        say(f"resuming: {count(reused, 'finished piece')} (data versions, attack results) of "
-            f"an earlier run reused from {run}; only the rest is computed")  # fmt: skip
+        config, auto_check = _resolve_auto_precision(model, data.images, data.labels, config, say)
+    dp = _DPRun(model, data, config, Path(out) if out is not None else None, split_name,
+                progress, say)  # fmt: skip
+    dp.open_store(lend_from)
     started = time.perf_counter()
-    bs = config.batch_size
-
-    def resumable(name: str, what: str) -> RowsJournal | None:
-        """The rows journal of data version ``name``, saying so when it holds progress."""
-        journal = store.rows_journal(name)
-        done = journal.rows_done() if journal is not None else 0
-        if done:
-            say(f"continuing {what} after its first {done:,} examples (saved progress)")
-        return journal
-
-    def attack(images: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
-        return _weak_attack(model, images, y, config, config.precision, anchor, progress)
-
-    # An attack on a defended point measures its budget from it (man-in-the-middle), or
-    # with --budget-from original from the natural image as well.
-    natural = x if config.budget_from == "original" else None
-
-    say(f"attacking the original data: PGD-{config.steps} {threat.norm} eps={threat.eps}")
-    store.version("original", lambda: x)
-    x_adv = store.version("adversarial", partial(attack, x))
-    acc_original = accuracy(model, x, y)
-    acc_original_attacked = accuracy(model, x_adv, y)
+    dp.attack_original()
     precision_check = auto_check or (
-        _precision_check(model, x, y, config, say) if config.precision != "fp32" else {}
+        _precision_check(model, dp.x, dp.y, config, say) if config.precision != "fp32" else {}
     )
-
-    n_strong = min(config.strong_limit, len(x))
-    strong_cfg = config.strong_config()
-    kept: dict[str, torch.Tensor] = {}
-
-    def strong(
-        name: str, images: torch.Tensor, known: dict[str, torch.Tensor], keep: str = "",
-        anchored: bool = False,
-    ) -> dict[str, Any]:  # fmt: skip
-        journal = store.journal(name)
-        earlier = journal.read() if journal is not None else None
-        if earlier is not None and (earlier.done or earlier.running is not None):
-            say(f"continuing the strong attack {_resumed_at(earlier, strong_cfg)} (saved progress)")
-        result = strong_attack(
-            model, images[:n_strong], y[:n_strong], threat=threat, config=strong_cfg, seed=config.seed,
-            known_adversarial={k: v[:n_strong] for k, v in known.items()}, progress=progress,
-            anchor=natural[:n_strong] if anchored and natural is not None else None,
-            journal=journal,
-        )  # fmt: skip
-        if keep:  # saved before the summary, so a saved summary always has its points
-            kept[keep] = result.adversarial
-            store.save(keep, result.adversarial)
-        return _strong_summary(result, x[:n_strong], threat)
-
-    original_strong, x_strong = None, None
     if config.strong:
-        say(f"strong attack ({strong_cfg.tier}) on the original data ({n_strong} examples)")
-        original_strong = store.record(
-            "strong-original",
-            partial(strong, "strong-original", x, {"weak": x_adv}, keep="strong-adversarial"),
-        )
-        x_strong = kept.get("strong-adversarial", store.saved("strong-adversarial"))
-
-    def on_first(images: torch.Tensor, n: int) -> float:
-        return float(correct(model, images[:n], y[:n]).float().mean()) if n else float("nan")
-
-    threat_info = {"norm": threat.norm, "eps": threat.eps, "step_size": config.step_size,
-                   "steps": config.steps, "random_start": config.random_start,
-                   "budget_from": config.budget_from}  # fmt: skip
+        dp.strong_original()
     results = []
     for method in config.defenses:
         defense = config.defense(method)
-        say(f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})")
-        x_def = store.version(f"{method}/defensive", partial(
-            defend, model, x, y, defense, batch_size=bs, progress=progress, precision=config.precision,
-            saved=resumable(f"{method}/defensive", f"the {method} defense")))  # fmt: skip
-        acc: dict[str, float] = {
-            "original": acc_original,
-            "original_attacked": acc_original_attacked,
-            "defensive": accuracy(model, x_def, y),
-        }
-        strong_info: dict[str, Any] = {}
-        distance: dict[str, float] = {}
-        if original_strong is not None:
-            acc["original_attacked_strong"] = original_strong["accuracy"]
-            strong_info = {"n": n_strong, "suite": strong_cfg.describe(),
-                           "weak_on_same_examples": {"original_attacked": on_first(x_adv, n_strong)},
-                           "broken_by": {"original": original_strong["broken_by"]},
-                           "seconds": {"original": original_strong.get("seconds", {})},
-                           "max_perturbation": {"original": original_strong["max_perturbation"]}}  # fmt: skip
-        adaptive_info: dict[str, Any] = {}
-        if not defense.reactive:
-            # The budget is measured from the defended point (and the natural image: natural).
-            x_def_adv = store.version(
-                f"{method}/defensive-attacked", partial(attack, x_def, natural)
-            )
-            acc["defensive_attacked"] = accuracy(model, x_def_adv, y)
-            distance["weak"] = float(threat.size(x_def_adv - x).max()) if len(x) else 0.0
-            if original_strong is not None:
-                say(
-                    f"strong attack ({strong_cfg.tier}) on the defensive data ({n_strong} examples)"
-                )
-                # the bare model's points transferred (each projected into the defended
-                # point's threat model before it counts), then the defense's own attacks
-                known = {"weak": x_def_adv, "transfer-weak": x_adv}
-                if x_strong is not None:
-                    known["transfer-strong"] = x_strong
-                if defense.spec.inner_attack:  # Moon et al.'s check: undo it, then attack
-                    say(f"undo-then-attack on the {method} points ({n_strong} examples)")
-                    known["undo-then-attack"] = store.version(f"{method}/undo-attacked", partial(
-                        undo_then_attack, model, x_def[:n_strong], y[:n_strong], defense,
-                        threat=threat, steps=config.strong_steps, batch_size=bs,
-                        anchor=natural[:n_strong] if natural is not None else None,
-                        progress=progress))  # fmt: skip
-                    acc["defensive_undo_attacked"] = on_first(known["undo-then-attack"], n_strong)
-                defensive_strong = store.record(
-                    f"strong-{method}",
-                    partial(strong, f"strong-{method}", x_def, known, anchored=True),
-                )
-                acc["defensive_attacked_strong"] = defensive_strong["accuracy"]
-                strong_info["weak_on_same_examples"]["defensive_attacked"] = on_first(
-                    x_def_adv, n_strong
-                )
-                strong_info["broken_by"]["defensive"] = defensive_strong["broken_by"]
-                strong_info["seconds"]["defensive"] = defensive_strong.get("seconds", {})
-                strong_info["max_perturbation"]["defensive"] = defensive_strong["max_perturbation"]
-                distance["strong"] = defensive_strong["max_from_natural"]
+        acc, x_def = dp.defend(method, defense)
+        strong_info = dp.strong_info()
+        if defense.reactive:
+            acc_more, adaptive_info = dp.attack_reactive(method, defense)
+            distance: dict[str, float] = {}
         else:
-            x_adv_def = store.version(f"{method}/defended-adversarial", partial(
-                defend, model, x_adv, None, defense, batch_size=bs, progress=progress,
-                precision=config.precision,
-                saved=resumable(f"{method}/defended-adversarial", f"the {method} defense of the attacked data")))  # fmt: skip
-            acc["defended_adversarial"] = accuracy(model, x_adv_def, y)
-            n_adaptive = min(config.adaptive_limit, n_strong if x_strong is not None else len(x))
-            if n_adaptive:
-                say(f"adaptive attack through the {method} defense ({n_adaptive} examples)")
-                known = {"weak": x_adv[:n_adaptive]}
-                if x_strong is not None:  # the strong suite's points on the same examples
-                    known["strong"] = x_strong[:n_adaptive]
-                adaptive = store.record(f"adaptive-{method}", partial(
-                    adaptive_attack, model, defense, x[:n_adaptive], y[:n_adaptive], threat=threat,
-                    known=known, config=config.adaptive_config(), seed=config.seed,
-                    journal=store.journal(f"adaptive-{method}")))  # fmt: skip
-                acc["adaptive"] = adaptive["accuracy"]
-                if x_strong is not None:
-                    acc["bare_strong_adaptive_examples"] = on_first(x_strong, n_adaptive)
-                adaptive_info = {k: v for k, v in adaptive.items() if k != "robust"}
-                adaptive_info["same_examples"] = {
-                    "original_attacked": on_first(x_adv, n_adaptive),
-                    **({"original_attacked_strong": on_first(x_strong, n_adaptive)}
-                       if x_strong is not None else {}),
-                }  # fmt: skip
-        results.append({
-            "threat": threat_info,
+            acc_more, distance = dp.attack_proactive(method, defense, x_def, strong_info)
+            adaptive_info = {}
+        results.append(dp.result(method, defense, {**acc, **acc_more}, distance, strong_info,
+                                 adaptive_info, {"name": config.precision, "requested": requested,
+                                                 **precision_check}))  # fmt: skip
+    elapsed = time.perf_counter() - started
+    for r in results:
+        r["seconds_total"] = elapsed
+    if dp.run is not None:
+        write_json(dp.run / f"metrics-{split_name}.json" if split_name != "test" else dp.run / "metrics.json",
+                   {"results": results, "config": asdict(config),
+                    "environment": environment(model_device(model))})  # fmt: skip
+    return results
+
+
+class _DPRun:
+    """One ``dp`` study on one split: its model, data, settings and result store, and its
+    stages as methods (each one a piece a reader can follow on its own)."""
+
+    def __init__(self, model: nn.Module, data: Split, config: DPConfig, run: Path | None,
+                 split_name: str, progress: bool, say: Report) -> None:  # fmt: skip
+        self.model, self.data, self.config, self.run = model, data, config, run
+        self.split_name, self.progress, self.say = split_name, progress, say
+        self.threat = config.threat()
+        self.x, self.y = data.images, data.labels
+        self.bs = config.batch_size
+        # An attack on a defended point measures its budget from it (man-in-the-middle), or
+        # with --budget-from original from the natural image as well.
+        self.natural = self.x if config.budget_from == "original" else None
+        self.n_strong = min(config.strong_limit, len(self.x))
+        self.strong_cfg = config.strong_config()
+        self.kept: dict[str, torch.Tensor] = {}
+        self.original_strong: dict[str, Any] | None = None
+        self.x_strong: torch.Tensor | None = None
+
+    # -- the store -----------------------------------------------------------------------
+
+    def open_store(self, lend_from: str | os.PathLike[str] | None) -> None:
+        """The result store, fingerprinted by the settings, data and weights; what an earlier
+        (or a lending) run finished is reused."""
+        config, x, y = self.config, self.x, self.y
+        shared = {k: v for k, v in asdict(config).items() if k not in DEFENSE_FIELDS}
+        fingerprint = {"config": shared, "dataset": self.data.spec.name, "n": len(x),
+                       "data_sha256": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
+                       "weights_sha256": weights_digest(self.model)}  # fmt: skip
+        self.store = Store(self.run, self.split_name, y, fingerprint)
+        for method in config.defenses:
+            self.store.for_defense(method, {"method": method,
+                                            **{k: getattr(config, k) for k in DEFENSE_FIELDS if k != "defenses"}})  # fmt: skip
+        if lend_from is not None and self.run is not None:
+            lent = self.store.adopt(Path(lend_from))
+            self.say(f"lent {count(lent, 'finished piece')} of the original data's attacks from {lend_from}"
+                     if lent else f"nothing to lend from {lend_from}: its attacks, data, model or code "
+                     "differ from this run's")  # fmt: skip
+        reused = self.store.finished()
+        if reused:
+            self.say(f"resuming: {count(reused, 'finished piece')} (data versions, attack results) of "
+                     f"an earlier run reused from {self.run}; only the rest is computed")  # fmt: skip
+
+    def resumable(self, name: str, what: str) -> RowsJournal | None:
+        """The rows journal of data version ``name``, saying so when it holds progress."""
+        journal = self.store.rows_journal(name)
+        done = journal.rows_done() if journal is not None else 0
+        if done:
+            self.say(f"continuing {what} after its first {done:,} examples (saved progress)")
+        return journal
+
+    # -- attacks -------------------------------------------------------------------------
+
+    def weak(self, images: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """The original study's PGD on ``images`` (within eps of ``anchor`` too, if given)."""
+        return _weak_attack(self.model, images, self.y, self.config, self.config.precision,
+                            anchor, self.progress)  # fmt: skip
+
+    def strong(self, name: str, images: torch.Tensor, known: dict[str, torch.Tensor],
+               keep: str = "", anchored: bool = False) -> dict[str, Any]:  # fmt: skip
+        """The strong suite on the first ``n_strong`` of ``images`` (journalled as ``name``),
+        the ``known`` points counted first; ``keep`` saves its points under that name."""
+        journal = self.store.journal(name)
+        earlier = journal.read() if journal is not None else None
+        if earlier is not None and (earlier.done or earlier.running is not None):
+            self.say(
+                f"continuing the strong attack {_resumed_at(earlier, self.strong_cfg)} (saved progress)"
+            )
+        n = self.n_strong
+        result = strong_attack(
+            self.model, images[:n], self.y[:n], threat=self.threat, config=self.strong_cfg,
+            seed=self.config.seed, known_adversarial={k: v[:n] for k, v in known.items()},
+            progress=self.progress,
+            anchor=self.natural[:n] if anchored and self.natural is not None else None,
+            journal=journal,
+        )  # fmt: skip
+        if keep:  # saved before the summary, so a saved summary always has its points
+            self.kept[keep] = result.adversarial
+            self.store.save(keep, result.adversarial)
+        return _strong_summary(result, self.x[:n], self.threat)
+
+    def on_first(self, images: torch.Tensor, n: int) -> float:
+        """The model's accuracy on the first ``n`` of ``images``."""
+        if not n:
+            return float("nan")
+        return float(correct(self.model, images[:n], self.y[:n]).float().mean())
+
+    # -- stages --------------------------------------------------------------------------
+
+    def attack_original(self) -> None:
+        """Stage 1: the original data, clean and under the weak attack."""
+        threat = self.threat
+        self.say(
+            f"attacking the original data: PGD-{self.config.steps} {threat.norm} eps={threat.eps}"
+        )
+        self.store.version("original", lambda: self.x)
+        self.x_adv = self.store.version("adversarial", partial(self.weak, self.x))
+        self.acc_original = accuracy(self.model, self.x, self.y)
+        self.acc_original_attacked = accuracy(self.model, self.x_adv, self.y)
+
+    def strong_original(self) -> None:
+        """Stage 2: the strong suite on the bare model (the weak attack's points counted)."""
+        self.say(
+            f"strong attack ({self.strong_cfg.tier}) on the original data ({self.n_strong} examples)"
+        )
+        self.original_strong = self.store.record("strong-original", partial(
+            self.strong, "strong-original", self.x, {"weak": self.x_adv}, keep="strong-adversarial"))  # fmt: skip
+        self.x_strong = self.kept.get("strong-adversarial", self.store.saved("strong-adversarial"))
+
+    def defend(self, method: str, defense: Defense) -> tuple[dict[str, float], torch.Tensor]:
+        """Stage 3: the defensive perturbation of the original data; the accuracies so far."""
+        self.say(
+            f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})"
+        )
+        x_def = self.store.version(f"{method}/defensive", partial(
+            defend, self.model, self.x, self.y, defense, batch_size=self.bs, progress=self.progress,
+            precision=self.config.precision,
+            saved=self.resumable(f"{method}/defensive", f"the {method} defense")))  # fmt: skip
+        acc = {"original": self.acc_original, "original_attacked": self.acc_original_attacked,
+               "defensive": accuracy(self.model, x_def, self.y)}  # fmt: skip
+        if self.original_strong is not None:
+            acc["original_attacked_strong"] = self.original_strong["accuracy"]
+        return acc, x_def
+
+    def strong_info(self) -> dict[str, Any]:
+        """The strong suite's record on the bare model (filled further per defense)."""
+        if self.original_strong is None:
+            return {}
+        s = self.original_strong
+        return {"n": self.n_strong, "suite": self.strong_cfg.describe(),
+                "weak_on_same_examples": {"original_attacked": self.on_first(self.x_adv, self.n_strong)},
+                "broken_by": {"original": s["broken_by"]},
+                "seconds": {"original": s.get("seconds", {})},
+                "max_perturbation": {"original": s["max_perturbation"]}}  # fmt: skip
+
+    def attack_proactive(self, method: str, defense: Defense, x_def: torch.Tensor,
+                         strong_info: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+        """Stage 4 (proactive): the defended points attacked, weakly and strongly (the bare
+        model's points transferred, and for robustification undo-then-attack); returns the
+        accuracies and the farthest points' distances from the natural image."""
+        model, y, threat, n_strong = self.model, self.y, self.threat, self.n_strong
+        # The budget is measured from the defended point (and the natural image: natural).
+        x_def_adv = self.store.version(
+            f"{method}/defensive-attacked", partial(self.weak, x_def, self.natural)
+        )
+        acc = {"defensive_attacked": accuracy(model, x_def_adv, y)}
+        distance = {"weak": float(threat.size(x_def_adv - self.x).max()) if len(self.x) else 0.0}
+        if self.original_strong is None:
+            return acc, distance
+        self.say(
+            f"strong attack ({self.strong_cfg.tier}) on the defensive data ({n_strong} examples)"
+        )
+        # the bare model's points transferred (each projected into the defended point's
+        # threat model before it counts), then the defense's own attacks
+        known = {"weak": x_def_adv, "transfer-weak": self.x_adv}
+        if self.x_strong is not None:
+            known["transfer-strong"] = self.x_strong
+        if defense.spec.inner_attack:  # Moon et al.'s check: undo it, then attack
+            self.say(f"undo-then-attack on the {method} points ({n_strong} examples)")
+            known["undo-then-attack"] = self.store.version(f"{method}/undo-attacked", partial(
+                undo_then_attack, model, x_def[:n_strong], y[:n_strong], defense,
+                threat=threat, steps=self.config.strong_steps, batch_size=self.bs,
+                anchor=self.natural[:n_strong] if self.natural is not None else None,
+                progress=self.progress))  # fmt: skip
+            acc["defensive_undo_attacked"] = self.on_first(known["undo-then-attack"], n_strong)
+        defensive_strong = self.store.record(
+            f"strong-{method}",
+            partial(self.strong, f"strong-{method}", x_def, known, anchored=True),
+        )
+        acc["defensive_attacked_strong"] = defensive_strong["accuracy"]
+        strong_info["weak_on_same_examples"]["defensive_attacked"] = self.on_first(
+            x_def_adv, n_strong
+        )
+        strong_info["broken_by"]["defensive"] = defensive_strong["broken_by"]
+        strong_info["seconds"]["defensive"] = defensive_strong.get("seconds", {})
+        strong_info["max_perturbation"]["defensive"] = defensive_strong["max_perturbation"]
+        distance["strong"] = defensive_strong["max_from_natural"]
+        return acc, distance
+
+    def attack_reactive(
+        self, method: str, defense: Defense
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Stage 4 (reactive): the defense applied to the attacked data, and the adaptive
+        attack through it on the first ``adaptive_limit`` examples."""
+        model, x, y, config = self.model, self.x, self.y, self.config
+        x_adv_def = self.store.version(f"{method}/defended-adversarial", partial(
+            defend, model, self.x_adv, None, defense, batch_size=self.bs, progress=self.progress,
+            precision=config.precision,
+            saved=self.resumable(f"{method}/defended-adversarial", f"the {method} defense of the attacked data")))  # fmt: skip
+        acc = {"defended_adversarial": accuracy(model, x_adv_def, y)}
+        x_strong = self.x_strong
+        n_adaptive = min(config.adaptive_limit, self.n_strong if x_strong is not None else len(x))
+        if not n_adaptive:
+            return acc, {}
+        self.say(f"adaptive attack through the {method} defense ({n_adaptive} examples)")
+        known = {"weak": self.x_adv[:n_adaptive]}
+        if x_strong is not None:  # the strong suite's points on the same examples
+            known["strong"] = x_strong[:n_adaptive]
+        adaptive = self.store.record(f"adaptive-{method}", partial(
+            adaptive_attack, model, defense, x[:n_adaptive], y[:n_adaptive], threat=self.threat,
+            known=known, config=config.adaptive_config(), seed=config.seed,
+            journal=self.store.journal(f"adaptive-{method}")))  # fmt: skip
+        acc["adaptive"] = adaptive["accuracy"]
+        if x_strong is not None:
+            acc["bare_strong_adaptive_examples"] = self.on_first(x_strong, n_adaptive)
+        info = {k: v for k, v in adaptive.items() if k != "robust"}
+        info["same_examples"] = {
+            "original_attacked": self.on_first(self.x_adv, n_adaptive),
+            **({"original_attacked_strong": self.on_first(x_strong, n_adaptive)}
+               if x_strong is not None else {}),
+        }  # fmt: skip
+        return acc, info
+
+    def result(self, method: str, defense: Defense, acc: dict[str, float],
+               distance: dict[str, float], strong_info: dict[str, Any],
+               adaptive_info: dict[str, Any], precision: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """One defense's result (the ``--json`` form)."""
+        config = self.config
+        return {
+            "threat": {"norm": self.threat.norm, "eps": self.threat.eps,
+                       "step_size": config.step_size, "steps": config.steps,
+                       "random_start": config.random_start, "budget_from": config.budget_from},
             "defense": method,
             "defense_kind": "reactive" if defense.reactive else "proactive",
             "defense_budget": defense_budget(defense),
-            "dataset": data.spec.name,
-            "split": split_name,
-            "n": len(x),
+            "dataset": self.data.spec.name,
+            "split": self.split_name,
+            "n": len(self.x),
             "accuracy": acc,
             "max_from_natural": distance,
             "strong": strong_info,
             "adaptive": adaptive_info,
-            "precision": {"name": config.precision, "requested": requested, **precision_check},
-            "chunk_size": bs or chunk_size(model, tuple(x.shape[1:]), model_device(model)),
-        })  # fmt: skip
-    elapsed = time.perf_counter() - started
-    for r in results:
-        r["seconds_total"] = elapsed
-    if run is not None:
-        write_json(run / f"metrics-{split_name}.json" if split_name != "test" else run / "metrics.json",
-                   {"results": results, "config": asdict(config),
-                    "environment": environment(model_device(model))})  # fmt: skip
-    return results
+            "precision": precision,
+            "chunk_size": self.bs or chunk_size(self.model, tuple(self.x.shape[1:]), model_device(self.model)),
+        }  # fmt: skip
 
 
 def defense_budget(defense: Defense) -> dict[str, Any]:
