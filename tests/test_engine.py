@@ -11,7 +11,8 @@ from defpert.core.engine import Schedule, perturb
 from defpert.core.evaluate import accuracy, correct
 from defpert.core.objectives import cross_entropy, hedge, margin
 from defpert.core.threat import L2Ball, LinfBall
-from defpert.defenses.methods import DEFENSES, DefendedModel, Defense, defend
+from defpert.defenses.methods import DefendedModel, Defense, defend
+from defpert.defenses.registry import DEFENSES
 
 THREATS = [LinfBall(0.15), L2Ball(1.0)]
 

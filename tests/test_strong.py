@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from defpert.attacks import StrongConfig, apgd, fab, square, strong_attack
+from defpert.attacks import journal as journal_module
 from defpert.attacks import strong as strong_module
 from defpert.attacks.adaptive import AdaptiveConfig, adaptive_attack
 from defpert.core.evaluate import accuracy, correct
@@ -269,7 +270,7 @@ class _MemoryJournal:
     interval = 0.0
 
     def __init__(self, stop_after: int | None = None) -> None:
-        self.state: strong_module.CascadeState | None = None
+        self.state: journal_module.CascadeState | None = None
         self.writes = 0
         self.stop_after = stop_after
 
@@ -277,9 +278,9 @@ class _MemoryJournal:
         return self.state
 
     def write(self, state):
-        self.state = strong_module.CascadeState(
+        self.state = journal_module.CascadeState(
             list(state.done), state.worst.clone(), state.robust.clone(), dict(state.broken_by),
-            dict(state.seconds), state.generator.clone(), state.running and strong_module.Bookmark(
+            dict(state.seconds), state.generator.clone(), state.running and journal_module.Bookmark(
                 dict(state.running.position),
                 {k: v.clone() for k, v in state.running.tensors.items()},
             ),
@@ -381,10 +382,10 @@ def test_fab_interrupted_after_a_run_continues_from_its_bookmark(digits_model, x
     whole = fab(digits_model, x, y, generator=torch.Generator().manual_seed(1), **kw)
     whole_calls = len(calls)
     g = torch.Generator().manual_seed(1)
-    kept: list[tuple[strong_module.Bookmark, torch.Tensor, int]] = []
+    kept: list[tuple[journal_module.Bookmark, torch.Tensor, int]] = []
 
     def kill_after_three(mark):
-        kept.append((strong_module.Bookmark(dict(mark.position),
+        kept.append((journal_module.Bookmark(dict(mark.position),
                                             {k: v.clone() for k, v in mark.tensors.items()}),
                      g.get_state(), len(calls)))  # fmt: skip
         if len(kept) == 3:
@@ -483,10 +484,10 @@ def test_square_interrupted_in_a_later_chunk_continues_from_its_bookmark(digits_
     kw = {"threat": LinfBall(0.15), "queries": 60, "restarts": 2, "batch_size": 20}
     whole = square(masked, x, y, generator=torch.Generator().manual_seed(7), **kw)
     g = torch.Generator().manual_seed(7)
-    kept: list[tuple[strong_module.Bookmark, torch.Tensor]] = []
+    kept: list[tuple[journal_module.Bookmark, torch.Tensor]] = []
 
     def kill_in_chunk_two(mark):
-        kept.append((strong_module.Bookmark(dict(mark.position),
+        kept.append((journal_module.Bookmark(dict(mark.position),
                                             {k: v.clone() for k, v in mark.tensors.items()}),
                      g.get_state()))  # fmt: skip
         if mark.position["part"] == 1 and mark.position["query"] == 30:

@@ -42,7 +42,8 @@ from torch import nn
 
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
-from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
+from defpert.attacks.cascade import Cascade, Stage
+from defpert.attacks.journal import Journal, Resume
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.core.engine import Schedule, madry_step_size, perturb
@@ -113,6 +114,7 @@ def adaptive_attack(
     config: AdaptiveConfig | None = None,
     seed: int = 0,
     journal: Journal | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Worst case per example through ``defense`` (see the module docstring).
 
@@ -125,16 +127,15 @@ def adaptive_attack(
     x, y = x.detach().cpu(), y.detach().cpu()
     chunk = chunk_size(model, tuple(x.shape[1:]), model_device(model))
     exact = defense.wrap(model, "bpda")  # its forward pass is the exact defense
-    robust = torch.ones(len(y), dtype=torch.bool)
-    broken_by: dict[str, int] = {}
-    seconds: dict[str, float] = {}
+    # no points are kept (the verdict is the defended model's): the inputs stand in for them
+    cascade = Cascade(torch.ones(len(y), dtype=torch.bool), x, torch.Generator().manual_seed(seed))
+    generator = cascade.generator
 
     def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
         still = correct(exact, project(threat, x[idx], candidate), y[idx], batch_size=chunk)
-        robust[idx[~still]] = False
-        broken_by[name] = broken_by.get(name, 0) + int((~still).sum())
+        cascade.robust[idx[~still]] = False
+        cascade.broken_by[name] = cascade.broken_by.get(name, 0) + int((~still).sum())
 
-    generator = torch.Generator().manual_seed(seed)
     bpda = defense.wrap(model, "bpda")
     unrolled = defense.wrap(model, "unrolled")
     unrolled_step = cfg.unrolled_step_size or madry_step_size(threat.eps, cfg.unrolled_steps)
@@ -167,39 +168,13 @@ def adaptive_attack(
         stages.append((f"square-{cfg.square_queries}", lambda xi, yi, r: square(
             exact, xi, yi, threat=threat, queries=cfg.square_queries, generator=generator,
             batch_size=SQUARE_GROUP, forward_chunk=chunk, resume=r)))  # fmt: skip
-    done: list[str] = []
-    running: Bookmark | None = None
-    state = journal.read() if journal is not None else None
-    if state is not None and state.continues(x, [name for name, _ in stages]):
-        robust, broken_by, seconds = (
-            state.robust.clone(),
-            dict(state.broken_by),
-            dict(state.seconds),
-        )
-        generator.set_state(state.generator)
-        done = list(state.done)
-        running = state.running
-
-    def save(bookmark: Bookmark | None = None) -> None:
-        assert journal is not None  # no points are kept: the inputs stand in for them
-        journal.write(CascadeState(done, x, robust, broken_by, seconds, generator.get_state(),
-                                   bookmark))  # fmt: skip
-
-    for name, run in stages[len(done) :]:
-        idx = robust.nonzero().squeeze(1)
-        if len(idx) == 0:
-            break
-        clock = StageClock(seconds, name, continued=running is not None)
-        resume = (
-            Resume(running, clock.then(save), journal.interval) if journal is not None else None
-        )
-        running = None
-        candidate = run(x[idx], y[idx], resume) if not isinstance(run, _rows_of) else run(idx)
-        absorb(name, candidate, idx)
-        clock.stop()
-        done.append(name)
-        if journal is not None:
-            save()
+    plan: list[tuple[str, Stage]] = [
+        (name, run.stage if isinstance(run, _rows_of) else _on_rows(run, x, y))
+        for name, run in stages
+    ]
+    cascade.resume(journal, x, [name for name, _ in plan])
+    cascade.run(plan, absorb, journal, progress=progress, desc="adaptive")
+    robust, broken_by, seconds = cascade.robust, cascade.broken_by, cascade.seconds
     return {
         "accuracy": float(robust.float().mean()) if len(robust) else float("nan"),
         "n": len(y),
@@ -260,5 +235,10 @@ class _rows_of:  # noqa: N801 - used like a function
     def __init__(self, points: torch.Tensor) -> None:
         self.points = points.detach().cpu()
 
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+    def stage(self, idx: torch.Tensor, resume: Resume | None) -> torch.Tensor:
         return self.points[idx]
+
+
+def _on_rows(run: Any, x: torch.Tensor, y: torch.Tensor) -> Stage:
+    """A stage ``run(x_rows, y_rows, resume)`` as a cascade stage of example indices."""
+    return lambda idx, resume: run(x[idx], y[idx], resume)

@@ -23,19 +23,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from defpert.attacks._common import project
 from defpert.attacks.apgd import apgd
+from defpert.attacks.cascade import Cascade, Stage
 from defpert.attacks.fab import fab
-from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
+from defpert.attacks.journal import Journal, Resume
 from defpert.attacks.pgd import pgd
 from defpert.attacks.square import square
 from defpert.core.engine import madry_step_size
 from defpert.core.evaluate import correct
 from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
-from defpert.runtime.progress import ticking
 
 TIERS = ("quick", "standard", "plus")
 
@@ -193,61 +192,32 @@ def strong_attack(
     cfg = config or StrongConfig()
     x, y = x.detach().cpu(), y.detach().cpu()
     anchor = anchor.detach().cpu() if anchor is not None else None
-    worst = x.clone()
     robust = correct(model, x, y)
-    broken_by: dict[str, int] = {"clean": int((~robust).sum())}
-    seconds: dict[str, float] = {}
+    cascade = Cascade(robust, x.clone(), torch.Generator().manual_seed(seed),
+                      broken_by={"clean": int((~robust).sum())})  # fmt: skip
 
     def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
         candidate = project(threat, x[idx], candidate, anchor[idx] if anchor is not None else None)
         still = correct(model, candidate, y[idx])
         newly = idx[~still]
-        worst[newly] = candidate[~still]
-        robust[newly] = False
-        broken_by[name] = broken_by.get(name, 0) + len(newly)
+        cascade.points[newly] = candidate[~still]
+        cascade.robust[newly] = False
+        cascade.broken_by[name] = cascade.broken_by.get(name, 0) + len(newly)
 
-    generator = torch.Generator().manual_seed(seed)
-    plan = cfg.plan()
-    names = [name for name, _ in plan]
-    state = journal.read() if journal is not None else None
-    running: Bookmark | None = None
-    if state is not None and state.continues(x, names):
-        worst, robust = state.worst.clone(), state.robust.clone()
-        broken_by, seconds = dict(state.broken_by), dict(state.seconds)
-        generator.set_state(state.generator)
-        done = list(state.done)
-        running = state.running
-    else:
+    def stage(attack: Attack) -> Stage:
+        return lambda idx, r: attack(model, x[idx], y[idx], threat, cascade.generator,
+                                     anchor[idx] if anchor is not None else None, r)  # fmt: skip
+
+    plan = [(name, stage(attack)) for name, attack in cfg.plan()]
+    if not cascade.resume(journal, x, [name for name, _ in plan]):
         known = known_adversarial or {}
         if not isinstance(known, dict):
             known = {f"given[{i}]" if i else "weak": cand for i, cand in enumerate(known)}
         for name, cand in known.items():
-            idx = robust.nonzero().squeeze(1)
+            idx = cascade.robust.nonzero().squeeze(1)
             absorb(name, cand[idx], idx)
-        done = []
-
-    def save(bookmark: Bookmark | None = None) -> None:
-        assert journal is not None
-        journal.write(CascadeState(done, worst, robust, broken_by, seconds,
-                                   generator.get_state(), bookmark))  # fmt: skip
-
-    with tqdm(plan[len(done):], desc=f"strong ({cfg.tier})", disable=not progress,
-              leave=False) as bar, ticking(bar):  # fmt: skip
-        for name, attack in bar:
-            idx = robust.nonzero().squeeze(1)
-            bar.set_postfix_str(f"{name}: {len(idx)} unbroken")
-            if len(idx) == 0:
-                break
-            clock = StageClock(seconds, name, continued=running is not None)
-            resume = None
-            if journal is not None:
-                resume = Resume(running, clock.then(save), journal.interval)
-            running = None
-            a = anchor[idx] if anchor is not None else None
-            absorb(name, attack(model, x[idx], y[idx], threat, generator, a, resume), idx)
-            clock.stop()
-            done.append(name)
-            if journal is not None:
-                save()
+    cascade.run(plan, absorb, journal, progress=progress, desc=f"strong ({cfg.tier})")
+    worst, robust = cascade.points, cascade.robust
+    broken_by, seconds = cascade.broken_by, cascade.seconds
     size = threat.size(worst - x)
     return StrongResult(worst, robust, broken_by, float(size.max()) if len(size) else 0.0, seconds)

@@ -334,7 +334,7 @@ class _DPRun:
         adaptive = self.store.record(f"adaptive-{method}", partial(
             adaptive_attack, model, defense, x[:n_adaptive], y[:n_adaptive], threat=self.threat,
             known=known, config=config.adaptive_config(), seed=config.seed,
-            journal=self.store.journal(f"adaptive-{method}")))  # fmt: skip
+            journal=self.store.journal(f"adaptive-{method}"), progress=self.progress))  # fmt: skip
         acc["adaptive"] = adaptive["accuracy"]
         if x_strong is not None:
             acc["bare_strong_adaptive_examples"] = self.on_first(x_strong, n_adaptive)
