@@ -21,53 +21,25 @@ def add_dp_parser(sub: Any) -> None:
     from defpert.defenses import registry
 
     p = sub.add_parser("dp", help="attack, defensive perturbation, attack again (RQ1)")
-    p.add_argument("-p", "--norm", default="linf", help="threat model: linf or l2")
-    p.add_argument("-k", "--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("-e", "--eps", type=float, default=0.2, help="radius of the threat model")
-    p.add_argument("-a", "--step-size", type=float, default=0.01, help="PGD step size")
+    add_config_options(p, ("norm", "steps", "eps", "step_size"))
     p.add_argument("--defense", default=registry.ORIGINAL,
-                   help=f"comma-separated, or 'all': {', '.join(registry.names())}")  # fmt: skip
-    p.add_argument("--defense-eps", type=float, help="defense budget (default: the attack's eps)")
-    p.add_argument("--defense-steps", type=int, help="defense steps (default: the attack's)")
-    p.add_argument(
-        "--defense-step-size", type=float, help="defense step size (default: the attack's)"
-    )
-    p.add_argument("--defense-optimizer", default="steepest",
-                   help="the defense's step: steepest (sign for L-inf; default), adam or rmsprop")  # fmt: skip
-    p.add_argument("--inner-steps", type=int, default=10,
-                   help="robustify: PGD steps of its inner attack (at the attack's eps)")  # fmt: skip
-    p.add_argument("--inner-restarts", type=int, default=1,
-                   help="robustify: random starts of the inner attack, averaged")  # fmt: skip
-    p.add_argument("--warm-start", action="store_true",
-                   help="robustify: start each inner attack where the previous one ended")  # fmt: skip
+                   help=f"comma-separated, or 'all': {', '.join(registry.names())} "
+                   f"(default: {registry.ORIGINAL})")  # fmt: skip
+    add_config_options(p, ("defense_eps", "defense_steps", "defense_step_size",
+                           "defense_optimizer", "inner_steps", "inner_restarts", "warm_start"))  # fmt: skip
     p.add_argument(
         "--checkpoint", help="run directory of a trained model (default: the default cnn)"
     )
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--split", default="test", help="train, val or test")
+    p.add_argument(
+        "--dataset", default="mnist", help="mnist, fashion-mnist or digits (default: mnist)"
+    )
+    p.add_argument("--split", default="test", help="train, val or test (default: test)")
     p.add_argument("--limit", type=int, help="use the first N examples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=False,
-                   help="start the weak PGD at a random point of the ball")  # fmt: skip
+    add_config_options(p, ("seed", "random_start"))
     add_strong_arguments(p)
-    p.add_argument("--strong-limit", type=int, default=1000, help="examples for the strong attack")
-    p.add_argument("--strong-steps", type=int, default=100)
-    p.add_argument("--strong-restarts", type=int, help="PGD runs per loss (default: the tier's)")
-    p.add_argument("--square-queries", type=int,
-                   help="queries of the Square attack (default: the tier's; standard: 5000)")  # fmt: skip
-    p.add_argument("--adaptive-square-queries", type=int,
-                   help="queries of Square through a reactive defense (default: --square-queries)")  # fmt: skip
-    p.add_argument("--budget-from", default="defended",
-                   help="where an attack on a defended point measures its eps from: defended "
-                   "(man-in-the-middle, default) or original (within eps of the natural image too)")  # fmt: skip
-    p.add_argument("--adaptive-limit", type=int, default=200,
-                   help="examples for the adaptive attack on reactive defenses")  # fmt: skip
-    p.add_argument("--batch-size", type=int,
-                   help="images per chunk of the attack loop (default: measured once per CPU; 2048 on a GPU)")  # fmt: skip
-    p.add_argument("--precision", default="fp32",
-                   help="fp32; bf16 (autocast) for the weak attack and the defenses, checked "
-                   "against fp32 on 500 examples; or auto: bf16 only where the device has it "
-                   "natively and the weak attack agrees with fp32 on 2,000 examples")  # fmt: skip
+    add_config_options(p, ("strong_limit", "strong_steps", "strong_restarts", "square_queries",
+                           "adaptive_square_queries", "budget_from", "adaptive_limit",
+                           "batch_size", "precision"))  # fmt: skip
     p.add_argument("--save-splits", action="store_true",
                    help="also save the versions of the training and validation splits")  # fmt: skip
     p.add_argument("--device", default="auto")
@@ -85,6 +57,37 @@ def add_dp_parser(sub: Any) -> None:
 
 # What a dp run writes (removed by --overwrite before a run of other settings).
 DP_OUTPUTS = ("versions", "partial", "metrics.json", "metrics-train.json", "metrics-val.json")
+
+
+def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """Options made from ``DPConfig``'s fields: the flag, type, default and help of each are
+    read from the field, never written a second time."""
+    import dataclasses
+    import typing
+
+    from defpert.study.options import DPOptions
+
+    fields = {f.name: f for f in dataclasses.fields(DPOptions)}
+    hints = typing.get_type_hints(DPOptions)
+    for name in names:
+        f = fields[name]
+        flags = [f.metadata["short"]] if f.metadata.get("short") else []
+        flags.append("--" + name.replace("_", "-"))
+        help_text = f.metadata["help"]
+        kind = hints[name]
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if name == "random_start" else "store_true"
+            p.add_argument(*flags, action=action, default=f.default, dest=name, help=help_text)
+            continue
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        shown = "" if f.default is None or "default:" in help_text else f" (default: {f.default})"
+        p.add_argument(*flags, type=base, default=f.default, dest=name, help=help_text + shown)
+    p.set_defaults(_config_options=(*(p.get_default("_config_options") or ()), *names))
+
+
+def config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``DPConfig`` fields the options of :func:`add_config_options` set."""
+    return {name: getattr(args, name) for name in args._config_options}
 
 
 def add_strong_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,19 +131,7 @@ def run_dp_command(args: argparse.Namespace) -> int:
         if args.defense == "all"
         else tuple(d.strip() for d in args.defense.split(","))
     )
-    config = DPConfig(
-        norm=args.norm, eps=args.eps, step_size=args.step_size, steps=args.steps,
-        defenses=defenses, random_start=args.random_start, **strong_settings(args),
-        strong_limit=args.strong_limit, strong_steps=args.strong_steps,
-        strong_restarts=args.strong_restarts, square_queries=args.square_queries,
-        adaptive_limit=args.adaptive_limit, adaptive_square_queries=args.adaptive_square_queries,
-        budget_from=args.budget_from,
-        defense_eps=args.defense_eps, defense_steps=args.defense_steps,
-        defense_step_size=args.defense_step_size, seed=args.seed, batch_size=args.batch_size,
-        precision=args.precision, defense_optimizer=args.defense_optimizer,
-        inner_steps=args.inner_steps, inner_restarts=args.inner_restarts,
-        warm_start=args.warm_start,
-    )  # fmt: skip
+    config = DPConfig(defenses=defenses, **strong_settings(args), **config_options(args))
     config.validate()
     spec = get_spec(args.dataset)
     for note in config.doubtful(math.prod(spec.input_shape)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from defpert.attacks.adaptive import AdaptiveConfig
@@ -13,6 +13,7 @@ from defpert.defenses import registry
 from defpert.defenses.methods import Defense
 from defpert.errors import DefpertError
 from defpert.runtime.devices import check_precision
+from defpert.study.options import DPOptions
 
 # Where an attack on a proactively defended point measures its budget from: the defended
 # point (man-in-the-middle, Moon et al. 2022) or also the natural image (both balls).
@@ -20,35 +21,8 @@ BUDGET_FROM = ("defended", "original")
 
 
 @dataclass
-class DPConfig:
-    """Everything that determines a ``defpert dp`` result."""
-
-    norm: str = "linf"
-    eps: float = 0.2
-    step_size: float = 0.01
-    steps: int = 20
-    defenses: tuple[str, ...] = (registry.ORIGINAL,)
-    random_start: bool = False
-    strong: bool = True
-    strong_tier: str = "standard"  # quick, standard or plus (attacks.strong)
-    strong_limit: int = 1000
-    strong_steps: int = 100
-    strong_restarts: int | None = None  # None: the tier's
-    square_queries: int | None = None  # None: the tier's (standard: 5,000)
-    adaptive_limit: int = 200
-    adaptive_square_queries: int | None = None  # None: the strong suite's
-    budget_from: str = "defended"  # BUDGET_FROM
-    defense_eps: float | None = None  # default: the attack's eps
-    defense_steps: int | None = None
-    defense_step_size: float | None = None
-    defense_optimizer: str = "steepest"  # engine.OPTIMIZERS
-    inner_steps: int = 10  # robustify: PGD steps of the inner attack (attacker's eps)
-    inner_restarts: int = 1  # robustify: random starts averaged per outer step
-    warm_start: bool = False  # robustify: inner attack continues from the last step's
-    seed: int = 0
-    batch_size: int | None = None  # None: the engine's default chunk for the device
-    precision: str = "fp32"  # of the weak attack and the defenses; accuracies are fp32
-    extra: dict[str, Any] = field(default_factory=dict)
+class DPConfig(DPOptions):
+    """Everything that determines a ``defpert dp`` result (the fields: :class:`DPOptions`)."""
 
     def threat(self) -> ThreatModel:
         return make_threat(self.norm, self.eps)
