@@ -26,7 +26,8 @@ from torch import nn
 
 from defpert.attacks._common import chunks, logits_in_chunks, project, rows
 from defpert.attacks.journal import Bookmark, Resume
-from defpert.core.threat import ThreatModel
+from defpert.core.objectives import margin
+from defpert.core.threat import ThreatModel, flat_norm
 from defpert.errors import DefpertError
 from defpert.runtime.calibrate import chunk_size
 from defpert.runtime.devices import model_device
@@ -145,10 +146,7 @@ def _own_bookmark(resume: Resume | None, n: int) -> Bookmark | None:
 
 def _margin(forward: Forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``z_y - max_{j != y} z_j`` (B,): negative means misclassified."""
-    logits = forward(x)
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - others.amax(dim=1)
+    return -margin(forward(x), y)
 
 
 # Projects candidates (for the rows ``idx`` of the run's images ``x``) into the threat model.
@@ -236,10 +234,6 @@ def _window_profile(s: int, device: torch.device, g: torch.Generator) -> torch.T
     return d.t() if bool(torch.rand(1, generator=g) > 0.5) else d
 
 
-def _l2_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-
-
 def _l2_run(
     forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, p_init: float,
     g: torch.Generator, inside: Feasible, at: _RunState | None = None,
@@ -260,7 +254,7 @@ def _l2_run(
                     delta[:, :, vh : vh + s, vw : vw + s] += profile * _signs(
                         (n, c, 1, 1), g, x.device
                     )
-        best = inside(x, (x + delta / (_l2_norm(delta) + 1e-12) * eps).clamp(0, 1), every)
+        best = inside(x, (x + delta / (flat_norm(delta) + 1e-12) * eps).clamp(0, 1), every)
         at = _RunState(0, best, _margin(forward, best, y))
     best, margin = at.best, at.margin
     for i in range(at.query, queries):
@@ -278,7 +272,7 @@ def _l2_run(
         mask[window] = 1.0
         mask[window2] = 1.0
         norm_window = cur[window].pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
-        norm_image = _l2_norm(cur)
+        norm_image = flat_norm(cur)
         norm_windows = (cur * mask).pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
         new = _window_profile(side, x.device, g).view(1, 1, side, side) * _signs(
             (len(idx), c, 1, 1), g, x.device
@@ -288,7 +282,7 @@ def _l2_run(
         new = new / (new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt() + 1e-12) * room
         cur[window2] = 0.0
         cur[window] = new
-        cand = inside(xi, (xi + cur / (_l2_norm(cur) + 1e-12) * eps).clamp(0, 1), idx)
+        cand = inside(xi, (xi + cur / (flat_norm(cur) + 1e-12) * eps).clamp(0, 1), idx)
         value = _margin(forward, cand, y[idx])
         better = value < margin[idx]
         margin[idx] = torch.where(better, value, margin[idx])

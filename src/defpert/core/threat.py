@@ -25,7 +25,7 @@ from defpert.errors import DefpertError
 NORMS = ("linf", "l2")
 
 
-def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+def flat_norm(t: torch.Tensor) -> torch.Tensor:
     """Per-example L2 norm, shaped to broadcast against ``t``: (B, 1, 1, 1)."""
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
@@ -115,17 +115,17 @@ class L2Ball(ThreatModel):
 
     def random_init(self, shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
         direction = torch.randn(shape, generator=generator)
-        direction = direction / _flat_norm(direction).clamp_min(1e-12)
+        direction = direction / flat_norm(direction).clamp_min(1e-12)
         dim = math.prod(shape[1:])
         # radius ~ eps * U^(1/d): uniform over the ball's volume, not crowded at the centre
         radius = self.eps * torch.rand(shape[0], generator=generator) ** (1.0 / dim)
         return direction * radius.view(-1, *([1] * (len(shape) - 1)))
 
     def step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
-        return step_size * grad / _flat_norm(grad).clamp_min(1e-12)
+        return step_size * grad / flat_norm(grad).clamp_min(1e-12)
 
     def project(self, delta: torch.Tensor) -> torch.Tensor:
-        norm = _flat_norm(delta)
+        norm = flat_norm(delta)
         return delta * (self.eps / norm.clamp_min(1e-12)).clamp(max=1.0)
 
     def size(self, delta: torch.Tensor) -> torch.Tensor:
