@@ -85,6 +85,8 @@ def main() -> None:
     model, card = load_checkpoint(config["checkpoint"])
     split = load_split(config["dataset"], "test")
     threat = make_threat(dp["norm"], dp["eps"])
+    metrics = json.loads((run / "metrics.json").read_text())["results"]
+    bare = {r["defense"]: r["accuracy"].get("bare_strong_adaptive_examples") for r in metrics}
     rows = []
     for method in dp["defenses"]:
         path = run / "partial" / "test" / f"adaptive-{method}.json"
@@ -117,6 +119,7 @@ def main() -> None:
                                  "broken_by": ours["broken_by"], "seconds": ours["seconds"]},
             "peer_transfer": {"accuracy": k_peer / n, "interval95": wilson(k_peer, n),
                               "broken_alone": alone, "seconds": round(peer_seconds, 1)},
+            "bare_strong_same_examples": bare.get(method),
             "defpert_minus_peer_points": 100 * (k_ours - k_peer) / n,
             "robust_for_defpert_not_for_peer": int((ours_robust & ~robust).sum()),
             "robust_for_peer_not_for_defpert": int((robust & ~ours_robust).sum()),

@@ -1,4 +1,4 @@
-"""Render the results pages of docs/results/ from the JSON that holds each measurement.
+"""Render the results pages of docs/results/ (and the README's tables) from their data.
 
 No number in these pages is typed by hand: each table is made here from
 ``experiments/results/*.json``, and ``tests/test_docs.py`` fails when a page differs from
@@ -98,7 +98,105 @@ def adaptive() -> str:
     return "\n".join(lines)
 
 
-PAGES: dict[str, Callable[[], str]] = {"docs/results/adaptive.md": adaptive}
+def _wilson(k: int, n: int) -> list[float]:
+    z = 1.96
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _with_interval(accuracy: float, n: int) -> str:
+    return f"{_pct(accuracy)} {_interval(_wilson(round(accuracy * n), n))}"
+
+
+def readme_defenses() -> str:
+    """The README's table of defenses, from the registry."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from defpert.defenses import registry
+
+    lines = ["| defense | kind | what it does |", "|---|---|---|"]
+    for name in registry.names():
+        spec = registry.get(name)
+        kind = "reactive (test time, label-free)" if spec.reactive else "proactive"
+        if not spec.reactive and not spec.uses_label:
+            kind += ", label-free"
+        lines.append(f"| `{name}` | {kind} | {spec.summary} |")
+    return "\n".join(lines)
+
+
+def readme_shipped() -> str:
+    """The README's table of shipped checkpoints, from their index."""
+    index = json.loads((ROOT / "src/defpert/models/checkpoints/index.json").read_text())
+    lines = ["| checkpoint | dataset | training | clean (test set) | PGD-40 at its radius, from the natural image |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, r in sorted(index.items()):
+        acc, part = r["accuracy"], r["slice"]
+        lines.append(
+            f"| `shipped:{name}` | {r['dataset']} | {r['training'].removeprefix('adversarial-')} "
+            f"{part['norm']} {part['eps']:g} | {_with_interval(acc['test'], acc['n_test'])} (n = {acc['n_test']:,}) | "
+            f"{_with_interval(part['pgd40'], part['n'])} (n = {part['n']:,}) |"
+        )
+    return "\n".join(lines)
+
+
+def readme_headline() -> str:
+    """The README's headline: robustify and hedge under the strong and adaptive attacks."""
+    rows = [
+        ("shipped:mnist-cnn-pgd-0.4", "robustify-mnist-cnn-pgd0.4-linf0.2-n1000.json", "result"),
+        (
+            "shipped:mnist-cnn-pgd",
+            "robustify-mnist-cnn-pgd-linf0.2-n200.json",
+            "budget_from_defended",
+        ),
+        (
+            "shipped:fashion-mnist-cnn-trades",
+            "robustify-fashion-cnn-trades-linf0.1-n200.json",
+            "result",
+        ),
+    ]
+    lines = ["| model | threat model (budget from the defended point) | defense | n | bare model, strong suite | defended, strong suite |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for model, name, key in rows:
+        r = _load(name)[key]
+        t, a, n = r["threat"], r["accuracy"], r["strong"]["n"]
+        lines.append(
+            f"| `{model}` | {t['norm']} {t['eps']:g}, eps_def {r['defense_budget']['eps']:g} | "
+            f"`{r['defense']}` | {n:,} | {_with_interval(a['original_attacked_strong'], n)} | "
+            f"**{_with_interval(a['defensive_attacked_strong'], n)}** |"
+        )
+    cross = _load("adaptive-crosscheck-cnn-e1-linf0.2-n500.json")
+    for r in cross["rows"]:
+        if r["defense"] == "hedge":
+            ours = r["defpert_adaptive"]
+            lines.append(
+                f"| one-epoch `cnn` | linf {r['threat']['eps']:g} (from the natural image) | "
+                f"`hedge`, adaptive attack | {r['n']:,} | {_with_interval(r['bare_strong_same_examples'], r['n'])} | "
+                f"**{_pct(ours['accuracy'])} {_interval(ours['interval95'])}** |"
+            )
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[], str]] = {
+    "defenses": readme_defenses,
+    "shipped": readme_shipped,
+    "headline": readme_headline,
+}
+
+
+def readme() -> str:
+    """README.md with each marked section rendered afresh."""
+    text = (ROOT / "README.md").read_text()
+    for key, render in SECTIONS.items():
+        begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            text = f"{head}{begin}\n{render()}\n{end}{tail}"
+    return text
+
+
+PAGES: dict[str, Callable[[], str]] = {"docs/results/adaptive.md": adaptive, "README.md": readme}
 
 
 def main() -> int:
