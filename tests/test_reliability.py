@@ -273,13 +273,18 @@ def test_two_process_run_killed_then_resumed_by_one_process(digits_cnn, uninterr
 
 def test_the_next_command_removes_what_a_killed_writer_left(tmp_path):
     run = tmp_path / "run"
-    left = [run / ".train-state.pt.k1x2.tmp", run / "versions" / "test" / ".defensive.npz.z9.tmp"]
-    for path in left:
+    left = [run / ".train-state.pt.k1x2.defpert.tmp",
+            run / "versions" / "test" / ".defensive.npz.z9.defpert.tmp"]  # fmt: skip
+    theirs = [run / "s" / ".notes.tmp", run / ".draft.tmp", run / "versions" / ".x.npz.tmp"]
+    for path in left + theirs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half of a file")
     (run / "keep.json").write_text("{}")
     with claim_run(run, {"command": "dp"}):
         pass
     assert not any(path.exists() for path in left)
+    assert all(path.read_bytes() == b"half of a file" for path in theirs)  # not defpert's
+    for path in theirs:
+        path.unlink()
     assert (run / "keep.json").exists()
     assert_only_complete_files(run, killed=False)

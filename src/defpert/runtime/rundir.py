@@ -21,6 +21,11 @@ from typing import Any
 from defpert.errors import DefpertError
 
 
+# The ending of defpert's own temporary files: the only files a run ever deletes by pattern
+# (a user's ``.notes.tmp`` beside the results is theirs and stays).
+TMP_SUFFIX = ".defpert.tmp"
+
+
 def ensure_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` (and parents) if needed; a clear error if that is impossible."""
     p = Path(path)
@@ -51,7 +56,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
 def _write_atomic(target: Path, write: Callable[[Path], None]) -> Path:
     ensure_dir(target.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())
@@ -163,7 +168,7 @@ def claim_run(
     the operating system even when the holder is killed). A directory whose
     ``config.json`` records other settings is refused, naming them, unless ``overwrite``
     (which first removes the named result folders/files). Temporary files left by a
-    killed writer are removed. Under torchrun only rank 0 locks.
+    killed writer of defpert's are removed (only those: :data:`TMP_SUFFIX`). Under torchrun only rank 0 locks.
     """
     from defpert.runtime import distributed
 
@@ -178,8 +183,9 @@ def claim_run(
             raise DefpertError(
                 f"another defpert command is writing into {run}; wait for it or use another --out"
             ) from None
-        for stale in run.rglob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        for stale in run.rglob(f".*{TMP_SUFFIX}"):  # what a killed writer of ours left
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink(missing_ok=True)
     try:
         saved_path = run / "config.json"
         if saved_path.is_file():
