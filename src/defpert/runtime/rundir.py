@@ -20,7 +20,6 @@ from typing import Any
 
 from defpert.errors import DefpertError
 
-
 # The ending of defpert's own temporary files: the only files a run ever deletes by pattern
 # (a user's ``.notes.tmp`` beside the results is theirs and stays).
 TMP_SUFFIX = ".defpert.tmp"
