@@ -414,6 +414,30 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "--adaptive-square-queries must be 0 or more",
     ),
     (
+        "--defense-eps 0 (not the attack's eps in disguise)",
+        None,
+        [*D, "--defense-eps", "0"],
+        "--defense-eps must be above 0, got 0",
+    ),
+    (
+        "--defense-steps 0",
+        None,
+        [*D, "--defense-steps", "0"],
+        "--defense-steps must be above 0, got 0",
+    ),
+    (
+        "--defense-step-size 0",
+        None,
+        [*D, "--defense-step-size", "0"],
+        "--defense-step-size must be above 0, got 0",
+    ),
+    (
+        "preempt with no defender's budget",
+        None,
+        ["train", "--dataset", "digits", "--adversarial", "preempt", "--defense-eps", "0"],
+        "--defense-eps must be above 0",
+    ),
+    (
         "--adaptive-limit negative",
         None,
         [*D, "--adaptive-limit", "-1"],

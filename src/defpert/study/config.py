@@ -27,12 +27,17 @@ class DPConfig(DPOptions):
     def threat(self) -> ThreatModel:
         return make_threat(self.norm, self.eps)
 
+    @property
+    def defense_radius(self) -> float:
+        """The defender's budget: ``defense_eps`` where given (0 included), else the attack's."""
+        return self.defense_eps if self.defense_eps is not None else self.eps
+
     def defense(self, method: str) -> Defense:
         return Defense(
             method=method,
-            threat=make_threat(self.norm, self.defense_eps or self.eps),
-            steps=self.defense_steps or self.steps,
-            step_size=self.defense_step_size or self.step_size,
+            threat=make_threat(self.norm, self.defense_radius),
+            steps=self.defense_steps if self.defense_steps is not None else self.steps,
+            step_size=self.defense_step_size if self.defense_step_size is not None else self.step_size,
             optimizer=self.defense_optimizer, inner_steps=self.inner_steps,
             inner_restarts=self.inner_restarts, warm_start=self.warm_start,
             attack_threat=self.threat(), seed=self.seed,
@@ -62,8 +67,8 @@ class DPConfig(DPOptions):
         notes = []
         steps = [("--step-size", self.eps, self.step_size)]
         if self.defense_eps is not None or self.defense_step_size is not None:
-            steps.append(("--defense-step-size", self.defense_eps or self.eps,
-                          self.defense_step_size or self.step_size))  # fmt: skip
+            steps.append(("--defense-step-size", self.defense_radius,
+                          self.defense_step_size if self.defense_step_size is not None else self.step_size))  # fmt: skip
         for name, eps, size in steps:
             if size > 2.5 * eps:
                 notes.append(f"{name} {size:g} is above 2.5 x eps ({2.5 * eps:g}): every step "
@@ -102,6 +107,11 @@ class DPConfig(DPOptions):
                 "smaller --defense-eps or --budget-from original stays inside it")  # fmt: skip
 
     def validate(self) -> None:
+        for flag, value in (("--defense-eps", self.defense_eps), ("--defense-steps", self.defense_steps),
+                            ("--defense-step-size", self.defense_step_size)):  # fmt: skip
+            if value is not None and not value > 0:
+                raise DefpertError(f"{flag} must be above 0, got {value:g} (leave it out for the "
+                                   "attack's value)")  # fmt: skip
         check_precision(self.precision)
         check_tier(self.strong_tier)
         self.threat()
@@ -121,7 +131,7 @@ class DPConfig(DPOptions):
             raise DefpertError(
                 f"unknown --budget-from {self.budget_from!r}; choose one of: {', '.join(BUDGET_FROM)}"
             )
-        defense_eps = self.defense_eps or self.eps
+        defense_eps = self.defense_radius
         if self.budget_from == "original" and defense_eps > 2 * self.eps:
             raise DefpertError(
                 f"--budget-from original needs a defense budget of at most 2 eps ({2 * self.eps:g}): "
