@@ -223,6 +223,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "is a file, not a defpert checkpoint",
     ),
     (
+        "--out that is a file",
+        raw_file(b"# notes"),
+        [*D, "--out", "{tmp}/v.npz"],
+        "is a file, not a directory: name a directory for the results",
+    ),
+    (
         "data fetch --data-dir that is a file",
         raw_file(b"# notes"),
         ["data", "fetch", "mnist", "--data-dir", "{tmp}/v.npz"],

@@ -28,6 +28,8 @@ TMP_SUFFIX = ".defpert.tmp"
 def ensure_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` (and parents) if needed; a clear error if that is impossible."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DefpertError(f"{p} is a file, not a directory: name a directory for the results")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
