@@ -73,7 +73,17 @@ def test_checkpoint_for_other_input_shape_is_refused(tmp_path):
 
 def test_card_naming_another_architecture_is_refused(tmp_path):
     save_checkpoint(build_model("cnn", (1, 8, 8), 10), tmp_path, {**_card(), "architecture": "mlp"})
-    with pytest.raises(DefpertError, match="does not match architecture 'mlp'"):
+    with pytest.raises(
+        DefpertError, match="does not match architecture 'mlp': missing 2.bias \\(and 13 more\\)"
+    ):
+        load_checkpoint(tmp_path)
+
+
+def test_a_weight_of_another_shape_is_named(tmp_path):
+    save_checkpoint(build_model("cnn", (1, 8, 8), 10), tmp_path, {**_card(), "num_classes": 3})
+    with pytest.raises(
+        DefpertError, match=r"11.bias has shape \(10,\), the architecture \(3,\) \(and 1 more\)"
+    ):
         load_checkpoint(tmp_path)
 
 

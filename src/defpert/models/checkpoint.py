@@ -142,13 +142,20 @@ def load_checkpoint(
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DefpertError(f"{weights} is not a valid safetensors file: {exc}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+                if unexpected else f"{reshaped[0]} has shape {tuple(state[reshaped[0]].shape)}, "
+                f"the architecture {tuple(expected[reshaped[0]].shape)}")  # fmt: skip
+        more = len(missing) + len(unexpected) + len(reshaped) - 1
         raise DefpertError(
-            f"{weights} does not match architecture {card['architecture']!r}: {first}"
-        ) from None
+            f"{weights} does not match architecture {card['architecture']!r}: {what}"
+            + (f" (and {more} more)" if more else "")
+        )
+    model.load_state_dict(state)
     # load_state_dict copies into the parameters where they are, so the model itself moves
     model.to(map_location).eval()
     return model, card
