@@ -301,12 +301,13 @@ def fetch(
     if name == "fashion-mnist":
         attempts.append((f"Debian package {_DEBIAN_PACKAGE}", lambda: _from_debian(spec)))
 
-    for label, attempt in attempts:
+    for i, (label, attempt) in enumerate(attempts):
         say(f"{name}: {label}: fetching …")  # a source can take seconds to answer
         try:
             files = attempt()
         except _SourceFailed as exc:
-            say(f"{name}: {label}: failed ({exc})")
+            nxt = f"; trying {attempts[i + 1][0]}" if i + 1 < len(attempts) else ""
+            say(f"{name}: {label}: unavailable ({exc}){nxt}")
             continue
         ensure_dir(directory)
         for file_name, content in files.items():
