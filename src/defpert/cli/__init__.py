@@ -110,8 +110,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not records:
         print("no checkpoints are shipped with this installation")
         return 0
-    rows = [["checkpoint", "dataset", "training", "threat", "clean (test set)",
-             "PGD-40 at the threat", "strong suite"]]  # fmt: skip
+    rows = [["checkpoint", "trained", "clean", "PGD-40", "strong suite"]]
     for name, r in sorted(records.items()):
         if args.verify:
             verified(name)
@@ -119,16 +118,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
         threat, robust = "–", "–"
         if part:  # the training radius, from the natural image
             threat = f"{part['norm']} {part['eps']:g}"
-            robust = f"{part['pgd40']:.2%} (n={part['n']:,})"
+            robust = f"{part['pgd40']:.1%} (n={part['n']:,})"
         strong = acc.get("robust")  # tools/ship_checkpoint.py --strong: "<tier> suite, <threat>"
-        worst = (
-            f"{strong['accuracy']:.2%} ({strong['attack']}, n={strong['n']:,})" if strong else "–"
-        )
+        worst = f"{strong['accuracy']:.1%} (n={strong['n']:,})" if strong else "–"
         test = acc.get("test")
-        rows.append([PREFIX + name, r["dataset"], r["training"], threat,
-                     f"{test:.2%} (n={acc.get('n_test', 0):,})" if test is not None else "–",
+        kind = str(r["training"]).removeprefix("adversarial-")
+        rows.append([PREFIX + name, f"{kind} {threat}",
+                     f"{test:.1%} (n={acc.get('n_test', 0):,})" if test is not None else "–",
                      robust, worst])  # fmt: skip
-    print(aligned(rows, left=4))
+    print(aligned(rows, left=2))
+    print("clean: on the test set. PGD-40 and the strong suite (standard tier): at the\n"
+          "training radius, from the natural image, on the first test images.")  # fmt: skip
     if args.verify:
         print("every SHA-256 matches")
     return 0
