@@ -223,6 +223,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "is a file, not a defpert checkpoint",
     ),
     (
+        "a misspelt flag",
+        None,
+        [*D, "--stong-limit", "3"],
+        "unrecognized arguments: --stong-limit 3; did you mean --strong-limit? (defpert dp --help",
+    ),
+    (
         "--out that is a file",
         raw_file(b"# notes"),
         [*D, "--out", "{tmp}/v.npz"],

@@ -169,10 +169,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                    unknown: list[str]) -> None:  # fmt: skip
+    """One line for an option the command lacks: the nearest it has, and where all are."""
+    import difflib
+
+    command = getattr(args, "command", "")
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    own = sub.choices.get(command) if sub is not None else None
+    options = [o for a in (own or parser)._actions for o in a.option_strings]
+    first = unknown[0].split("=", 1)[0]
+    near = difflib.get_close_matches(first, options, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    where = f"defpert {command} --help" if own is not None else "defpert --help"
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint} ({where} lists the options)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            _refuse_unknown(parser, args, unknown)
     except SystemExit as exc:  # usage errors (status 2), --help and --version (status 0)
         return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "progress", None) is None:
