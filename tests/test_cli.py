@@ -491,3 +491,18 @@ def test_public_names_are_the_functions_whatever_was_imported_first():
              "print(callable(train), isinstance(train, types.ModuleType), TrainConfig.__name__)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stdout.split() == ["True", "False", "TrainConfig"], done.stderr
+
+
+def test_the_dp_table_gives_percentages_with_their_intervals():
+    from defpert.study.dp import format_table
+
+    result = {"dataset": "digits", "split": "test", "n": 60, "defense": "ce", "defense_kind": "proactive",
+              "threat": {"norm": "linf", "eps": 0.2, "step_size": 0.05, "steps": 5, "budget_from": "defended"},
+              "defense_budget": {"eps": 0.2, "steps": 5, "step_size": 0.05},
+              "accuracy": {"original": 0.5, "defensive": 1.0, "original_attacked": 0.0,
+                           "defensive_attacked": 0.25},
+              "strong": {}, "max_from_natural": {}}  # fmt: skip
+    table = format_table([result])
+    assert "50.0% [37.7, 62.3]" in table and "100.0% [94.0, 100.0]" in table
+    assert "0.0% [0.0, 6.0]" in table and "25.0% [15.8, 37.2]" in table
+    assert "1-2." not in table and "0.5000" not in table

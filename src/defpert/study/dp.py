@@ -41,7 +41,7 @@ from defpert.runtime.devices import model_device, native_bf16
 from defpert.runtime.rundir import write_json
 from defpert.study.config import DPConfig
 from defpert.study.store import RowsJournal, Store, weights_digest
-from defpert.wording import count
+from defpert.wording import aligned, count, with_interval
 
 Report = Callable[[str], None]
 
@@ -516,19 +516,21 @@ def format_table(results: list[dict[str, Any]]) -> str:
         if r["defense_kind"] == "reactive":
             lines += _reactive_lines(r, strong_n)
             continue
-        lines.append(f"  {'':44s} {'original':>9s} {'defensive':>10s}")
-        clean_label = f"1-2. clean (n={r['n']})"
-        lines.append(f"  {clean_label:44s} {a['original']:9.4f} {a['defensive']:10.4f}")
-        weak_label = f"1-2. weak attack (PGD-{t['steps']}, n={r['n']})"
-        lines.append(
-            f"  {weak_label:44s} {a['original_attacked']:9.4f} {a['defensive_attacked']:10.4f}"
-        )
-        if "original_attacked_strong" in a:
+        rows = [["", "original", "defensive"],
+                 [f"clean (n={r['n']})", with_interval(a["original"], r["n"]),
+                  with_interval(a["defensive"], r["n"])],
+                 [f"weak attack, PGD-{t['steps']} (n={r['n']})",
+                  with_interval(a["original_attacked"], r["n"]),
+                  with_interval(a["defensive_attacked"], r["n"])]]  # fmt: skip
+        if "original_attacked_strong" in a and strong_n:
             w = r["strong"]["weak_on_same_examples"]
-            lines.append(f"  {f'   weak attack on the strong subset (n={strong_n})':44s} "
-                         f"{w['original_attacked']:9.4f} {w['defensive_attacked']:10.4f}")  # fmt: skip
-            lines.append(f"  {f'3. strong attack, worst case (n={strong_n})':44s} "
-                         f"{a['original_attacked_strong']:9.4f} {a['defensive_attacked_strong']:10.4f}")  # fmt: skip
+            rows.append([f"weak attack on the strong suite's examples (n={strong_n})",
+                         with_interval(w["original_attacked"], strong_n),
+                         with_interval(w["defensive_attacked"], strong_n)])  # fmt: skip
+            rows.append([f"strong suite, worst case per example (n={strong_n})",
+                         with_interval(a["original_attacked_strong"], strong_n),
+                         with_interval(a["defensive_attacked_strong"], strong_n)])  # fmt: skip
+        lines += ["  " + line for line in aligned(rows).splitlines()]
         far = r.get("max_from_natural", {})
         if far:
             lines.append(f"  largest distance of an attacked defended point from the natural image: "
@@ -538,16 +540,17 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 def _reactive_lines(r: dict[str, Any], strong_n: int | None) -> list[str]:
     a, n = r["accuracy"], r["n"]
-    lines = [f"  {f'clean, through the defense (n={n})':52s} {a['defensive']:9.4f}",
-             f"  {f'weak attack, bare model (n={n})':52s} {a['original_attacked']:9.4f}",
-             f"  {f'defense on the weak attack points (n={n})':52s} {a['defended_adversarial']:9.4f}"]  # fmt: skip
+    rows = [[f"clean, through the defense (n={n})", with_interval(a["defensive"], n)],
+            [f"weak attack, bare model (n={n})", with_interval(a["original_attacked"], n)],
+            [f"the defense on the weak attack's points (n={n})",
+             with_interval(a["defended_adversarial"], n)]]  # fmt: skip
     if "adaptive" in a:
         ad = r["adaptive"]
         same = ad.get("same_examples", {})
         n_ad = ad["n"]
         if "original_attacked_strong" in same:
-            label = f"strong attack, bare model (n={n_ad})"
-            lines.append(f"  {label:52s} {same['original_attacked_strong']:9.4f}")
-        label = f"4. adaptive attack through the defense (n={n_ad})"
-        lines.append(f"  {label:52s} {a['adaptive']:9.4f}")
-    return lines
+            rows.append([f"strong suite, bare model (n={n_ad})",
+                         with_interval(same["original_attacked_strong"], n_ad)])  # fmt: skip
+        rows.append([f"adaptive attack through the defense (n={n_ad})",
+                     with_interval(a["adaptive"], n_ad)])  # fmt: skip
+    return ["  " + line for line in aligned(rows).splitlines()]
