@@ -103,6 +103,17 @@ def card_edit(**changes: object) -> Callable[[Path], None]:
     return setup
 
 
+def nan_weights(tmp: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    digits_checkpoint(tmp)
+    path = tmp / "ck" / "model.safetensors"
+    state = load_file(str(path))
+    first = sorted(k for k in state if k.endswith("weight"))[0]
+    state[first] = torch.full_like(state[first], float("nan"))
+    save_file(state, str(path))
+
+
 def corrupt_train_state(tmp: Path) -> None:
     import json
 
@@ -257,6 +268,24 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         card_edit(format="other/1"),
         [*D, "--checkpoint", "{tmp}/ck"],
         "is not a defpert checkpoint card",
+    ),
+    (
+        "checkpoint weights holding NaN",
+        nan_weights,
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "holds NaN or infinite weights",
+    ),
+    (
+        "checkpoint card with std 0",
+        card_edit(normalization={"mean": 0.3, "std": 0.0}),
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "normalization needs a finite mean and a positive finite std",
+    ),
+    (
+        "checkpoint card with an infinite mean",
+        card_edit(normalization={"mean": float("inf"), "std": 0.4}),
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "normalization needs a finite mean and a positive finite std",
     ),
     (
         "checkpoint card naming another architecture",

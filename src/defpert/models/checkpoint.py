@@ -7,6 +7,7 @@ execute code) and ``model.json`` (the card: what the weights are, how they were 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 from pathlib import Path
@@ -130,10 +131,17 @@ def load_checkpoint(
             f"checkpoint {run} was trained on {trained_on}, not {expect_dataset}; "
             f"pass --dataset {trained_on}"
         )
+    norm = card.get("normalization", {})
+    mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
+    if not (isinstance(mean, (int, float)) and isinstance(std, (int, float))
+            and math.isfinite(mean) and math.isfinite(std) and std > 0):  # fmt: skip
+        raise DefpertError(
+            f"{run}/model.json: normalization needs a finite mean and a positive finite std, "
+            f"found mean {mean!r}, std {std!r}"
+        )
     model = build_model(
         card["architecture"], shape, int(card["num_classes"]),  # type: ignore[arg-type]
-        mean=card.get("normalization", {}).get("mean", 0.0),
-        std=card.get("normalization", {}).get("std", 1.0),
+        mean=mean, std=std,
     )  # fmt: skip
     weights = run / "model.safetensors"
     if not weights.is_file():
@@ -154,6 +162,13 @@ def load_checkpoint(
         raise DefpertError(
             f"{weights} does not match architecture {card['architecture']!r}: {what}"
             + (f" (and {more} more)" if more else "")
+        )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise DefpertError(
+            f"{weights} holds NaN or infinite weights ({broken[0]}"
+            + (f" and {len(broken) - 1} more" if len(broken) > 1 else "")
+            + "): retrain or reinstall it"
         )
     model.load_state_dict(state)
     # load_state_dict copies into the parameters where they are, so the model itself moves
