@@ -93,3 +93,21 @@ def test_the_walk_terminal_has_a_size_and_ctrl_c_reaches_the_command():
     finally:
         signal.signal(signal.SIGINT, ignored)
     assert capped["interrupted_at_cap"] and capped["seconds"] < 20  # not the SIGKILL at 61 s
+
+
+@pytest.mark.slow
+def test_the_readme_library_example_runs_and_prints_its_numbers(mnist_dir):
+    """The Python example a newcomer copies first runs as written (real MNIST, the shipped
+    PGD model) and prints each accuracy with its n."""
+    import re
+    import subprocess
+
+    code = "\n".join(code_block_lines(README.read_text(), language="python"))
+    assert "strong_attack" in code and "progress=True" in code
+    env = {**os.environ, "DEFPERT_DATA": str(mnist_dir.parent), "DEFPERT_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.fullmatch(r"n=100: clean \d+%, PGD-40 \d+%, strong suite \d+%\n", done.stdout), (
+        done.stdout
+    )
