@@ -201,6 +201,49 @@ def how_to_read(
     ]
 
 
+def conclusion(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """The report's first lines: per threat model, the best defense under the attacks that
+    count (the strong suite for a proactive defense, the adaptive attack for a reactive one)
+    beside the bare model on the same examples, with 95 % intervals, and whether the gain
+    is larger than their uncertainty."""
+    from defpert.wording import wilson, with_interval
+
+    lines = ["## Conclusion", ""]
+    for results in results_by_threat.values():
+        best: tuple[float, str, float, float, int] | None = None
+        for r in results:
+            a = r["accuracy"]
+            if r["defense_kind"] == "reactive":
+                value, bare, n = (
+                    a.get("adaptive"),
+                    a.get("bare_strong_adaptive_examples"),
+                    r.get("adaptive", {}).get("n", 0),
+                )
+            else:
+                value, bare, n = (
+                    a.get("defensive_attacked_strong"),
+                    a.get("original_attacked_strong"),
+                    r.get("strong", {}).get("n", 0),
+                )
+            if value is None or bare is None or not n:
+                continue
+            if best is None or value - bare > best[0] - best[2]:
+                best = (value, r["defense"], bare, value - bare, n)
+        if best is None:
+            continue
+        value, name, bare, gain, n = best
+        low, _ = wilson(round(value * n), n)
+        _, bare_high = wilson(round(bare * n), n)
+        verdict = ("more than the uncertainty" if low > bare_high else
+                   "within the uncertainty" if gain > 0 else "no gain")  # fmt: skip
+        lines.append(
+            f"- **{_threat_title(results[0])}**: the best defense under the strong and adaptive "
+            f"attacks is `{name}`, {with_interval(value, n)} against the bare model's "
+            f"{with_interval(bare, n)} on the same {n} examples ({gain * 100:+.1f} points: {verdict})."
+        )
+    return lines + [""] if len(lines) > 2 else []
+
+
 def markdown(
     title: str,
     summary: Sequence[str],
@@ -216,15 +259,9 @@ def markdown(
     answers, per threat model: which model and defensive perturbation give the highest
     strong-attack accuracy, at what training cost.
     """
-    lines = [f"# {title}", ""]
-    lines += [f"- {s}" for s in summary]
+    lines = [f"# {title}", "", *conclusion(results_by_threat)]
     if models and len(models) > 1:
-        lines += ["", *headline(results_by_threat, models)]
-    lines += [
-        "",
-        *how_to_read(results_by_threat, strong_steps),
-        "",
-    ]
+        lines += [*headline(results_by_threat, models), ""]
     for threat, results in results_by_threat.items():
         first = results[0]
         lines += [f"## RQ1: {_threat_title(first)}", ""]
@@ -251,6 +288,10 @@ def markdown(
         for caption, path in figures.items():
             if caption.startswith(threat + ":"):
                 lines += [f"![{caption}]({path})", f"*{caption}*", ""]
+    lines += ["## How to read this report", "", *how_to_read(results_by_threat, strong_steps), ""]
+    lines += [f"- {s}" for s in summary]
+    if summary:
+        lines.append("")
     if sweep_rows:
         first_row = sweep_rows[0]
         lines += ["## Accuracy versus eps", "",
