@@ -106,3 +106,13 @@ def test_the_load_per_core_counts_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(calibrate, "available_cores", lambda: 2)
     monkeypatch.setattr(calibrate.os, "cpu_count", lambda: 64)
     assert calibrate.load_per_core() == 1.5
+
+
+@pytest.mark.parametrize("content", ["[]", '"a string"', "{not json", '{"k": []}'])
+def test_an_unusable_cache_means_measuring_again(measuring, digits_model, content):
+    cache_file = calibrate.default_cache_dir() / calibrate.CACHE_FILE
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(content)
+    assert calibrate.chunk_size(digits_model, (1, 8, 8), torch.device("cpu")) == 128
+    assert len(measuring) == 1
+    assert isinstance(json.loads(cache_file.read_text()), dict)  # replaced by a usable one

@@ -112,7 +112,12 @@ def _measure_and_cache(
     best = max(rates, key=lambda size: rates[size])
     path = default_cache_dir() / CACHE_FILE
     try:
-        cache = read_json(path) if path.is_file() else {}
+        try:
+            cache = read_json(path) if path.is_file() else {}
+        except DefpertError:
+            cache = {}  # an unreadable cache is measured again and replaced
+        if not isinstance(cache, dict):
+            cache = {}  # valid JSON of another shape (e.g. []) too
         cache[key] = {"chunk": best, "image_steps_per_second": {str(k): round(v) for k, v in rates.items()},
                       "cpu": cpu_info(), "threads": torch.get_num_threads(),
                       "load_per_core": round(load, 2),
