@@ -107,9 +107,13 @@ def _start_chromium(opts):
         return start()
 
 
+_MISSING = [name for name, found in (("chromium", CHROMIUM), ("chromedriver", shutil.which("chromedriver")))
+            if found is None]  # fmt: skip
+
+
 @pytest.mark.skipif(
-    CHROMIUM is None or shutil.which("chromedriver") is None,
-    reason="headless Chromium not installed (.ci/run installs it)",
+    bool(_MISSING),
+    reason=f"not installed: {', '.join(_MISSING)} (Debian's chromium and chromium-driver; .ci/run installs both)",
 )
 @pytest.mark.parametrize("width", [390, 1280], ids=["phone", "laptop"])
 def test_report_figures_load_in_headless_chromium(quick_run, width):
