@@ -310,3 +310,37 @@ def test_a_rows_journal_of_other_inputs_or_damaged_is_ignored(tmp_path):
     assert other.read(x.flip(0), labels) is None and other.read(x, labels.flip(0)) is None
     journal.path.write_bytes(b"not an npz")
     assert journal.read(x, labels) is None and journal.rows_done() == 0
+
+
+@pytest.mark.parametrize("spoil", ["truncate", "fewer rows", "nan"])
+def test_a_spoiled_saved_version_is_computed_again_and_the_rerun_is_right(
+    spoil, capsys, digits_cnn, tmp_path
+):
+    """A data version damaged on disk is never trusted: the rerun says so, recomputes it
+    and ends with the numbers of an untouched run."""
+    import json
+
+    import numpy as np
+
+    from defpert.cli import main
+
+    argv = ["dp", "--dataset", "digits", "--checkpoint", str(digits_cnn), "-k", "3",
+            "--limit", "30", "--no-strong", "--json", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    path = tmp_path / "a" / "versions" / "test" / "adversarial.npz"
+    if spoil == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        with np.load(path) as z:
+            images, labels = z["images"], z["labels"]
+        if spoil == "fewer rows":
+            images, labels = images[:10], labels[:10]
+        else:
+            images = np.full_like(images, np.nan)
+        np.savez(path, images=images, labels=labels)
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    assert "recomputing adversarial.npz: the saved file failed its check" in captured.err
+    again = json.loads(captured.out)
+    assert again["accuracy"] == first["accuracy"]

@@ -162,7 +162,7 @@ class _DPRun:
         fingerprint = {"config": shared, "dataset": self.data.spec.name, "n": len(x),
                        "data_sha256": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
                        "weights_sha256": weights_digest(self.model)}  # fmt: skip
-        self.store = Store(self.run, self.split_name, y, fingerprint)
+        self.store = Store(self.run, self.split_name, y, fingerprint, say=self.say)
         for method in config.defenses:
             self.store.for_defense(method, {"method": method,
                                             **{k: getattr(config, k) for k in DEFENSE_FIELDS if k != "defenses"}})  # fmt: skip
@@ -240,7 +240,9 @@ class _DPRun:
         )
         self.original_strong = self.store.record("strong-original", partial(
             self.strong, "strong-original", self.x, {"weak": self.x_adv}, keep="strong-adversarial"))  # fmt: skip
-        self.x_strong = self.kept.get("strong-adversarial", self.store.saved("strong-adversarial"))
+        self.x_strong = self.kept.get(
+            "strong-adversarial", self.store.saved("strong-adversarial", rows=self.n_strong)
+        )
 
     def defend(self, method: str, defense: Defense) -> tuple[dict[str, float], torch.Tensor]:
         """Stage 3: the defensive perturbation of the original data; the accuracies so far."""
@@ -296,7 +298,7 @@ class _DPRun:
                 undo_then_attack, model, x_def[:n_strong], y[:n_strong], defense,
                 threat=threat, steps=self.config.strong_steps, batch_size=self.bs,
                 anchor=self.natural[:n_strong] if self.natural is not None else None,
-                progress=self.progress))  # fmt: skip
+                progress=self.progress), rows=n_strong)  # fmt: skip
             acc["defensive_undo_attacked"] = self.on_first(known["undo-then-attack"], n_strong)
         defensive_strong = self.store.record(
             f"strong-{method}",

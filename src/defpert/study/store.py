@@ -115,9 +115,15 @@ class Store:
     """
 
     def __init__(
-        self, run: Path | None, split: str, labels: torch.Tensor, fingerprint: dict[str, Any]
+        self,
+        run: Path | None,
+        split: str,
+        labels: torch.Tensor,
+        fingerprint: dict[str, Any],
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.labels = labels
+        self.say = say or (lambda _m: None)
         self.versions = run / "versions" / split if run is not None else None
         self.partial = run / "partial" / split if run is not None else None
         if run is None or self.partial is None or self.versions is None:
@@ -181,26 +187,47 @@ class Store:
                    if p.name != "fingerprint.json" and not p.name.startswith("defense-")]  # fmt: skip
         return len(versions) + len(results)
 
-    def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The saved data version ``name``, or ``compute()`` saved under that name."""
+    def version(
+        self, name: str, compute: Callable[[], torch.Tensor], rows: int | None = None
+    ) -> torch.Tensor:
+        """The saved data version ``name`` (checked: ``rows`` examples, by default all of the
+        run's), or ``compute()`` saved under that name."""
         if self.versions is None:
             return compute()
-        saved = self.saved(name)
+        saved = self.saved(name, rows=len(self.labels) if rows is None else rows)
         if saved is not None:
             return saved
         images = compute()
         self.save(name, images)
         return images
 
-    def saved(self, name: str) -> torch.Tensor | None:
-        """A saved data version, or None."""
+    def saved(self, name: str, rows: int | None = None) -> torch.Tensor | None:
+        """A saved data version, or None when there is none or it fails its check (then it
+        is computed again, and the run says why): a readable ``.npz`` of finite pixels in
+        [0, 1] whose labels are the run's first labels (``rows`` of them, where given)."""
         if self.versions is None:
             return None
         path = self.versions / f"{name}.npz"
         if not distributed.main_decides(path.is_file()):
             return None
-        with np.load(path, allow_pickle=False) as saved:
-            return torch.from_numpy(saved["images"])
+        try:
+            x, y = load_npz(path)
+        except DefpertError as exc:
+            return self._distrusted(path, str(exc))
+        images, labels = torch.from_numpy(x), torch.from_numpy(y)
+        n = len(labels)
+        if rows is not None and n != rows:
+            return self._distrusted(path, f"it holds {n} examples, the run {rows}")
+        if len(images) != n or not torch.equal(labels, self.labels[:n]):
+            return self._distrusted(path, "its labels are not the run's")
+        if not torch.isfinite(images).all() or float(images.min()) < 0 or float(images.max()) > 1:
+            return self._distrusted(path, "its pixels are not finite numbers in [0, 1]")
+        return images
+
+    def _distrusted(self, path: Path, why: str) -> torch.Tensor | None:
+        """Say why a saved version is not reused; None, so that it is computed again."""
+        self.say(f"recomputing {path.name}: the saved file failed its check ({why})")
+        return None
 
     def save(self, name: str, images: torch.Tensor) -> None:
         """Save a data version of the first ``len(images)`` examples (and drop the rows
