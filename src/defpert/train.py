@@ -24,14 +24,20 @@ from defpert.core.engine import Schedule, perturb_batch
 from defpert.core.evaluate import accuracy
 from defpert.core.objectives import cross_entropy
 from defpert.core.threat import ThreatModel, make_threat
-from defpert.data.datasets import Split, load_split
+from defpert.data.datasets import Split, get_spec, load_split
 from defpert.errors import DefpertError
 from defpert.models import shipped
 from defpert.models.checkpoint import environment, read_card, save_checkpoint
 from defpert.models.zoo import build_model
 from defpert.runtime import distributed, threads
 from defpert.runtime.devices import pick_device
-from defpert.runtime.rundir import claim_run, write_atomic, write_json
+from defpert.runtime.rundir import (
+    claim_run,
+    default_cache_dir,
+    ensure_dir,
+    write_atomic,
+    write_json,
+)
 from defpert.wording import count
 
 
@@ -631,19 +637,38 @@ def default_checkpoint(
     progress: bool = True,
     report: Any = None,
 ) -> Path:
-    """The default ``cnn`` for a dataset, trained on first use and reused afterwards."""
-    from defpert.data.datasets import get_spec
-    from defpert.runtime.rundir import default_cache_dir
+    """The default ``cnn`` for a dataset, trained on first use and reused afterwards.
+
+    Commands started side by side on a fresh cache share one training: the first trains
+    under a lock beside the model's directory, the others wait for it and reuse its model.
+    """
+    import fcntl
 
     spec = get_spec(dataset)
     epochs = DEFAULT_EPOCHS.get(spec.name, 3)
     run = default_cache_dir() / "models" / f"{spec.name}-cnn-e{epochs}-s0"
-    if (run / "model.safetensors").is_file() and (run / "model.json").is_file():
+
+    def ready() -> bool:
+        return (run / "model.safetensors").is_file() and (run / "model.json").is_file()
+
+    if ready():
         return run
-    if report:
-        report(
-            f"no checkpoint given: training the default cnn on {spec.name} ({count(epochs, 'epoch')}) into {run}"
-        )
-    config = TrainConfig(dataset=spec.name, epochs=epochs, batch_size=64, lr=2e-3)
-    train(config, out=run, data_dir=data_dir, device=device, progress=progress)
+    ensure_dir(run.parent)
+    with open(run.parent / f".{run.name}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if report:
+                report(
+                    f"waiting for another defpert command to finish training the default cnn into {run}"
+                )
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the other one ends
+        if ready():
+            return run
+        if report:
+            report(
+                f"no checkpoint given: training the default cnn on {spec.name} ({count(epochs, 'epoch')}) into {run}"
+            )
+        config = TrainConfig(dataset=spec.name, epochs=epochs, batch_size=64, lr=2e-3)
+        train(config, out=run, data_dir=data_dir, device=device, progress=progress)
     return run
