@@ -234,6 +234,36 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "is a file, not a defpert checkpoint",
     ),
     (
+        "dp --seed above 2^63",
+        None,
+        [*D, "--seed", str(2**64)],
+        "--seed must lie in [0, 2^63)",
+    ),
+    (
+        "train --seed negative",
+        None,
+        ["train", "--dataset", "digits", "--seed", "-1"],
+        "--seed must lie in [0, 2^63)",
+    ),
+    (
+        "checkpoint card whose input_shape is not a shape",
+        card_edit(input_shape="abc"),
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "'input_shape' must be [channels, height, width] of positive integers",
+    ),
+    (
+        "checkpoint card of an absurd shape (terabytes of activations)",
+        card_edit(input_shape=[1, 100000, 100000]),
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "'input_shape' must be [channels, height, width] of positive integers",
+    ),
+    (
+        "checkpoint card whose num_classes is text",
+        card_edit(num_classes="ten"),
+        [*D, "--checkpoint", "{tmp}/ck"],
+        "'num_classes' must be an integer from 2",
+    ),
+    (
         "a misspelt flag",
         None,
         [*D, "--stong-limit", "3"],

@@ -106,6 +106,8 @@ class TrainConfig:
         return threat, Schedule(self.adv_steps, self.adv_step_size, random_start=random_start)
 
     def validate(self) -> None:
+        if not 0 <= self.seed < 2**63:
+            raise DefpertError(f"--seed must lie in [0, 2^63), got {self.seed}")
         self.adversary()
         self.defender()
         if self.epochs < 1:

@@ -22,6 +22,10 @@ from defpert.models.zoo import build_model
 from defpert.runtime.rundir import read_json, write_atomic, write_json
 
 CARD_FORMAT = "defpert-checkpoint/1"
+# Bounds a card's shape must respect: beyond them it is a corrupt card, not a model (an
+# absurd shape would otherwise ask for terabytes before anything checked it).
+MAX_SIDE = 4096
+MAX_CLASSES = 100_000
 
 
 def library_versions() -> dict[str, str]:
@@ -93,6 +97,21 @@ def read_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("architecture", "input_shape", "num_classes"):
         if key not in card:
             raise DefpertError(f"{card_path} lacks {key!r}")
+    shape, classes = card["input_shape"], card["num_classes"]
+    if not isinstance(card["architecture"], str):
+        raise DefpertError(
+            f"{card_path}: 'architecture' must be a name, found {card['architecture']!r}"
+        )
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIDE for d in shape)):  # fmt: skip
+        raise DefpertError(
+            f"{card_path}: 'input_shape' must be [channels, height, width] of positive integers "
+            f"up to {MAX_SIDE:,}, found {shape!r}"
+        )
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= MAX_CLASSES:
+        raise DefpertError(
+            f"{card_path}: 'num_classes' must be an integer from 2 to {MAX_CLASSES:,}, found {classes!r}"
+        )
     return card
 
 

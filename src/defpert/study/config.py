@@ -112,6 +112,8 @@ class DPConfig(DPOptions):
             if value is not None and not value > 0:
                 raise DefpertError(f"{flag} must be above 0, got {value:g} (leave it out for the "
                                    "attack's value)")  # fmt: skip
+        if not 0 <= self.seed < 2**63:
+            raise DefpertError(f"--seed must lie in [0, 2^63), got {self.seed}")
         check_precision(self.precision)
         check_tier(self.strong_tier)
         self.threat()
