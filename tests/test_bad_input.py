@@ -264,6 +264,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "'num_classes' must be an integer from 2",
     ),
     (
+        "tsne on an .npz with no examples",
+        npz(images=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros((0,), np.int64)),
+        ["tsne", "--npz", "{tmp}/v.npz"],
+        "v holds no examples: nothing to embed",
+    ),
+    (
         "a misspelt flag",
         None,
         [*D, "--stong-limit", "3"],

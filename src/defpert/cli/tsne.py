@@ -95,6 +95,9 @@ def run_tsne_command(args: argparse.Namespace) -> int:
     else:
         versions = {Path(args.npz).stem: load_npz(args.npz)}
         default_out = Path(args.npz).with_suffix(".png")
+    for name, (x, _) in versions.items():
+        if len(x) == 0:
+            raise DefpertError(f"{name} holds no examples: nothing to embed")
     model = None
     if args.space == "features":
         checkpoint = args.checkpoint
