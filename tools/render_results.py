@@ -165,6 +165,16 @@ def readme_headline() -> str:
             f"`{r['defense']}` | {n:,} | {_with_interval(a['original_attacked_strong'], n)} | "
             f"**{_with_interval(a['defensive_attacked_strong'], n)}** |"
         )
+    pre = _load("study-preempt-mnist-cnn-linf0.2-n200.json")
+    records, dp = pre["strong_and_adaptive"], pre["dp"]
+    if "strong-robustify" in records:
+        bare, defended = records["strong-original"], records["strong-robustify"]
+        lines.append(
+            f"| `cnn` trained with `--adversarial preempt` (not shipped yet) | {dp['norm']} {dp['eps']:g}, "
+            f"eps_def {dp['defense_eps'] or dp['eps']:g} | `robustify` | {defended['n']:,} | "
+            f"{_pct(bare['accuracy'])} {_interval(bare['interval95'])} | "
+            f"**{_pct(defended['accuracy'])} {_interval(defended['interval95'])}** |"
+        )
     cross = _load("adaptive-crosscheck-cnn-e1-linf0.2-n500.json")
     for r in cross["rows"]:
         if r["defense"] == "hedge":
