@@ -65,3 +65,5 @@ def test_the_digest_sees_a_changed_number():
     b = {"dp": {"metrics.json": {"accuracy": {"defensive": 0.5000001}}, "x.npz": {"images": "ab"}}}
     assert tool.differences(a, a) == []
     assert tool.differences(a, b) == ["/dp/metrics.json/accuracy/defensive: 0.5 != 0.5000001"]
+    when = [{"model": "2026-12-04T03:37:53+00:00"}, {"model": "2026-12-04T03:36:46+00:00"}]
+    assert tool.differences(*when) == []  # when a model was made is not a number of the study
