@@ -253,6 +253,9 @@ def robustification() -> str:
         f"{_pct(versions['original']['accuracy'])} (test set: {_pct(pre['train_test_accuracy'])}, "
         f"n = {pre['n_test']:,}).",
         "",
+        f"The preempt model's study (the weak attack on {weak_n:,}, three defenses, the strong suite "
+        f"and undo-then-attack on {n}) took {pre['seconds_total'] / 60:,.0f} min of one shared CPU thread.",
+        "",
         "Commands, code and machine: each JSON's `command(s)`, `code` and `machine`.",
         "",
     ]
