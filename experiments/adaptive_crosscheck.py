@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -31,16 +30,7 @@ from defpert.core.threat import make_threat
 from defpert.data import load_split
 from defpert.defenses import Defense
 from defpert.models import load_checkpoint
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """The 95 % Wilson interval of a proportion k / n."""
-    if n == 0:
-        return [math.nan, math.nan]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+from defpert.wording import wilson
 
 
 def peer_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
@@ -115,9 +105,9 @@ def main() -> None:
             "threat": {"norm": dp["norm"], "eps": dp["eps"], "budget_from": "natural image"},
             "defense_budget": {"eps": defense.threat.eps, "steps": defense.steps,
                                "step_size": defense.step_size},
-            "defpert_adaptive": {"accuracy": k_ours / n, "interval95": wilson(k_ours, n),
+            "defpert_adaptive": {"accuracy": k_ours / n, "interval95": list(wilson(k_ours, n)),
                                  "broken_by": ours["broken_by"], "seconds": ours["seconds"]},
-            "peer_transfer": {"accuracy": k_peer / n, "interval95": wilson(k_peer, n),
+            "peer_transfer": {"accuracy": k_peer / n, "interval95": list(wilson(k_peer, n)),
                               "broken_alone": alone, "seconds": round(peer_seconds, 1)},
             "bare_strong_same_examples": bare.get(method),
             "defpert_minus_peer_points": 100 * (k_ours - k_peer) / n,

@@ -19,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
+sys.path.insert(0, str(ROOT / "src"))  # the checkout's defpert, installed or not
+from defpert.wording import wilson  # noqa: E402
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -98,21 +100,12 @@ def adaptive() -> str:
     return "\n".join(lines)
 
 
-def _wilson(k: int, n: int) -> list[float]:
-    z = 1.96
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
-
-
 def _with_interval(accuracy: float, n: int) -> str:
-    return f"{_pct(accuracy)} {_interval(_wilson(round(accuracy * n), n))}"
+    return f"{_pct(accuracy)} {_interval(list(wilson(round(accuracy * n), n)))}"
 
 
 def readme_defenses() -> str:
     """The README's table of defenses, from the registry."""
-    sys.path.insert(0, str(ROOT / "src"))
     from defpert.defenses import registry
 
     lines = ["| defense | kind | what it does |", "|---|---|---|"]

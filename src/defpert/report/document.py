@@ -236,8 +236,11 @@ def conclusion(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
         _, bare_high = wilson(round(bare * n), n)
         verdict = ("more than the uncertainty" if low > bare_high else
                    "within the uncertainty" if gain > 0 else "no gain")  # fmt: skip
+        budget = ("the defended point" if results[0]["threat"].get("budget_from", "defended") == "defended"
+                  else "the natural image and the defended point")  # fmt: skip
         lines.append(
-            f"- **{_threat_title(results[0])}**: the best defense under the strong and adaptive "
+            f"- **{_threat_title(results[0])}, budget from {budget}** (the bare model's from the "
+            f"natural image): the best defense under the strong and adaptive "
             f"attacks is `{name}`, {with_interval(value, n)} against the bare model's "
             f"{with_interval(bare, n)} on the same {n} examples ({gain * 100:+.1f} points: {verdict})."
         )
