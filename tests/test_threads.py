@@ -142,16 +142,21 @@ def test_a_bad_thread_count_is_refused_in_one_line(argv_tail, env, message, monk
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("given", [None, "COMPATIBLE"])
-def test_mkl_strict_reproducible_mode_is_set_unless_the_user_chose(given):
-    """Without it, MKL's products on AVX-512 CPUs follow the thread count (see above)."""
+@pytest.mark.parametrize(("name", "default", "given"),
+                         [("MKL_CBWR", "AUTO,STRICT", None), ("MKL_CBWR", "AUTO,STRICT", "COMPATIBLE"),
+                          ("OMP_WAIT_POLICY", "PASSIVE", None), ("OMP_WAIT_POLICY", "PASSIVE", "ACTIVE")])  # fmt: skip
+def test_reproducible_and_load_friendly_settings_are_made_unless_the_user_chose(name, default, given):
+    """MKL's strict mode: without it, MKL's products on AVX-512 CPUs follow the thread count
+    (see above). Sleeping OpenMP waits: spinning ones hold up training beside other work."""
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    env = {k: v for k, v in os.environ.items() if k != name}
     if given:
-        env["MKL_CBWR"] = given
-    out = subprocess.run([sys.executable, "-c", "import os, defpert; print(os.environ['MKL_CBWR'])"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    assert out == (given or "AUTO,STRICT")
+        env[name] = given
+    code = f"import os, defpert; print(os.environ[{name!r}])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    assert out == (given or default)
+

@@ -24,6 +24,13 @@ from typing import Any
 # the best instruction set (read at MKL's first product; a user's own setting wins).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+# OpenMP's threads sleep when they wait at the end of a parallel region instead of spinning
+# on the core a late thread needs: beside one busy program on 2 cores a training epoch took
+# 1.37x its quiet time instead of 2.85x, and PGD ran 1.3x faster, with the quiet times and
+# the weights unchanged (benchmarks/training_threads.py). Read when PyTorch loads OpenMP, so
+# it holds where defpert is imported first (always in the ``defpert`` command).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Where each public name lives. They are imported on first use, so `defpert --help` and
 # `defpert models` answer without waiting seconds for PyTorch and matplotlib to load.
 _PUBLIC = {

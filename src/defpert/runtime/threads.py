@@ -20,7 +20,13 @@ weight's gradient sums over the batch, and how that sum is split follows the thr
 (one epoch on the digits at one and at two threads: weights apart by up to 2e-6). So
 training does not follow the load: it ``hold``s ``steady_count()`` (every core, unless the
 user fixed the count) for the whole run and records it, and a resumed run takes the
-recorded count. The same command then gives the same weights, busy machine or not.
+recorded count. The same command then gives the same weights, busy machine or not. What
+made that slow beside other work was not the count but the waiting: OpenMP's threads spin
+at the end of each parallel region, on the very core the late thread needs. The ``defpert``
+package makes them sleep (``OMP_WAIT_POLICY=PASSIVE``, set in :mod:`defpert` before
+PyTorch loads): one
+training epoch beside a busy loop took 1.37x its quiet time instead of 2.85x, with the same
+weights (``benchmarks/training_threads.py``; one thread instead: 1.02x, but 1.3x slower quiet).
 """
 
 from __future__ import annotations
