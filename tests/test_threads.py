@@ -145,7 +145,9 @@ def test_a_bad_thread_count_is_refused_in_one_line(argv_tail, env, message, monk
 @pytest.mark.parametrize(("name", "default", "given"),
                          [("MKL_CBWR", "AUTO,STRICT", None), ("MKL_CBWR", "AUTO,STRICT", "COMPATIBLE"),
                           ("OMP_WAIT_POLICY", "PASSIVE", None), ("OMP_WAIT_POLICY", "PASSIVE", "ACTIVE")])  # fmt: skip
-def test_reproducible_and_load_friendly_settings_are_made_unless_the_user_chose(name, default, given):
+def test_reproducible_and_load_friendly_settings_are_made_unless_the_user_chose(
+    name, default, given
+):
     """MKL's strict mode: without it, MKL's products on AVX-512 CPUs follow the thread count
     (see above). Sleeping OpenMP waits: spinning ones hold up training beside other work."""
     import os
@@ -159,4 +161,3 @@ def test_reproducible_and_load_friendly_settings_are_made_unless_the_user_chose(
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()  # fmt: skip
     assert out == (given or default)
-
