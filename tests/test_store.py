@@ -159,7 +159,13 @@ def test_an_unreadable_journal_starts_the_cascade_over(tmp_path):
     assert torch.equal(back.worst, state.worst) and torch.equal(back.robust, state.robust)
     assert back.broken_by == state.broken_by and back.seconds == state.seconds
     assert torch.equal(back.generator, state.generator)
-    assert back.running is None
+    assert back.running is None and back.contested is None
+    # a bf16 search's contested examples come back (a journal without them reads None)
+    state.contested = torch.tensor([False, True, False, True])
+    journal.write(state)
+    back = journal.read()
+    assert back is not None and torch.equal(back.contested, state.contested)
+    state.contested = None
     # a running attack's bookmark comes back with its position and tensors
     state.running = store.Bookmark({"part": 0, "restart": 1, "query": 250},
                                    {"out": torch.rand(4, 1, 8, 8), "run_margin": torch.rand(3)})  # fmt: skip

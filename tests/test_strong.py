@@ -283,7 +283,7 @@ class _MemoryJournal:
             dict(state.seconds), state.generator.clone(), state.running and journal_module.Bookmark(
                 dict(state.running.position),
                 {k: v.clone() for k, v in state.running.tensors.items()},
-            ),
+            ), None if state.contested is None else state.contested.clone(),
         )  # fmt: skip
         self.writes += 1
         if self.writes == self.stop_after:

@@ -37,6 +37,9 @@ class Cascade:
     seconds: dict[str, float] = field(default_factory=dict)  # stage name -> wall time
     done: list[str] = field(default_factory=list)
     running: Bookmark | None = None  # the bookmark inside the next stage, from a journal
+    # (N,) bool, for a cascade searching in another arithmetic than its verdicts': the
+    # examples whose search claimed a break the verdict refused (see attacks.search)
+    contested: torch.Tensor | None = None
 
     def resume(self, journal: Journal | None, x: torch.Tensor, names: list[str]) -> bool:
         """Take the state an interrupted run of the same cascade left in ``journal``."""
@@ -47,11 +50,14 @@ class Cascade:
         self.broken_by, self.seconds = dict(state.broken_by), dict(state.seconds)
         self.generator.set_state(state.generator)
         self.done, self.running = list(state.done), state.running
+        if self.contested is not None and state.contested is not None:
+            self.contested.copy_(state.contested)  # in place: stages hold this tensor
         return True
 
     def save(self, journal: Journal, bookmark: Bookmark | None = None) -> None:
         journal.write(CascadeState(self.done, self.points, self.robust, self.broken_by,
-                                   self.seconds, self.generator.get_state(), bookmark))  # fmt: skip
+                                   self.seconds, self.generator.get_state(), bookmark,
+                                   self.contested))  # fmt: skip
 
     def run(
         self,

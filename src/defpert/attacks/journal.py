@@ -100,11 +100,13 @@ class CascadeState:
     seconds: dict[str, float]
     generator: torch.Tensor
     running: Bookmark | None = None
+    contested: torch.Tensor | None = None  # see Cascade.contested
 
     def continues(self, x: torch.Tensor, plan: list[str]) -> bool:
         """Whether this state belongs to a cascade of ``plan`` on inputs shaped like ``x``."""
         return (self.worst.shape == x.shape and self.robust.shape == (len(x),)
-                and self.done == plan[: len(self.done)])  # fmt: skip
+                and self.done == plan[: len(self.done)]
+                and (self.contested is None or self.contested.shape == (len(x),)))  # fmt: skip
 
 
 class Journal(Protocol):

@@ -30,11 +30,13 @@ from defpert.attacks.cascade import Cascade, Stage
 from defpert.attacks.fab import fab
 from defpert.attacks.journal import Journal, Resume
 from defpert.attacks.pgd import pgd
+from defpert.attacks.search import FALLBACK, on_contested, resolve_search, searcher
 from defpert.attacks.square import square
 from defpert.core.engine import madry_step_size
 from defpert.core.evaluate import correct
 from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
+from defpert.runtime.devices import model_device
 
 TIERS = ("quick", "standard", "plus")
 
@@ -158,6 +160,8 @@ class StrongResult:
     broken_by: dict[str, int] = field(default_factory=dict)  # attack name -> newly broken
     max_perturbation: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)  # attack name -> wall time
+    search: str = "fp32"  # the arithmetic the attacks searched in (verdicts: always fp32)
+    contested: int = 0  # examples a bf16 search claimed and the fp32 verdict refused
 
     @property
     def accuracy(self) -> float:
@@ -176,6 +180,7 @@ def strong_attack(
     progress: bool = False,
     anchor: torch.Tensor | None = None,
     journal: Journal | None = None,
+    search: str = "fp32",
 ) -> StrongResult:
     """Worst case per example over the tier's cascade (see the module docstring).
 
@@ -188,13 +193,19 @@ def strong_attack(
     model once projected into it.
     A ``journal`` receives the cascade's state after each attack and, when it holds the
     state of an interrupted run of the same cascade, the run continues from there.
+    ``search`` is the arithmetic the attacks search in (``fp32``, ``bf16``, or ``auto``: bf16
+    where the device has it natively); every verdict is the float32 model's, and examples a
+    bf16 search claimed but did not break get the float32 cascade (:mod:`defpert.attacks.search`).
     """
     cfg = config or StrongConfig()
+    search = resolve_search(search, model_device(model))
+    seeker = searcher(model, search)
     x, y = x.detach().cpu(), y.detach().cpu()
     anchor = anchor.detach().cpu() if anchor is not None else None
     robust = correct(model, x, y)
     cascade = Cascade(robust, x.clone(), torch.Generator().manual_seed(seed),
-                      broken_by={"clean": int((~robust).sum())})  # fmt: skip
+                      broken_by={"clean": int((~robust).sum())},
+                      contested=torch.zeros(len(y), dtype=torch.bool) if search != "fp32" else None)  # fmt: skip
 
     def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
         candidate = project(threat, x[idx], candidate, anchor[idx] if anchor is not None else None)
@@ -203,12 +214,17 @@ def strong_attack(
         cascade.points[newly] = candidate[~still]
         cascade.robust[newly] = False
         cascade.broken_by[name] = cascade.broken_by.get(name, 0) + len(newly)
+        if cascade.contested is not None and not name.startswith(FALLBACK):
+            claimed = ~correct(seeker, candidate, y[idx])
+            cascade.contested[idx[claimed & still]] = True
 
-    def stage(attack: Attack) -> Stage:
-        return lambda idx, r: attack(model, x[idx], y[idx], threat, cascade.generator,
+    def stage(attack: Attack, net: nn.Module) -> Stage:
+        return lambda idx, r: attack(net, x[idx], y[idx], threat, cascade.generator,
                                      anchor[idx] if anchor is not None else None, r)  # fmt: skip
 
-    plan = [(name, stage(attack)) for name, attack in cfg.plan()]
+    plan = [(name, stage(attack, seeker)) for name, attack in cfg.plan()]
+    if cascade.contested is not None:
+        plan += _fallback(cfg, stage, model, cascade, x, seed)
     if not cascade.resume(journal, x, [name for name, _ in plan]):
         known = known_adversarial or {}
         if not isinstance(known, dict):
@@ -220,4 +236,37 @@ def strong_attack(
     worst, robust = cascade.points, cascade.robust
     broken_by, seconds = cascade.broken_by, cascade.seconds
     size = threat.size(worst - x)
-    return StrongResult(worst, robust, broken_by, float(size.max()) if len(size) else 0.0, seconds)
+    contested = int(cascade.contested.sum()) if cascade.contested is not None else 0
+    return StrongResult(worst, robust, broken_by, float(size.max()) if len(size) else 0.0, seconds,
+                        search, contested)  # fmt: skip
+
+
+def _fallback(
+    cfg: StrongConfig,
+    stage: Callable[[Attack, nn.Module], Stage],
+    model: nn.Module,
+    cascade: Cascade,
+    x: torch.Tensor,
+    seed: int,
+) -> list[tuple[str, Stage]]:
+    """The float32 cascade on the contested examples still standing, drawing from the
+    suite's seed again (so where every example is contested it is the float32 suite)."""
+    stages = []
+    for i, (name, attack) in enumerate(cfg.plan()):
+        assert cascade.contested is not None
+        run = on_contested(stage(attack, model), cascade.contested, x)
+        if i == 0:
+            run = _reseeding(run, cascade.generator, seed)
+        stages.append((FALLBACK + name, run))
+    return stages
+
+
+def _reseeding(run: Stage, generator: torch.Generator, seed: int) -> Stage:
+    """``run``, with the generator seeded first unless resumed from a bookmark inside it."""
+
+    def first(idx: torch.Tensor, resume: Resume | None) -> torch.Tensor:
+        if resume is None or resume.start is None:
+            generator.manual_seed(seed)
+        return run(idx, resume)
+
+    return first

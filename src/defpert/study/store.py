@@ -355,6 +355,9 @@ class FileJournal:
                     seconds={str(k): float(v) for k, v in meta["seconds"].items()},
                     generator=torch.from_numpy(saved["generator"]),
                     running=running,
+                    contested=torch.from_numpy(saved["contested"])
+                    if "contested" in saved.files
+                    else None,
                 )
         except Exception:  # a journal of an older layout or a damaged file: start over
             return None
@@ -365,6 +368,8 @@ class FileJournal:
                 "running": running.position if running is not None else None}  # fmt: skip
         arrays: dict[str, Any] = {f"{RUNNING}{name}": t.detach().cpu().numpy()
                   for name, t in (running.tensors.items() if running is not None else ())}  # fmt: skip
+        if state.contested is not None:
+            arrays["contested"] = state.contested.numpy()
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
