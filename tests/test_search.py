@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_strong import _Interrupted, _MemoryJournal
 from torch import nn
 
 from defpert.attacks import StrongConfig, strong_attack
@@ -13,7 +14,6 @@ from defpert.attacks.search import FALLBACK, Bf16Search, check_search, resolve_s
 from defpert.core.evaluate import correct
 from defpert.core.threat import LinfBall
 from defpert.errors import DefpertError
-from test_strong import _Interrupted, _MemoryJournal
 
 THREAT = LinfBall(0.15)
 QUICK = StrongConfig("quick", steps=10, square_queries=50)
