@@ -3,6 +3,8 @@ what bfloat16 claimed but did not break, the same result for the same seed."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from test_strong import _Interrupted, _MemoryJournal
@@ -17,6 +19,7 @@ from defpert.errors import DefpertError
 
 THREAT = LinfBall(0.15)
 QUICK = StrongConfig("quick", steps=10, square_queries=50)
+QUICK_BF16 = StrongConfig("quick", steps=10, square_queries=50, search="bf16")
 
 
 class WrongInBf16(nn.Module):
@@ -42,7 +45,7 @@ def test_a_bf16_claim_the_fp32_model_refuses_is_never_a_break(digits_model, xy):
     fooled = WrongInBf16(digits_model).eval()
     assert not correct(Bf16Search(fooled), x, y).any()  # bf16 believes every input broken
     fp32 = strong_attack(fooled, x, y, threat=THREAT, config=QUICK, seed=3)
-    bf16 = strong_attack(fooled, x, y, threat=THREAT, config=QUICK, seed=3, search="bf16")
+    bf16 = strong_attack(fooled, x, y, threat=THREAT, config=QUICK_BF16, seed=3)
     assert bf16.search == "bf16" and fp32.search == "fp32"
     # every reported break is the fp32 model's verdict
     broken = ~bf16.robust
@@ -61,7 +64,7 @@ def test_a_bf16_claim_the_fp32_model_refuses_is_never_a_break(digits_model, xy):
 def test_a_bf16_search_repeats_for_a_seed_and_leaves_the_model_as_it_was(digits_model, xy):
     x, y = xy
     digits_model.eval()
-    runs = [strong_attack(digits_model, x, y, threat=THREAT, config=QUICK, seed=1, search="bf16")
+    runs = [strong_attack(digits_model, x, y, threat=THREAT, config=QUICK_BF16, seed=1)
             for _ in range(2)]  # fmt: skip
     assert torch.equal(runs[0].adversarial, runs[1].adversarial)
     assert runs[0].broken_by == runs[1].broken_by
@@ -72,14 +75,14 @@ def test_a_bf16_search_repeats_for_a_seed_and_leaves_the_model_as_it_was(digits_
 def test_an_interrupted_bf16_search_continues_inside_the_fp32_cascade(digits_model, xy):
     x, y = xy
     fooled = WrongInBf16(digits_model).eval()
-    whole = strong_attack(fooled, x, y, threat=THREAT, config=QUICK, seed=2, search="bf16")
+    whole = strong_attack(fooled, x, y, threat=THREAT, config=QUICK_BF16, seed=2)
     journal = _MemoryJournal(stop_after=4)  # after the 3 bf16 attacks and the first fp32 one
     with pytest.raises(_Interrupted):
-        strong_attack(fooled, x, y, threat=THREAT, config=QUICK, seed=2, search="bf16",
+        strong_attack(fooled, x, y, threat=THREAT, config=QUICK_BF16, seed=2,
                       journal=journal)  # fmt: skip
     assert journal.state is not None and journal.state.contested is not None
     journal.stop_after = None
-    resumed = strong_attack(fooled, x, y, threat=THREAT, config=QUICK, seed=2, search="bf16",
+    resumed = strong_attack(fooled, x, y, threat=THREAT, config=QUICK_BF16, seed=2,
                             journal=journal)  # fmt: skip
     assert torch.equal(resumed.adversarial, whole.adversarial)
     assert resumed.broken_by == whole.broken_by and resumed.contested == whole.contested
@@ -94,3 +97,26 @@ def test_auto_searches_in_bf16_only_where_it_is_native(monkeypatch):
     assert resolve_search("fp32", cpu) == "fp32"
     with pytest.raises(DefpertError, match="unknown search precision 'fp16'; choose one of"):
         check_search("fp16")
+
+
+def test_the_adaptive_attack_searching_in_bf16_judges_through_the_fp32_defense(digits_model, xy):
+    """Every bf16 claim through the defense is refused by the fp32 defended model; the fp32
+    stages then run on every contested example, and the result is the fp32 attack's."""
+    from defpert.attacks.adaptive import AdaptiveConfig, adaptive_attack
+    from defpert.defenses import Defense
+
+    x, y = xy[0][:16], xy[1][:16]
+    fooled = WrongInBf16(digits_model).eval()
+    defense = Defense("hedge", LinfBall(0.1), steps=3, step_size=0.03)
+    cfg = AdaptiveConfig(steps=5, restarts=1, unrolled_steps=2, square_queries=30, deep_restarts=1)
+    fp32 = adaptive_attack(fooled, defense, x, y, threat=THREAT, config=cfg, seed=4)
+    bf16 = adaptive_attack(fooled, defense, x, y, threat=THREAT, seed=4,
+                           config=replace(cfg, search="bf16"))  # fmt: skip
+    assert bf16["search"] == "bf16" and "search" not in fp32
+    searched = {
+        k: v for k, v in bf16["broken_by"].items() if k != "clean" and not k.startswith(FALLBACK)
+    }
+    assert searched and all(v == 0 for v in searched.values())
+    assert bf16["contested"] > 0
+    assert bf16["robust"] == fp32["robust"]
+    assert 0 < sum(fp32["robust"]) < len(y)  # the attack broke some, not all

@@ -45,6 +45,14 @@ from defpert.attacks.apgd import apgd
 from defpert.attacks.cascade import Cascade, Stage
 from defpert.attacks.journal import Journal, Resume
 from defpert.attacks.pgd import pgd
+from defpert.attacks.search import (
+    FALLBACK,
+    check_search,
+    on_contested,
+    reseeding,
+    resolve_search,
+    searcher,
+)
 from defpert.attacks.square import square
 from defpert.core.engine import Schedule, madry_step_size, perturb
 from defpert.core.evaluate import correct
@@ -90,6 +98,7 @@ class AdaptiveConfig:
     square_queries: int = 5000  # 0 skips the black-box stage
     deep_restarts: int = 2  # runs of each deep candidate's attack (PGD: the first from x)
     kappa: float = DEEP_KAPPA  # the capped margin's confidence
+    search: str = "fp32"  # the attacks' arithmetic: fp32, bf16 or auto (attacks.search)
 
     def __post_init__(self) -> None:
         for name in ("steps", "restarts", "eot", "unrolled_steps"):
@@ -101,6 +110,7 @@ class AdaptiveConfig:
             raise DefpertError("adaptive attack: deep_restarts must be 0 or more")
         if not self.kappa >= 0:
             raise DefpertError("adaptive attack: kappa must be 0 or more")
+        check_search(self.search)
 
 
 def adaptive_attack(
@@ -121,29 +131,84 @@ def adaptive_attack(
     ``known`` maps a name to points (N, C, H, W) found against the bare model. Returns
     ``{"accuracy", "n", "robust" (list of bools), "broken_by", "seconds", "config"}``. A
     ``journal`` keeps the cascade's state after each stage and the APGD and Square stages'
-    bookmarks inside them; a rerun continues from it.
+    bookmarks inside them; a rerun continues from it. The config's ``search`` is the
+    arithmetic the attacks search in (as for the strong suite: every verdict is the float32 defended model's,
+    and the float32 stages run again on what a bf16 search claimed and did not break).
     """
     cfg = config or AdaptiveConfig()
+    search = resolve_search(cfg.search, model_device(model))
     x, y = x.detach().cpu(), y.detach().cpu()
     chunk = chunk_size(model, tuple(x.shape[1:]), model_device(model))
     exact = defense.wrap(model, "bpda")  # its forward pass is the exact defense
     # no points are kept (the verdict is the defended model's): the inputs stand in for them
-    cascade = Cascade(torch.ones(len(y), dtype=torch.bool), x, torch.Generator().manual_seed(seed))
+    cascade = Cascade(torch.ones(len(y), dtype=torch.bool), x, torch.Generator().manual_seed(seed),
+                      contested=torch.zeros(len(y), dtype=torch.bool) if search != "fp32" else None)  # fmt: skip
     generator = cascade.generator
+    claims = defense.wrap(searcher(model, search), "bpda")  # the defended model as searched
 
     def absorb(name: str, candidate: torch.Tensor, idx: torch.Tensor) -> None:
-        still = correct(exact, project(threat, x[idx], candidate), y[idx], batch_size=chunk)
+        candidate = project(threat, x[idx], candidate)
+        still = correct(exact, candidate, y[idx], batch_size=chunk)
         cascade.robust[idx[~still]] = False
         cascade.broken_by[name] = cascade.broken_by.get(name, 0) + int((~still).sum())
+        searched = name not in given and not name.startswith(FALLBACK)
+        if cascade.contested is not None and searched and still.any():
+            claimed = ~correct(claims, candidate[still], y[idx][still], batch_size=chunk)
+            cascade.contested[idx[still][claimed]] = True
 
-    bpda = defense.wrap(model, "bpda")
-    unrolled = defense.wrap(model, "unrolled")
-    unrolled_step = cfg.unrolled_step_size or madry_step_size(threat.eps, cfg.unrolled_steps)
-    step = madry_step_size(threat.eps, cfg.steps)
     stages: list[tuple[str, Any]] = [("clean", lambda xi, yi, r: xi)]
     for name, points in (known or {}).items():
         stages.append((f"transfer-{name}", _rows_of(points)))
-    stages += _deep_stages(model, threat, cfg, generator, chunk)
+    given = {name for name, _ in stages}  # judged, not searched
+    stages += _search_stages(searcher(model, search), defense, threat, cfg, generator, chunk)
+    plan: list[tuple[str, Stage]] = [
+        (name, run.stage if isinstance(run, _rows_of) else _on_rows(run, x, y))
+        for name, run in stages
+    ]
+    if cascade.contested is not None:
+        fallback = _search_stages(model, defense, threat, cfg, generator, chunk)
+        for i, (name, run) in enumerate(fallback):
+            stage = on_contested(_on_rows(run, x, y), cascade.contested, x)
+            plan.append((FALLBACK + name, reseeding(stage, generator, seed) if i == 0 else stage))
+    cascade.resume(journal, x, [name for name, _ in plan])
+    cascade.run(plan, absorb, journal, progress=progress, desc="adaptive")
+    robust, broken_by, seconds = cascade.robust, cascade.broken_by, cascade.seconds
+    unrolled_step = cfg.unrolled_step_size or madry_step_size(threat.eps, cfg.unrolled_steps)
+    searched: dict[str, Any] = {"search": search} if search != "fp32" else {}
+    if cascade.contested is not None:
+        searched["contested"] = int(cascade.contested.sum())
+    return {
+        "accuracy": float(robust.float().mean()) if len(robust) else float("nan"),
+        "n": len(y),
+        "robust": robust.tolist(),
+        "broken_by": broken_by,
+        "seconds": seconds,
+        **searched,
+        "config": {
+            **asdict(cfg),
+            "unrolled_step_size": unrolled_step,
+            "eot_note": "the defense is deterministic: one EOT sample"
+            if cfg.eot == 1
+            else f"{cfg.eot} EOT samples",
+        },  # fmt: skip
+    }
+
+
+def _search_stages(
+    net: nn.Module,
+    defense: Reactive,
+    threat: ThreatModel,
+    cfg: AdaptiveConfig,
+    generator: torch.Generator,
+    chunk: int,
+) -> list[tuple[str, Any]]:
+    """The stages that search, with ``net`` (the model, or the model as searched in bf16):
+    the deep candidates, BPDA, the unrolled defense and Square through it."""
+    bpda = defense.wrap(net, "bpda")
+    unrolled = defense.wrap(net, "unrolled")
+    unrolled_step = cfg.unrolled_step_size or madry_step_size(threat.eps, cfg.unrolled_steps)
+    step = madry_step_size(threat.eps, cfg.steps)
+    stages = _deep_stages(net, threat, cfg, generator, chunk)
     stages += [
         ("bpda-pgd-ce", lambda xi, yi, r: pgd(
             bpda, xi, yi, threat=threat, steps=cfg.steps, step_size=step, loss="ce",
@@ -166,29 +231,9 @@ def adaptive_attack(
     ]  # fmt: skip
     if cfg.square_queries:
         stages.append((f"square-{cfg.square_queries}", lambda xi, yi, r: square(
-            exact, xi, yi, threat=threat, queries=cfg.square_queries, generator=generator,
+            bpda, xi, yi, threat=threat, queries=cfg.square_queries, generator=generator,
             batch_size=SQUARE_GROUP, forward_chunk=chunk, resume=r)))  # fmt: skip
-    plan: list[tuple[str, Stage]] = [
-        (name, run.stage if isinstance(run, _rows_of) else _on_rows(run, x, y))
-        for name, run in stages
-    ]
-    cascade.resume(journal, x, [name for name, _ in plan])
-    cascade.run(plan, absorb, journal, progress=progress, desc="adaptive")
-    robust, broken_by, seconds = cascade.robust, cascade.broken_by, cascade.seconds
-    return {
-        "accuracy": float(robust.float().mean()) if len(robust) else float("nan"),
-        "n": len(y),
-        "robust": robust.tolist(),
-        "broken_by": broken_by,
-        "seconds": seconds,
-        "config": {
-            **asdict(cfg),
-            "unrolled_step_size": unrolled_step,
-            "eot_note": "the defense is deterministic: one EOT sample"
-            if cfg.eot == 1
-            else f"{cfg.eot} EOT samples",
-        },  # fmt: skip
-    }
+    return stages
 
 
 def _deep_stages(

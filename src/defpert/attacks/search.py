@@ -79,3 +79,15 @@ def on_contested(stage: Stage, contested: torch.Tensor, x: torch.Tensor) -> Stag
         return points
 
     return run
+
+
+def reseeding(run: Stage, generator: torch.Generator, seed: int) -> Stage:
+    """``run``, with ``generator`` seeded with ``seed`` first, unless it resumes from a
+    bookmark inside itself (the generator then holds the bookmark's state)."""
+
+    def first(idx: torch.Tensor, resume: Resume | None) -> torch.Tensor:
+        if resume is None or resume.start is None:
+            generator.manual_seed(seed)
+        return run(idx, resume)
+
+    return first

@@ -30,7 +30,14 @@ from defpert.attacks.cascade import Cascade, Stage
 from defpert.attacks.fab import fab
 from defpert.attacks.journal import Journal, Resume
 from defpert.attacks.pgd import pgd
-from defpert.attacks.search import FALLBACK, on_contested, resolve_search, searcher
+from defpert.attacks.search import (
+    FALLBACK,
+    check_search,
+    on_contested,
+    reseeding,
+    resolve_search,
+    searcher,
+)
 from defpert.attacks.square import square
 from defpert.core.engine import madry_step_size
 from defpert.core.evaluate import correct
@@ -67,9 +74,11 @@ class StrongConfig:
     restarts: int | None = None  # PGD runs per loss: 1 from the clean input, then random starts
     square_queries: int | None = None
     batch_size: int | None = None  # None: the engine's default chunk for the device
+    search: str = "fp32"  # the attacks' arithmetic: fp32, bf16 or auto (attacks.search)
 
     def __post_init__(self) -> None:
         check_tier(self.tier)
+        check_search(self.search)
         for name in ("steps", "restarts", "square_queries", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -180,7 +189,6 @@ def strong_attack(
     progress: bool = False,
     anchor: torch.Tensor | None = None,
     journal: Journal | None = None,
-    search: str = "fp32",
 ) -> StrongResult:
     """Worst case per example over the tier's cascade (see the module docstring).
 
@@ -193,12 +201,13 @@ def strong_attack(
     model once projected into it.
     A ``journal`` receives the cascade's state after each attack and, when it holds the
     state of an interrupted run of the same cascade, the run continues from there.
-    ``search`` is the arithmetic the attacks search in (``fp32``, ``bf16``, or ``auto``: bf16
-    where the device has it natively); every verdict is the float32 model's, and examples a
-    bf16 search claimed but did not break get the float32 cascade (:mod:`defpert.attacks.search`).
+    The config's ``search`` is the arithmetic the attacks search in (``fp32``, ``bf16``, or
+    ``auto``: bf16 where the device has it natively); every verdict is the float32 model's,
+    and examples a bf16 search claimed but did not break get the float32 cascade
+    (:mod:`defpert.attacks.search`).
     """
     cfg = config or StrongConfig()
-    search = resolve_search(search, model_device(model))
+    search = resolve_search(cfg.search, model_device(model))
     seeker = searcher(model, search)
     x, y = x.detach().cpu(), y.detach().cpu()
     anchor = anchor.detach().cpu() if anchor is not None else None
@@ -256,17 +265,6 @@ def _fallback(
         assert cascade.contested is not None
         run = on_contested(stage(attack, model), cascade.contested, x)
         if i == 0:
-            run = _reseeding(run, cascade.generator, seed)
+            run = reseeding(run, cascade.generator, seed)
         stages.append((FALLBACK + name, run))
     return stages
-
-
-def _reseeding(run: Stage, generator: torch.Generator, seed: int) -> Stage:
-    """``run``, with the generator seeded first unless resumed from a bookmark inside it."""
-
-    def first(idx: torch.Tensor, resume: Resume | None) -> torch.Tensor:
-        if resume is None or resume.start is None:
-            generator.manual_seed(seed)
-        return run(idx, resume)
-
-    return first

@@ -39,7 +39,7 @@ def add_dp_parser(sub: Any) -> None:
     add_strong_arguments(p)
     add_config_options(p, ("strong_limit", "strong_steps", "strong_restarts", "square_queries",
                            "adaptive_square_queries", "budget_from", "adaptive_limit",
-                           "batch_size", "precision"))  # fmt: skip
+                           "batch_size", "precision", "search_precision"))  # fmt: skip
     p.add_argument("--save-splits", action="store_true",
                    help="also save the versions of the training and validation splits")  # fmt: skip
     p.add_argument("--device", default="auto")

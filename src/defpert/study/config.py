@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from defpert.attacks.adaptive import AdaptiveConfig
+from defpert.attacks.search import check_search
 from defpert.attacks.strong import StrongConfig, check_tier
 from defpert.core.engine import Schedule
 from defpert.core.threat import ThreatModel, make_threat
@@ -46,7 +47,7 @@ class DPConfig(DPOptions):
     def strong_config(self) -> StrongConfig:
         return StrongConfig(tier=self.strong_tier, steps=self.strong_steps,
                             restarts=self.strong_restarts, square_queries=self.square_queries,
-                            batch_size=self.batch_size)  # fmt: skip
+                            batch_size=self.batch_size, search=self.search_precision)  # fmt: skip
 
     def adaptive_config(self) -> AdaptiveConfig:
         """The adaptive attack: as long as the strong suite, the defense unrolled for the weak
@@ -55,7 +56,8 @@ class DPConfig(DPOptions):
         return AdaptiveConfig(steps=self.strong_steps, unrolled_steps=self.steps,
                               unrolled_step_size=self.step_size,
                               square_queries=self.strong_config().queries if queries is None else queries,
-                              restarts=1 if self.strong_tier == "quick" else 2)  # fmt: skip
+                              restarts=1 if self.strong_tier == "quick" else 2,
+                              search=self.search_precision)  # fmt: skip
 
     def doubtful(self, pixels: int) -> list[str]:
         """Legal settings that are almost surely a mistake, one line each (for a warning).
@@ -115,6 +117,7 @@ class DPConfig(DPOptions):
         if not 0 <= self.seed < 2**63:
             raise DefpertError(f"--seed must lie in [0, 2^63), got {self.seed}")
         check_precision(self.precision)
+        check_search(self.search_precision)
         check_tier(self.strong_tier)
         self.threat()
         Schedule(self.steps, self.step_size)

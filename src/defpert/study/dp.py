@@ -63,7 +63,8 @@ def _strong_summary(result: StrongResult, natural: torch.Tensor, threat: Any) ->
     return {"accuracy": result.accuracy, "broken_by": result.broken_by,
             "max_perturbation": result.max_perturbation, "seconds": result.seconds,
             "max_from_natural": float(threat.size(result.adversarial - natural).max())
-            if len(natural) else 0.0}  # fmt: skip
+            if len(natural) else 0.0, "search": result.search,
+            **({"contested": result.contested} if result.search != "fp32" else {})}  # fmt: skip
 
 
 def run_dp(
@@ -264,7 +265,8 @@ class _DPRun:
         if self.original_strong is None:
             return {}
         s = self.original_strong
-        return {"n": self.n_strong, "suite": self.strong_cfg.describe(),
+        searched = {k: s[k] for k in ("search", "contested") if k in s}
+        return {"n": self.n_strong, "suite": self.strong_cfg.describe(), **searched,
                 "weak_on_same_examples": {"original_attacked": self.on_first(self.x_adv, self.n_strong)},
                 "broken_by": {"original": s["broken_by"]},
                 "seconds": {"original": s.get("seconds", {})},

@@ -65,4 +65,10 @@ class DPOptions:
         "500 examples; or auto: bf16 only where the device has it natively and the weak "
         "attack agrees with fp32 on 2,000 examples",
     )
+    search_precision: str = _opt(
+        "fp32",
+        "the arithmetic the strong suite and the adaptive attack search in: fp32, bf16, or auto "
+        "(bf16 where the device has it natively); every verdict is the fp32 model's, and what a "
+        "bf16 search claimed but did not break gets the fp32 suite",
+    )
     extra: dict[str, Any] = field(default_factory=dict)
