@@ -32,6 +32,7 @@ from defpert.attacks.adaptive import adaptive_attack
 from defpert.attacks.journal import CascadeState
 from defpert.attacks.undo import undo_then_attack
 from defpert.core.evaluate import accuracy, correct
+from defpert.core.passes import counting
 from defpert.data.datasets import SPLITS, Split
 from defpert.defenses.methods import Defense, defend
 from defpert.errors import DefpertError
@@ -152,6 +153,8 @@ class _DPRun:
         self.kept: dict[str, torch.Tensor] = {}
         self.original_strong: dict[str, Any] | None = None
         self.x_strong: torch.Tensor | None = None
+        # store name -> {"n", "forward", "backward"}: passes of the classifier per example
+        self.passes: dict[str, dict[str, Any]] = {}
 
     # -- the store -----------------------------------------------------------------------
 
@@ -184,6 +187,33 @@ class _DPRun:
         if done:
             self.say(f"continuing {what} after its first {done:,} examples (saved progress)")
         return journal
+
+    def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The store's data version ``name``; when computed now, its cost in passes of the
+        classifier per example is kept for the result."""
+
+        def counted() -> torch.Tensor:
+            with counting(self.model) as passes:
+                points = compute()
+            self.passes[name] = {"n": len(points), **passes.per_example(len(points))}
+            return points
+
+        return self.store.version(name, counted)
+
+    def record(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The store's result ``name``, with its cost in passes per example inside it (so a
+        resumed run reports the cost the saved result had)."""
+
+        def counted() -> dict[str, Any]:
+            with counting(self.model) as passes:
+                out = compute()
+            n = int(out.get("n", self.n_strong))
+            return {**out, "passes": {"n": n, **passes.per_example(n)}}
+
+        out = self.store.record(name, counted)
+        if "passes" in out:
+            self.passes[name] = out["passes"]
+        return out
 
     # -- attacks -------------------------------------------------------------------------
 
@@ -230,7 +260,7 @@ class _DPRun:
             f"attacking the original data: PGD-{self.config.steps} {threat.norm} eps={threat.eps}"
         )
         self.store.version("original", lambda: self.x)
-        self.x_adv = self.store.version("adversarial", partial(self.weak, self.x))
+        self.x_adv = self.version("adversarial", partial(self.weak, self.x))
         self.acc_original = accuracy(self.model, self.x, self.y)
         self.acc_original_attacked = accuracy(self.model, self.x_adv, self.y)
 
@@ -239,7 +269,7 @@ class _DPRun:
         self.say(
             f"strong attack ({self.strong_cfg.tier}) on the original data ({self.n_strong} examples)"
         )
-        self.original_strong = self.store.record("strong-original", partial(
+        self.original_strong = self.record("strong-original", partial(
             self.strong, "strong-original", self.x, {"weak": self.x_adv}, keep="strong-adversarial"))  # fmt: skip
         self.x_strong = self.kept.get(
             "strong-adversarial", self.store.saved("strong-adversarial", rows=self.n_strong)
@@ -250,7 +280,7 @@ class _DPRun:
         self.say(
             f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})"
         )
-        x_def = self.store.version(f"{method}/defensive", partial(
+        x_def = self.version(f"{method}/defensive", partial(
             defend, self.model, self.x, self.y, defense, batch_size=self.bs, progress=self.progress,
             precision=self.config.precision,
             saved=self.resumable(f"{method}/defensive", f"the {method} defense")))  # fmt: skip
@@ -279,7 +309,7 @@ class _DPRun:
         accuracies and the farthest points' distances from the natural image."""
         model, y, threat, n_strong = self.model, self.y, self.threat, self.n_strong
         # The budget is measured from the defended point (and the natural image: natural).
-        x_def_adv = self.store.version(
+        x_def_adv = self.version(
             f"{method}/defensive-attacked", partial(self.weak, x_def, self.natural)
         )
         acc = {"defensive_attacked": accuracy(model, x_def_adv, y)}
@@ -296,13 +326,13 @@ class _DPRun:
             known["transfer-strong"] = self.x_strong
         if defense.spec.inner_attack:  # Moon et al.'s check: undo it, then attack
             self.say(f"undo-then-attack on the {method} points ({n_strong} examples)")
-            known["undo-then-attack"] = self.store.version(f"{method}/undo-attacked", partial(
+            known["undo-then-attack"] = self.version(f"{method}/undo-attacked", partial(
                 undo_then_attack, model, x_def[:n_strong], y[:n_strong], defense,
                 threat=threat, steps=self.config.strong_steps, batch_size=self.bs,
                 anchor=self.natural[:n_strong] if self.natural is not None else None,
                 progress=self.progress), rows=n_strong)  # fmt: skip
             acc["defensive_undo_attacked"] = self.on_first(known["undo-then-attack"], n_strong)
-        defensive_strong = self.store.record(
+        defensive_strong = self.record(
             f"strong-{method}",
             partial(self.strong, f"strong-{method}", x_def, known, anchored=True),
         )
@@ -322,7 +352,7 @@ class _DPRun:
         """Stage 4 (reactive): the defense applied to the attacked data, and the adaptive
         attack through it on the first ``adaptive_limit`` examples."""
         model, x, y, config = self.model, self.x, self.y, self.config
-        x_adv_def = self.store.version(f"{method}/defended-adversarial", partial(
+        x_adv_def = self.version(f"{method}/defended-adversarial", partial(
             defend, model, self.x_adv, None, defense, batch_size=self.bs, progress=self.progress,
             precision=config.precision,
             saved=self.resumable(f"{method}/defended-adversarial", f"the {method} defense of the attacked data")))  # fmt: skip
@@ -335,7 +365,7 @@ class _DPRun:
         known = {"weak": self.x_adv[:n_adaptive]}
         if x_strong is not None:  # the strong suite's points on the same examples
             known["strong"] = x_strong[:n_adaptive]
-        adaptive = self.store.record(f"adaptive-{method}", partial(
+        adaptive = self.record(f"adaptive-{method}", partial(
             adaptive_attack, model, defense, x[:n_adaptive], y[:n_adaptive], threat=self.threat,
             known=known, config=config.adaptive_config(), seed=config.seed,
             journal=self.store.journal(f"adaptive-{method}"), progress=self.progress))  # fmt: skip
@@ -370,6 +400,9 @@ class _DPRun:
             "strong": strong_info,
             "adaptive": adaptive_info,
             "precision": precision,
+            "passes": {name: cost for name, cost in self.passes.items()
+                       if name in ("adversarial", "strong-original") or name.startswith(f"{method}/")
+                       or name in (f"strong-{method}", f"adaptive-{method}")},
             "chunk_size": self.bs or chunk_size(self.model, tuple(self.x.shape[1:]), model_device(self.model)),
         }  # fmt: skip
 

@@ -1,0 +1,67 @@
+"""An attack's or a defense's cost in forward and backward passes of the classifier, per
+example: the machine-independent measure by which attack benchmarks (A3, MALT,
+AttackBench) compare attacks, beside the wall time, which depends on the machine.
+
+A pass counts one image through the classifier; a backward pass one image whose gradient
+went back through it. Passes made inside a defense, a bf16 search or a wrapper all reach the
+classifier and are counted there.
+
+>>> with counting(model) as passes:
+...     pgd(model, x, y, threat=LinfBall(0.3), steps=10, step_size=0.03)
+>>> passes.per_example(len(x))   # {'forward': 10.0, 'backward': 10.0}
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Passes:
+    """Images through the classifier's forward pass, and back through it."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def per_example(self, n: int) -> dict[str, float]:
+        """Both counts divided by ``n`` examples, rounded for a report."""
+        if n <= 0:
+            return {"forward": 0.0, "backward": 0.0}
+        return {"forward": round(self.forward / n, 2), "backward": round(self.backward / n, 2)}
+
+    def since(self, before: Passes) -> Passes:
+        """The passes counted after ``before`` was copied."""
+        return Passes(self.forward - before.forward, self.backward - before.backward)
+
+    def copy(self) -> Passes:
+        return Passes(self.forward, self.backward)
+
+
+@contextlib.contextmanager
+def counting(model: nn.Module) -> Iterator[Passes]:
+    """Count the passes through ``model`` inside the block (hooks removed on exit)."""
+    passes = Passes()
+
+    def on_forward(module: nn.Module, inputs: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            return
+        images = len(output)
+        passes.forward += images
+        if output.requires_grad:
+
+            def on_backward(grad: torch.Tensor) -> None:
+                passes.backward += images
+
+            output.register_hook(on_backward)
+
+    handle = model.register_forward_hook(on_forward)
+    try:
+        yield passes
+    finally:
+        handle.remove()
