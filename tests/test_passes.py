@@ -28,7 +28,7 @@ def test_pgd_k_counts_k_forward_and_k_backward_passes_per_example(digits_model, 
 
 
 def test_passes_are_counted_at_the_classifier_through_a_bf16_search(digits_model, digits_test):
-    x, y = digits_test.images[:12], digits_test.labels[:12]
+    x = digits_test.images[:12]
     with counting(digits_model) as passes:
         Bf16Search(digits_model)(x)
         with torch.no_grad():
