@@ -53,13 +53,13 @@ def test_the_strong_suite_spends_passes_only_on_the_examples_still_standing(digi
 
 def test_dp_reports_each_stage_s_passes_and_a_resumed_run_the_same(tmp_path, capsys):
     argv = ["dp", "--dataset", "digits", "-p", "linf", "-k", "4", "-e", "0.2", "-a", "0.05",
-            "--defense", "ce,hedge", "--strong", "quick", "--limit", "30", "--strong-limit", "12",
+            "--defense", "ce,hedge,robustify", "--strong", "quick", "--limit", "30", "--strong-limit", "12",
             "--strong-steps", "5", "--square-queries", "10", "--adaptive-limit", "6",
             "--adaptive-square-queries", "10", "--json", "--no-progress",
             "--out", str(tmp_path / "run")]  # fmt: skip
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)
-    ce, hedge = first
+    ce, hedge, robustify = first
     # PGD-4: 4 passes each way per example, and one image checking the input (1/30, rounded)
     assert ce["passes"]["adversarial"] == {"n": 30, "forward": 4.03, "backward": 4.0}
     assert set(ce["passes"]) == {"adversarial", "strong-original", "ce/defensive",
@@ -67,6 +67,7 @@ def test_dp_reports_each_stage_s_passes_and_a_resumed_run_the_same(tmp_path, cap
     assert set(hedge["passes"]) == {"adversarial", "strong-original", "hedge/defensive",
                                     "hedge/defended-adversarial", "adaptive-hedge"}  # fmt: skip
     assert hedge["passes"]["adaptive-hedge"]["n"] == 6
+    assert robustify["passes"]["robustify/undo-attacked"]["n"] == 12  # the strong examples
     assert main(argv) == 0  # everything reused: the saved results keep their cost
     again = json.loads(capsys.readouterr().out)
     assert again[1]["passes"]["adaptive-hedge"] == hedge["passes"]["adaptive-hedge"]

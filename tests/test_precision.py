@@ -46,3 +46,25 @@ def test_auto_checks_the_defended_numbers_too(digits_model, digits_test, monkeyp
     assert p["name"] == "fp32" and not p["agrees_within_0.5pct"]
     assert abs(p["fp32_attacked"] - p["reduced_attacked"]) <= 0.5  # the weak attack agreed
     assert p["largest_difference_at"] == "ce/defensive"
+
+
+def test_training_in_bf16_is_recorded_and_refused_when_unknown(tmp_path, capsys):
+    """bf16 training: the card says so (an fp32 card has no precision, as before the
+    option), and an unknown precision is one line with exit 2 before any work."""
+    import json
+
+    from defpert.cli import main
+
+    out = tmp_path / "m"
+    argv = ["train", "--dataset", "digits", "--epochs", "1", "--no-progress", "--out"]
+    assert main([*argv, str(out), "--precision", "bf16"]) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["precision"] == "bf16"
+    assert main([*argv, str(tmp_path / "f")]) == 0
+    assert "precision" not in json.loads((tmp_path / "f" / "model.json").read_text())["training"]
+    capsys.readouterr()
+    assert main([*argv, str(tmp_path / "x"), "--precision", "fp8"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "defpert: error: unknown --precision 'fp8'; choose one of: fp32, bf16"
+    )
+    assert not (tmp_path / "x").exists()

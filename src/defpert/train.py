@@ -30,7 +30,7 @@ from defpert.models import shipped
 from defpert.models.checkpoint import environment, read_card, save_checkpoint
 from defpert.models.zoo import build_model
 from defpert.runtime import distributed, threads
-from defpert.runtime.devices import pick_device
+from defpert.runtime.devices import autocast, pick_device
 from defpert.runtime.rundir import (
     claim_run,
     default_cache_dir,
@@ -63,6 +63,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" decay, or "cyclic": up to lr at half-way, then down
     trades_beta: float = 6.0  # trades only: weight of the KL term (Zhang et al.: 1/lambda = 6)
     defense_eps: float | None = None  # preempt only: the defender's budget (default: adv_eps)
+    precision: str = "fp32"  # bf16: each batch's passes under bfloat16 autocast, weights fp32
 
     def settings(self) -> dict[str, Any]:
         """The settings that determine this model; those of another kind of training are
@@ -72,6 +73,8 @@ class TrainConfig:
             kept.pop("trades_beta")
         if self.adversarial != "preempt":
             kept.pop("defense_eps")
+        if self.precision == "fp32":
+            kept.pop("precision")  # as every model trained before the option existed
         return kept
 
     def defender(self) -> ThreatModel | None:
@@ -122,6 +125,9 @@ class TrainConfig:
             )
         if self.limit is not None and self.limit < 1:
             raise DefpertError(f"--limit must be at least 1, got {self.limit}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise DefpertError(f"unknown --precision {self.precision!r}; choose one of: "
+                               f"{', '.join(TRAIN_PRECISIONS)}")  # fmt: skip
         if self.lr_schedule not in LR_SCHEDULES:
             raise DefpertError(
                 f"unknown --lr-schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
@@ -356,23 +362,10 @@ def _fit(
                 y = train_split.labels[idx].to(device, non_blocking=True)
                 done = (epoch - 1) * steps_per_epoch + step  # batches before this one
                 now = None if adversary is None else _warmed_up(adversary, done, warmup)
-                if now is not None and defender is not None:
-                    grown = _scaled(defender, min(1.0, (done + 1) / warmup) if warmup > 0 else 1.0)
-                    x = preempt_point(model, x, y, grown, *now)
-                    logits = net(x)
-                    loss = F.cross_entropy(logits, y)
-                elif now is not None and config.adversarial == "trades":
-                    x_adv = _trades_batch(model, x, *now)
-                    logits, logits_adv = net(torch.cat([x, x_adv])).split(len(x))
-                    loss = (
-                        F.cross_entropy(logits, y)
-                        + config.trades_beta * trades_kl(logits, logits_adv).mean()
+                with autocast(device, config.precision):
+                    logits, loss = _batch_loss(
+                        model, net, x, y, config, now, defender, done, warmup
                     )
-                else:
-                    if now is not None:
-                        x = _adversarial_batch(model, x, y, *now)
-                    logits = net(x)
-                    loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -413,6 +406,37 @@ def _fit(
             if state_path is not None and epoch < config.epochs:
                 save(None, shuffle.get_state())
     return history, seconds, resumed
+
+
+def _batch_loss(
+    model: nn.Module,
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    now: tuple[ThreatModel, Schedule] | None,
+    defender: ThreatModel | None,
+    done: int,
+    warmup: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's logits and loss by the recipe: standard, PGD or FGSM-RS (the attacked
+    batch), TRADES (clean and attacked), preempt (attacked from a defensive point)."""
+    if now is not None and defender is not None:
+        grown = _scaled(defender, min(1.0, (done + 1) / warmup) if warmup > 0 else 1.0)
+        x = preempt_point(model, x, y, grown, *now)
+        logits = net(x)
+        return logits, F.cross_entropy(logits, y)
+    if now is not None and config.adversarial == "trades":
+        x_adv = _trades_batch(model, x, *now)
+        logits, logits_adv = net(torch.cat([x, x_adv])).split(len(x))
+        loss = (
+            F.cross_entropy(logits, y) + config.trades_beta * trades_kl(logits, logits_adv).mean()
+        )
+        return logits, loss
+    if now is not None:
+        x = _adversarial_batch(model, x, y, *now)
+    logits = net(x)
+    return logits, F.cross_entropy(logits, y)
 
 
 def _save_state(
@@ -468,6 +492,7 @@ def _load_state(
 
 
 LR_SCHEDULES = ("cosine", "cyclic")
+TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
 def _lr_schedule(

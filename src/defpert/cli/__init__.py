@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--adv-warmup", type=float,
                     help="epochs over which the training radius grows from 0 to --adv-eps "
                          "(default: a fifth of the epochs)")  # fmt: skip
+    tr.add_argument("--precision", default="fp32",
+                    help="fp32, or bf16: each batch's forward and backward passes under bfloat16 "
+                         "autocast, the weights and the optimiser in fp32 (default: fp32)")  # fmt: skip
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     tr.add_argument("--out", default="runs/train", help="run directory (created as needed)")
     tr.add_argument("--overwrite", action="store_true",
@@ -142,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, model=args.model, seed=args.seed,
         limit=args.limit, adversarial=args.adversarial, adv_norm=args.adv_norm,
         adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_step_size=args.adv_step_size,
-        trades_beta=args.trades_beta, defense_eps=args.defense_eps,
+        trades_beta=args.trades_beta, defense_eps=args.defense_eps, precision=args.precision,
         **recipe(args.adversarial, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  lr_schedule=args.lr_schedule, adv_warmup=args.adv_warmup),
     )  # fmt: skip

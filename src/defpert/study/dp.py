@@ -188,7 +188,9 @@ class _DPRun:
             self.say(f"continuing {what} after its first {done:,} examples (saved progress)")
         return journal
 
-    def version(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def version(
+        self, name: str, compute: Callable[[], torch.Tensor], rows: int | None = None
+    ) -> torch.Tensor:
         """The store's data version ``name``; when computed now, its cost in passes of the
         classifier per example is kept for the result."""
 
@@ -198,7 +200,7 @@ class _DPRun:
             self.passes[name] = {"n": len(points), **passes.per_example(len(points))}
             return points
 
-        return self.store.version(name, counted)
+        return self.store.version(name, counted, rows)
 
     def record(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The store's result ``name``, with its cost in passes per example inside it (so a
@@ -295,7 +297,7 @@ class _DPRun:
         if self.original_strong is None:
             return {}
         s = self.original_strong
-        searched = {k: s[k] for k in ("search", "contested") if k in s}
+        searched: dict[str, Any] = {k: s[k] for k in ("search", "contested") if k in s}
         return {"n": self.n_strong, "suite": self.strong_cfg.describe(), **searched,
                 "weak_on_same_examples": {"original_attacked": self.on_first(self.x_adv, self.n_strong)},
                 "broken_by": {"original": s["broken_by"]},
