@@ -16,6 +16,8 @@ parts at 10 iterations, which is also measured (``--peers 100,10``).
 
 ``--part defpert`` and ``--part autoattack`` run one side each (side by side, one thread
 each, under the same load), ``--merge A.json B.json`` joins them.
+``--search fp32,bf16`` also runs defpert's suite searching in bf16 (fp32 verdicts). Each
+side's cost is counted in passes of the model per example (``passes``).
 ``--models`` picks a subset (standard, robust, masked); ``--eps`` sets each model's radius
 (default: 0.1 for the standard and masked models, 0.3 for the robust one, L-inf).
 """
@@ -34,6 +36,7 @@ from _benchmarks import emit
 from defpert.attacks import StrongConfig, strong_attack
 from defpert.attacks._common import project
 from defpert.core.evaluate import correct
+from defpert.core.passes import counting
 from defpert.core.threat import make_threat
 from defpert.data import load_split
 from defpert.models import load_checkpoint
@@ -79,13 +82,16 @@ def autoattack(model: torch.nn.Module, norm: str, eps: float, iterations: int) -
 
 
 def run_defpert(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
-                eps: float) -> dict[str, Any]:  # fmt: skip
-    """defpert's ``standard`` tier: accuracy, time and which examples stood."""
+                eps: float, search: str = "fp32") -> dict[str, Any]:  # fmt: skip
+    """defpert's ``standard`` tier: accuracy, time, passes and which examples stood."""
     threat = make_threat(norm, eps)
     started = time.perf_counter()
-    ours = strong_attack(model, x, y, threat=threat, config=StrongConfig("standard"), seed=0)
+    with counting(model) as passes:
+        ours = strong_attack(model, x, y, threat=threat, seed=0,
+                             config=StrongConfig("standard", search=search))  # fmt: skip
     seconds = time.perf_counter() - started
-    return {"accuracy": ours.accuracy, "seconds": round(seconds, 1),
+    return {"accuracy": ours.accuracy, "seconds": round(seconds, 1), "search": ours.search,
+            "passes": passes.per_example(len(y)),
             "broken_by": ours.broken_by, "attack_seconds": ours.seconds,
             "robust": ours.robust.nonzero().flatten().tolist()}  # fmt: skip
 
@@ -97,10 +103,12 @@ def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, nor
     threat = make_threat(norm, eps)
     clean = correct(model, x, y)
     started = time.perf_counter()
-    points = autoattack(model, norm, eps, iterations)(x, y).detach().cpu()
+    with counting(model) as passes:
+        points = autoattack(model, norm, eps, iterations)(x, y).detach().cpu()
     seconds = time.perf_counter() - started
     theirs = correct(model, project(threat, x, points), y) & clean
     return {"accuracy": float(theirs.float().mean()), "seconds": round(seconds, 1),
+            "passes": passes.per_example(len(y)),
             "robust": theirs.nonzero().flatten().tolist()}  # fmt: skip
 
 
@@ -122,14 +130,16 @@ def combine(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
-            eps: float, peers: list[int], parts: set[str]) -> dict[str, Any]:  # fmt: skip
+            eps: float, peers: list[int], parts: set[str],
+            searches: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:  # fmt: skip
     """One model's row: the parts asked for (``defpert``, ``autoattack``) on the same points."""
     row: dict[str, Any] = {"model": name, "norm": norm, "eps": eps, "n": len(y),
                            "clean": float(correct(model, x, y).float().mean())}  # fmt: skip
-    if "defpert" in parts:
-        row["defpert"] = run_defpert(model, x, y, norm, eps)
-        print(f"{name}: clean {row['clean']:.4f}  defpert {row['defpert']['accuracy']:.4f} "
-              f"({row['defpert']['seconds']:.0f} s)", flush=True)  # fmt: skip
+    for search in searches if "defpert" in parts else ():
+        key = "defpert" if search == "fp32" else f"defpert_{search}"
+        row[key] = run_defpert(model, x, y, norm, eps, search)
+        print(f"{name}: clean {row['clean']:.4f}  {key} {row[key]['accuracy']:.4f} "
+              f"({row[key]['seconds']:.0f} s)", flush=True)  # fmt: skip
     if "autoattack" in parts:
         for iterations in peers:
             peer = run_autoattack(model, x, y, norm, eps, iterations)
@@ -185,6 +195,11 @@ def main() -> None:
                    help="defpert, autoattack or both: run the two as separate processes side by side, then --merge")  # fmt: skip
     p.add_argument("--merge", nargs="+", metavar="JSON", help="join the rows of separate parts")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument(
+        "--search",
+        default="fp32",
+        help="defpert's search precisions, e.g. fp32,bf16 (a bf16 row: defpert_bf16)",
+    )
     p.add_argument("--out")
     args = p.parse_args()
     if args.merge:
@@ -216,7 +231,8 @@ def main() -> None:
         if name == "masked":
             model = GradientMasked(model, levels=16).eval()
         peers = [int(v) for v in args.peers.split(",") if v]
-        rows.append(compare(name, model, x, y, args.norm, eps[name], peers, parts))
+        rows.append(compare(name, model, x, y, args.norm, eps[name], peers, parts,
+                            tuple(args.search.split(","))))  # fmt: skip
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     emit({"benchmark": "autoattack_crosscheck", "cpu": cpu_description(), "gpu": gpu,
           "rows": rows}, args.out)  # fmt: skip
