@@ -61,6 +61,11 @@ def test_writes_every_file(quick_run):
     assert (
         "weak attack" in md.lower() and "strong attack" in md.lower() and "adaptive" in md.lower()
     )
+    # every piece's cost in passes, as counted: the hedge row's adaptive attack among them
+    hedge = next(r for r in metrics["rq1"]["linf"] if r["defense"] == "hedge")
+    cost = hedge["passes"]["adaptive-hedge"]
+    assert "| hedge | " in md and f"{cost['forward']:,.0f} / {cost['backward']:,.0f}" in md
+    assert md.count("Cost in passes of the classifier per example") == 2  # one per threat model
 
 
 def test_second_run_reuses_finished_stages(quick_run, capsys):

@@ -247,6 +247,33 @@ def conclusion(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
     return lines + [""] if len(lines) > 2 else []
 
 
+def _passes(cost: Mapping[str, Any] | None) -> str:
+    """``forward / backward`` passes per example, or a dash where the run did not count them."""
+    if not cost:
+        return "–"
+    return f"{cost['forward']:,.0f} / {cost['backward']:,.0f}"
+
+
+def cost_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What each piece cost, in passes of the classifier per example (forward / backward):
+    the machine-independent cost (a dash: computed by an earlier run, before it was counted)."""
+    if not any(r.get("passes") for r in results):
+        return []
+    shared = results[0].get("passes", {})
+    lines = ["", f"Cost in passes of the classifier per example (forward / backward): weak attack "
+             f"{_passes(shared.get('adversarial'))}, strong suite on the bare model "
+             f"{_passes(shared.get('strong-original'))}.", "",
+             "| defense | defending | weak attack on the defended points | strong (proactive) or adaptive (reactive) |",
+             "|---|---:|---:|---:|"]  # fmt: skip
+    for r in results:
+        m, cost = r["defense"], r.get("passes", {})
+        attacked = cost.get(f"{m}/defensive-attacked") or cost.get(f"{m}/defended-adversarial")
+        final = cost.get(f"strong-{m}") or cost.get(f"adaptive-{m}")
+        lines.append(f"| {m} | {_passes(cost.get(f'{m}/defensive'))} | {_passes(attacked)} | "
+                     f"{_passes(final)} |")  # fmt: skip
+    return lines
+
+
 def markdown(
     title: str,
     summary: Sequence[str],
@@ -284,6 +311,7 @@ def markdown(
         for r in results:
             cells = [_pct(r["accuracy"].get(k)) for k, _ in COLUMNS]
             lines.append(f"| {r['defense']} | {r['defense_kind']} | " + " | ".join(cells) + " |")
+        lines += cost_lines(results)
         warn = [f for r in results for f in flags(r)]
         if warn:
             lines += ["", "**Flagged:**", ""] + [f"- ⚠ {w}" for w in warn]
