@@ -119,3 +119,20 @@ def test_image_grid_shows_each_perturbation_on_a_colour_scale(digits_model):
     assert len(bars) == 1  # one colour bar under the one perturbation column
     low, high = bars[0].get_xlim()
     assert low == pytest.approx(-high) and high == pytest.approx(0.1, abs=1e-3)
+
+
+def test_the_knn_score_can_reach_one_with_few_points_per_class():
+    """With 5 points per class, k = 10 could never exceed 4/10; k fits the smallest class, so
+    perfectly separated classes score 1, and random neighbours score the chance level."""
+    from defpert.report.tsne import chance_agreement, neighbours
+
+    labels = np.repeat(np.arange(10), 5)
+    assert neighbours(labels, 10) == 4
+    assert neighbours(labels, 3) == 3
+    assert chance_agreement(labels) == pytest.approx(10 * 5 * 4 / (50 * 49))
+    g = np.random.default_rng(0)
+    centres = g.normal(size=(10, 50)) * 100  # far apart: one tight cluster per class
+    x = (centres[labels] + g.normal(size=(50, 50))).astype(np.float32) / 1000 + 0.5
+    emb = embed_tsne({"v": (x.reshape(50, 1, 5, 10), labels)}, per_class=5, seed=0)
+    s = emb.scores["v"]
+    assert s["k"] == 4 and s["knn_agreement"] == 1.0 and s["chance"] < 0.1

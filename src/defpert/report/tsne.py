@@ -5,8 +5,9 @@ look like to the model?).
 matplotlib ``Figure`` (it never calls ``plt.show()``). Several versions are embedded
 *jointly*, so their positions can be compared, and drawn one panel (or one marker) per
 version with one colour per class. Beside the picture, each version gets numbers people
-can compare: the k-nearest-neighbour class agreement and the silhouette score of its
-points in the embedded space.
+can compare: the k-nearest-neighbour class agreement (k below the smallest class's points, beside the
+agreement random neighbours would have) and the silhouette score of its points in the
+embedded space.
 """
 
 from __future__ import annotations
@@ -159,12 +160,31 @@ def embed_tsne(
     scores: dict[str, dict[str, float]] = {}
     for v, name in enumerate(names):
         pts, y = coords[ver == v], lab[ver == v]
-        kk = min(k, len(y) - 1)
+        kk = neighbours(y, k)
         _, nn_idx = NearestNeighbors(n_neighbors=kk + 1).fit(pts).kneighbors(pts)
         agreement = float((y[nn_idx[:, 1:]] == y[:, None]).mean())
         sil = float(silhouette_score(pts, y)) if 1 < len(np.unique(y)) < len(y) else float("nan")
-        scores[name] = {"knn_agreement": agreement, "silhouette": sil}
+        scores[name] = {"knn_agreement": agreement, "k": kk, "chance": chance_agreement(y),
+                        "silhouette": sil}  # fmt: skip
     return Embedding(coords, lab, ver, names, scores)
+
+
+def neighbours(labels: np.ndarray, k: int) -> int:
+    """The k of the k-NN agreement: at most one less than the smallest class's points, so
+    that a perfectly separated class can score 1 (with ~5 points per class and k = 10, at
+    most about half of a point's neighbours could share its class, and a clean map read as
+    no clusters)."""
+    smallest = int(np.bincount(labels)[np.unique(labels)].min()) if len(labels) else 1
+    return max(1, min(k, smallest - 1, len(labels) - 1))
+
+
+def chance_agreement(labels: np.ndarray) -> float:
+    """The k-NN agreement of neighbours drawn at random: what a map without clusters scores."""
+    n = len(labels)
+    if n < 2:
+        return float("nan")
+    counts = np.bincount(labels)[np.unique(labels)]
+    return float((counts * (counts - 1)).sum() / (n * (n - 1)))
 
 
 def _image_shape(x: np.ndarray) -> tuple[int, ...]:
@@ -246,8 +266,9 @@ def plot_embedding(
                        marker=_MARKERS[v % len(_MARKERS)] if layout == "markers" else "o",
                        label=label, alpha=0.8, linewidths=0.6)  # fmt: skip
         if layout == "panels":
-            ax.set_title(f"{name}\nk-NN agreement {s['knn_agreement']:.2f}, "
-                         f"silhouette {s['silhouette']:.2f}", fontsize=12)  # fmt: skip
+            ax.set_title(f"{name}\n{s['k']}-NN agreement {s['knn_agreement']:.2f} "
+                         f"(chance {s['chance']:.2f}), silhouette {s['silhouette']:.2f}",
+                         fontsize=12)  # fmt: skip
         ax.set_xticks([])
         ax.set_yticks([])
     if layout == "markers":
