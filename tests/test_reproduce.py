@@ -259,10 +259,14 @@ def test_terminal_summary_is_an_aligned_table_with_each_columns_n():
     assert lines[0] == "linf: linf eps 0.2, budget from the defended point"
     assert lines[1].split() == ["defense", "kind", "clean", "(n=300)", "weak", "(n=300)",
                                 "strong", "(n=100)", "adaptive", "(n=30)"]  # fmt: skip
-    assert lines[2].split() == ["none", "bare", "model", "99.0%", "90.0%", "80.0%"]
-    assert lines[3].split() == ["ce", "proactive", "100.0%", "95.0%", "–"]  # nan shows a dash
-    assert lines[4].split() == ["hedge", "reactive", "100.0%", "50.0%", "25.0%"]
+    # every accuracy with its 95 % Wilson interval at its column's n
+    assert lines[2].split() == ["none", "bare", "model", "99.0%", "[97.1,", "99.7]", "90.0%",
+                                "[86.1,", "92.9]", "80.0%", "[71.1,", "86.7]"]  # fmt: skip
+    assert lines[3].split() == ["ce", "proactive", "100.0%", "[98.7,", "100.0]", "95.0%",
+                                "[91.9,", "96.9]", "–"]  # nan shows a dash  # fmt: skip
+    assert lines[4].split() == ["hedge", "reactive", "100.0%", "[98.7,", "100.0]", "50.0%",
+                                "[44.4,", "55.6]", "25.0%", "[14.2,", "44.4]"]  # fmt: skip
     # right-aligned: a column's numbers end where its header ends
     end = lines[1].index("strong (n=100)") + len("strong (n=100)")
-    assert lines[2].index("80.0%") + 5 == end and lines[4].index("50.0%") + 5 < end
+    assert lines[2].index("[71.1, 86.7]") + 12 == end and lines[4].index("[44.4, 55.6]") + 12 < end
     assert "nan" not in text and "{" not in text

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from defpert.wording import aligned
+from defpert.wording import aligned, with_interval
 from defpert.wording import percent as _pct
 
 # The numbers to trust first, so that a phone's narrow screen shows them without scrolling.
@@ -433,7 +433,8 @@ def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]
 
     Proactive rows: accuracy of the defended points, clean and attacked; reactive rows: the
     defense applied to the weak attack's points, and the adaptive attack through it. The
-    bare model comes first; every column names its n.
+    bare model comes first; every column names its n, and every accuracy carries its 95 %
+    Wilson interval.
     """
     blocks = []
     for key, results in results_by_threat.items():
@@ -445,18 +446,24 @@ def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]
         head = ["defense", "kind", f"clean (n={first['n']})", f"weak (n={first['n']})",
                 f"strong (n={strong_n})" if strong_n else "strong",
                 f"adaptive (n={adaptive_n})" if adaptive_n else "adaptive"]  # fmt: skip
-        a0 = first["accuracy"]
-        rows = [["none", "bare model", _pct(a0.get("original")), _pct(a0.get("original_attacked")),
-                 _pct(a0.get("original_attacked_strong")), ""]]  # fmt: skip
+        a0, n = first["accuracy"], first["n"]
+
+        def cell(value: Any, size: int | None) -> str:
+            return with_interval(value, size) if size else _pct(value)
+
+        rows = [["none", "bare model", cell(a0.get("original"), n),
+                 cell(a0.get("original_attacked"), n),
+                 cell(a0.get("original_attacked_strong"), strong_n), ""]]  # fmt: skip
         for r in results:
             a = r["accuracy"]
             if r["defense_kind"] == "reactive":
-                rows.append([r["defense"], "reactive", _pct(a.get("defensive")),
-                             _pct(a.get("defended_adversarial")), "", _pct(a.get("adaptive"))])  # fmt: skip
+                rows.append([r["defense"], "reactive", cell(a.get("defensive"), n),
+                             cell(a.get("defended_adversarial"), n), "",
+                             cell(a.get("adaptive"), adaptive_n)])  # fmt: skip
             else:
-                rows.append([r["defense"], "proactive", _pct(a.get("defensive")),
-                             _pct(a.get("defensive_attacked")),
-                             _pct(a.get("defensive_attacked_strong")), ""])  # fmt: skip
+                rows.append([r["defense"], "proactive", cell(a.get("defensive"), n),
+                             cell(a.get("defensive_attacked"), n),
+                             cell(a.get("defensive_attacked_strong"), strong_n), ""])  # fmt: skip
         title = (f"{key}: {t['norm']} eps {t['eps']:g}, budget from the "
                  f"{t.get('budget_from', 'defended')} point")  # fmt: skip
         blocks.append(title + "\n" + "\n".join("  " + line for line in
