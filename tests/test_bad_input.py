@@ -371,6 +371,11 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         ["train", "--dataset", "digits", "--out", "{tmp}/o"],
         "holds results of other settings",
     ),
+    # empty paths: not a silent default
+    ("--checkpoint ''", None, [*D, "--checkpoint", ""], "--checkpoint is empty; give a path"),
+    ("--out ''", None, [*D, "--out", ""], "--out is empty; give a path"),
+    ("train --out ''", None, ["train", "--dataset", "digits", "--out", ""], "--out is empty"),
+    ("tsne --run ''", None, ["tsne", "--run", ""], "--run is empty; give a path"),
     # numbers
     ("eps 0", None, [*D, "-e", "0"], "eps must be a positive number"),
     ("eps negative", None, [*D, "-e", "-0.1"], "eps must be a positive number"),
@@ -726,7 +731,8 @@ def write_doc() -> None:
             finally:
                 os.chdir(cwd)
         shown = " ".join(a if "{tmp}" not in a else a.replace("{tmp}", "DIR") for a in argv)
-        line = err.strip().replace(tempfile.gettempdir(), "/tmp").replace("|", "\\|")
+        line = err.strip().replace(os.path.realpath(tmp), "DIR").replace(tmp, "DIR")
+        line = line.replace(tempfile.gettempdir(), "/tmp").replace("|", "\\|")
         rows.append(f"| {what} | `defpert {shown}` | {code} | {line} |")
     for what, spoil, _ in LIBRARY_CASES:
         from defpert.attacks import pgd

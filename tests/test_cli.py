@@ -506,3 +506,21 @@ def test_the_dp_table_gives_percentages_with_their_intervals():
     assert "50.0% [37.7, 62.3]" in table and "100.0% [94.0, 100.0]" in table
     assert "0.0% [0.0, 6.0]" in table and "25.0% [15.8, 37.2]" in table
     assert "1-2." not in table and "0.5000" not in table
+
+
+def test_a_run_longer_than_an_hour_at_the_measured_rate_is_announced(monkeypatch):
+    import torch
+
+    from defpert.cli import dp as dp_cli
+    from defpert.runtime import calibrate
+    from defpert.study.config import DPConfig
+
+    images = torch.zeros(1000, 1, 8, 8)
+    config = DPConfig(steps=20, defenses=("ce",))  # 1000 x (20 + (20 + 20)) image-steps
+    monkeypatch.setattr(calibrate, "measured_rate", lambda *a: 10.0)
+    said = dp_cli.long_run(None, images, config, torch.device("cpu"))
+    assert "about 60,000 image-steps, 1.7 hours at this machine's measured 10 image-steps/s" in said
+    monkeypatch.setattr(calibrate, "measured_rate", lambda *a: 100.0)  # 10 minutes: no word
+    assert dp_cli.long_run(None, images, config, torch.device("cpu")) == ""
+    monkeypatch.setattr(calibrate, "measured_rate", lambda *a: 0.0)  # unknown rate: no guess
+    assert dp_cli.long_run(None, images, config, torch.device("cpu")) == ""

@@ -227,6 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"data": _cmd_fetch, "train": _cmd_train, "models": _cmd_models}
     try:
+        for name in ("checkpoint", "out", "data_dir", "lend_from", "run"):
+            if getattr(args, name, None) == "":  # not "the default": the user wrote something
+                flag = "--" + name.replace("_", "-")
+                raise DefpertError(
+                    f"{flag} is empty; give a path (or leave {flag} out for its default)"
+                )
         if args.command not in LISTINGS:
             from defpert.runtime import threads
 
@@ -249,6 +255,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         resumable = args.command in RESUMABLE
-        print("defpert: interrupted" + ("; run the same command again to continue from what it "
-              "saved" if resumable else ""), file=sys.stderr)  # fmt: skip
+        print("defpert: interrupted" + ("; run the same command again: what it finished is kept "
+              "and reused" if resumable else ""), file=sys.stderr)  # fmt: skip
         return 130

@@ -116,6 +116,29 @@ def strong_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"strong": bool(args.strong), "strong_tier": args.strong or "standard"}
 
 
+# Above this estimate a run's length deserves a word before it starts.
+LONG_RUN_SECONDS = 3600.0
+
+
+def long_run(model: Any, images: Any, config: Any, device: Any) -> str:
+    """A warning when the weak attack and the defenses alone (their PGD steps at this
+    machine's measured rate) would take over an hour; empty otherwise or where unknown."""
+    from defpert.runtime.calibrate import measured_rate
+
+    rate = measured_rate(model, tuple(images.shape[1:]), device)
+    defense_steps = config.defense_steps if config.defense_steps is not None else config.steps
+    # the weak attack on the original data, then per defense: the defense and an attack on it
+    image_steps = len(images) * (
+        config.steps + len(config.defenses) * (defense_steps + config.steps)
+    )
+    if not rate or image_steps / rate < LONG_RUN_SECONDS:
+        return ""
+    hours = image_steps / rate / 3600
+    return (f"the weak attack and the defenses alone are about {image_steps:,} image-steps, "
+            f"{hours:,.1f} hours at this machine's measured {rate:,.0f} image-steps/s (the strong "
+            "suite and the adaptive attack come on top); Ctrl-C stops it")  # fmt: skip
+
+
 def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
     from defpert.data.datasets import SPLITS, get_spec, load_split
@@ -187,6 +210,9 @@ def run_dp_command(args: argparse.Namespace) -> int:
             data = data.head(args.limit)
             if i == 0:  # once the inputs are known to be good
                 say(f"model: {checkpoint}; results: {out}")
+                long = long_run(model, data.images, config, device)
+                if long:
+                    say(f"warning: {long}")
             cfg = (
                 config
                 if i == 0

@@ -67,6 +67,19 @@ def chunk_size(model: nn.Module, input_shape: tuple[int, ...], device: torch.dev
     return _chosen[key]
 
 
+def measured_rate(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> float:
+    """Image-steps per second of one PGD step at the chosen chunk, as measured on this
+    machine (measuring first if needed); 0 where unknown (a GPU, an override, no cache)."""
+    if device.type == "cuda" or os.environ.get(ENV):
+        return 0.0
+    chunk = chunk_size(model, input_shape, device)
+    try:
+        entry = read_json(default_cache_dir() / CACHE_FILE).get(_key(model, input_shape), {})
+        return float(entry.get("image_steps_per_second", {}).get(str(chunk), 0.0))
+    except (OSError, DefpertError, ValueError, AttributeError, TypeError):
+        return 0.0
+
+
 def measure(
     model: nn.Module,
     input_shape: tuple[int, ...],
