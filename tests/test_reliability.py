@@ -288,3 +288,40 @@ def test_the_next_command_removes_what_a_killed_writer_left(tmp_path):
         path.unlink()
     assert (run / "keep.json").exists()
     assert_only_complete_files(run, killed=False)
+
+
+def test_a_full_disk_while_train_writes_its_state_is_one_line(tmp_path, capsys):
+    """PyTorch's and safetensors' write errors are not OSError: on a full disk they become
+    "cannot write …: the disk is full", exit 2, and no temporary file is left behind."""
+    import subprocess
+
+    from defpert.cli import main
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(small)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root in a namespace that allows it)")
+    try:
+        out = small / "m"
+        code = main(["train", "--dataset", "digits", "--epochs", "2", "--no-progress",
+                     "--out", str(out)])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert code == 2
+        assert err.startswith(f"defpert: error: cannot write {out}/") and "the disk is full" in err
+        assert len(err.splitlines()) == 1
+        assert not [p for p in out.iterdir() if p.name.endswith(".defpert.tmp")]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_library_error_with_room_on_the_disk_is_not_called_a_full_disk(tmp_path):
+    from defpert.runtime.rundir import write_atomic
+
+    def broken(tmp):
+        raise RuntimeError("a bug in the writer")
+
+    with pytest.raises(RuntimeError, match="a bug in the writer"):
+        write_atomic(tmp_path / "x.bin", broken)
+    assert list(tmp_path.iterdir()) == []

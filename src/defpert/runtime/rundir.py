@@ -69,10 +69,35 @@ def _write_atomic(target: Path, write: Callable[[Path], None]) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise DefpertError(f"cannot write {target}: {exc.strerror or exc}") from None
+    except Exception as exc:  # a library's own error (PyTorch's, safetensors'), not OSError
+        tmp.unlink(missing_ok=True)
+        said = disk_full(target.parent, exc)
+        if said:
+            raise DefpertError(f"cannot write {target}: {said}") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+# Below this much free space, a library's failed write is taken for a full disk.
+LOW_SPACE = 16 * 2**20
+
+
+def disk_full(folder: Path, exc: Exception) -> str:
+    """What to say when ``exc``, raised while writing into ``folder``, came from a full disk
+    (PyTorch says "unexpected pos 576 vs 534", safetensors "No space left on device"); empty
+    when the disk has room and the message does not say so (then it is not ours to explain)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = -1
+    if "no space left" in first.lower() or "os error 28" in first or 0 <= free < LOW_SPACE:
+        room = f"{free:,} bytes free" if free >= 0 else "free space unknown"
+        return f"the disk is full ({room}; {first})"
+    return ""
 
 
 def _umask() -> int:
