@@ -138,6 +138,14 @@ def other_run(tmp: Path) -> None:
     (tmp / "o" / "config.json").write_text('{"command": "reproduce", "dataset": "mnist"}')
 
 
+def corrupt_run(content: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "o").mkdir()
+        (tmp / "o" / "config.json").write_text(content)
+
+    return setup
+
+
 D = ["dp", "--dataset", "digits", "--no-strong", "--limit", "20"]
 M = ["--data-dir", "{tmp}/data", "--checkpoint", "{tmp}/mck", "--no-strong", "--limit", "5"]
 T = ["tsne", "--npz", "{tmp}/v.npz", "--per-class", "2"]
@@ -370,6 +378,18 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         other_run,
         ["train", "--dataset", "digits", "--out", "{tmp}/o"],
         "holds results of other settings",
+    ),
+    (
+        "run directory whose config.json is garbage",
+        corrupt_run("{bad"),
+        ["train", "--dataset", "digits", "--out", "{tmp}/o"],
+        "use --overwrite to replace them",
+    ),
+    (
+        "run directory whose config.json is a list",
+        corrupt_run("[]"),
+        ["train", "--dataset", "digits", "--out", "{tmp}/o"],
+        "holds JSON of another shape",
     ),
     # empty paths: not a silent default
     ("--checkpoint ''", None, [*D, "--checkpoint", ""], "--checkpoint is empty; give a path"),

@@ -325,3 +325,40 @@ def test_a_library_error_with_room_on_the_disk_is_not_called_a_full_disk(tmp_pat
     with pytest.raises(RuntimeError, match="a bug in the writer"):
         write_atomic(tmp_path / "x.bin", broken)
     assert list(tmp_path.iterdir()) == []
+
+
+DP_SMALL = ["dp", "--dataset", "digits", "--strong", "quick", "--strong-limit", "10",
+            "--square-queries", "10", "--limit", "20", "--no-progress", "--json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("piece", ["fingerprint.json", "strong-original.json", "defense-ce.json",
+                                   "strong-ce.json"])  # fmt: skip
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b""], ids=["garbage", "list", "empty"])
+def test_a_corrupt_stage_record_is_recomputed_and_said(tmp_path, capsys, piece, content):
+    import json
+
+    from defpert.cli import main
+
+    argv = [*DP_SMALL, "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    (tmp_path / "run" / "partial" / "test" / piece).write_bytes(content)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["accuracy"] == first["accuracy"]
+    assert f"{piece} " in captured.err and "recomputing what it recorded" in captured.err
+
+
+def test_a_corrupt_config_json_is_refused_and_cleared_by_overwrite(tmp_path, capsys):
+    from defpert.cli import main
+
+    argv = ["train", "--dataset", "digits", "--epochs", "1", "--no-progress", "--out",
+            str(tmp_path / "m")]  # fmt: skip
+    assert main(argv) == 0
+    (tmp_path / "m" / "config.json").write_text("{bad")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json is not a readable JSON file" in err and "use --overwrite" in err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (tmp_path / "m" / "model.safetensors").is_file()

@@ -215,7 +215,7 @@ def claim_run(
     try:
         saved_path = run / "config.json"
         if saved_path.is_file():
-            saved = read_json(saved_path)
+            saved = _saved_config(saved_path, overwrite)
             diff = config_differences(saved, config)
             if diff and not overwrite:
                 shown = "; ".join(diff[:4]) + (
@@ -239,6 +239,25 @@ def claim_run(
         if lock_fh is not None:
             fcntl.flock(lock_fh.fileno(), fcntl.LOCK_UN)
             lock_fh.close()
+
+
+def _saved_config(path: Path, overwrite: bool) -> Any:
+    """The settings a run directory's results belong to. An unreadable or malformed
+    ``config.json`` is refused, saying how to get past it; with ``overwrite`` it counts as
+    other settings (so the results it guarded are replaced)."""
+    problem = ""
+    try:
+        saved = read_json(path)
+        if not isinstance(saved, dict):
+            problem = f"holds JSON of another shape ({type(saved).__name__}), not a run's settings"
+    except DefpertError as exc:
+        problem, saved = str(exc).removeprefix(f"{path} "), None
+    if not problem:
+        return saved
+    if overwrite:
+        return {"unreadable config.json": problem}
+    raise DefpertError(f"{path} {problem}: the results beside it cannot be matched to any "
+                       "settings; use --overwrite to replace them, or another --out")  # fmt: skip
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

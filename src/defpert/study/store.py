@@ -131,7 +131,7 @@ class Store:
         stamp = self.partial / "fingerprint.json"
         fingerprint = json.loads(json.dumps({**fingerprint, "code": code_version()}))
         self.fingerprint = fingerprint
-        stale = not stamp.is_file() or read_json(stamp) != fingerprint
+        stale = _readable(stamp, self.say) != fingerprint
         if distributed.main_decides(stale):
             if distributed.is_main():
                 for old in (self.versions, self.partial):
@@ -146,7 +146,7 @@ class Store:
             return
         stamp = self.partial / f"defense-{method}.json"
         fingerprint = json.loads(json.dumps(fingerprint))
-        if distributed.main_decides(stamp.is_file() and read_json(stamp) == fingerprint):
+        if distributed.main_decides(_readable(stamp, self.say) == fingerprint):
             return
         if distributed.is_main():
             shutil.rmtree(self.versions / method, ignore_errors=True)
@@ -249,8 +249,9 @@ class Store:
         if self.partial is None:
             return compute()
         path = self.partial / f"{name}.json"
-        if distributed.main_decides(path.is_file()):
-            return dict(read_json(path))
+        saved = _readable(path, self.say) if distributed.is_main() else None
+        if distributed.main_decides(isinstance(saved, dict)):
+            return dict(saved if isinstance(saved, dict) else read_json(path))
         result = compute()
         write_json(path, result)
         if distributed.is_main():
@@ -321,6 +322,22 @@ class RowsJournal:
                 np.savez(fh, rows=rows.detach().cpu().numpy(), meta=np.array(json.dumps(meta)))
 
         write_atomic(self.path, write)
+
+
+def _readable(path: Path, say: Callable[[str], None]) -> Any:
+    """A piece of defpert's own JSON state (a fingerprint, a stage's result), or None when it
+    is missing or unreadable; an unreadable one is said in one line and then recomputed."""
+    if not path.is_file():
+        return None
+    try:
+        value = read_json(path)
+    except DefpertError as exc:
+        say(f"{exc}; recomputing what it recorded")
+        return None
+    if not isinstance(value, dict):
+        say(f"{path} holds JSON of another shape; recomputing what it recorded")
+        return None
+    return value
 
 
 class FileJournal:
