@@ -213,7 +213,7 @@ def robustification() -> str:
     """docs/results/robustification.md: robustify on models trained for it."""
     pre = _load("study-preempt-mnist-cnn-linf0.2-n200.json")
     pgd = _load("robustify-mnist-cnn-pgd0.4-linf0.2-n200.json")["result"]
-    records, versions = pre["strong_and_adaptive"], pre["versions"]
+    versions = pre["versions"]
     n = pgd["strong"]["n"]
     lines = [
         "# Robustification on models trained for it",
