@@ -5,8 +5,8 @@
 # measured from the defended point, the defender's budget = eps). One thread per job.
 #
 #     bash experiments/preempt_study.sh            # from the repository root, in .venv
-# The cnn's weights from the first run are kept in experiments/checkpoints/mnist-cnn-preempt-0.2
-# (`--checkpoint experiments/checkpoints/mnist-cnn-preempt-0.2` skips its 63-minute training).
+# The cnn's weights from the first run are shipped as shipped:mnist-cnn-preempt-0.2
+# (`--checkpoint shipped:mnist-cnn-preempt-0.2` skips its 63-minute training).
 set -eu
 export DEFPERT_THREADS=${DEFPERT_THREADS:-1}
 D="python -m defpert"
