@@ -110,7 +110,7 @@ def test_models_command_lists_what_is_shipped(shipped_root, capsys):
     header, row = out.splitlines()[:2]  # aligned: the training column starts where its name does
     assert row.index(" standard ") + 1 == header.index("trained")
     assert len(row) == len(header)  # the numbers end under their headers
-    assert max(len(line) for line in out.splitlines()) <= 110  # fits a terminal
+    assert max(len(line) for line in out.splitlines()) <= 100  # fits a terminal
 
 
 def test_models_command_lists_a_cards_strong_suite_figure(shipped_root, capsys):
@@ -120,7 +120,7 @@ def test_models_command_lists_a_cards_strong_suite_figure(shipped_root, capsys):
     (shipped_root / "index.json").write_text(json.dumps(index))
     assert main(["models"]) == 0
     row = capsys.readouterr().out.splitlines()[1]
-    assert row.endswith("50.0% (n=100)")
+    assert row.endswith("50.0% (100)")
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,9 @@ def test_the_study_uses_the_shipped_robust_checkpoints(dataset, kind, name):
 
     config = ReproduceConfig(dataset=dataset, models=(kind,)).train_config(kind)
     assert matching_shipped(config) == name
+
+
+def test_the_real_list_of_shipped_checkpoints_fits_100_columns(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 3 and max(len(line) for line in lines) <= 100

@@ -113,7 +113,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not records:
         print("no checkpoints are shipped with this installation")
         return 0
-    rows = [["checkpoint", "trained", "clean", "PGD-40", "strong suite"]]
+    rows = [["checkpoint", "trained", "clean (n)", "PGD-40 (n)", "strong suite (n)"]]
     for name, r in sorted(records.items()):
         if args.verify:
             verified(name)
@@ -121,13 +121,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         threat, robust = "–", "–"
         if part:  # the training radius, from the natural image
             threat = f"{part['norm']} {part['eps']:g}"
-            robust = f"{part['pgd40']:.1%} (n={part['n']:,})"
+            robust = f"{part['pgd40']:.1%} ({part['n']:,})"
         strong = acc.get("robust")  # tools/ship_checkpoint.py --strong: "<tier> suite, <threat>"
-        worst = f"{strong['accuracy']:.1%} (n={strong['n']:,})" if strong else "–"
+        worst = f"{strong['accuracy']:.1%} ({strong['n']:,})" if strong else "–"
         test = acc.get("test")
         kind = str(r["training"]).removeprefix("adversarial-")
         rows.append([PREFIX + name, f"{kind} {threat}",
-                     f"{test:.1%} (n={acc.get('n_test', 0):,})" if test is not None else "–",
+                     f"{test:.1%} ({acc.get('n_test', 0):,})" if test is not None else "–",
                      robust, worst])  # fmt: skip
     print(aligned(rows, left=2))
     print("clean: on the test set. PGD-40 and the strong suite (standard tier): at the\n"
