@@ -428,8 +428,8 @@ def test_ctrl_c_says_whether_a_rerun_continues(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.import_module("defpert.train"), "train", ctrl_c)
     monkeypatch.setattr(importlib.import_module("defpert.data.datasets"), "fetch", ctrl_c)
     assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "t")]) == 130
-    assert capsys.readouterr().err.strip().endswith("run the same command again to continue "
-                                                    "from what it saved")  # fmt: skip
+    message = capsys.readouterr().err.strip()
+    assert message.endswith("run the same command again: what it finished is kept and reused")
     assert main(["data", "fetch", "mnist", "--data-dir", str(tmp_path / "d")]) == 130
     assert capsys.readouterr().err.strip() == "defpert: interrupted"  # nothing to continue
 
