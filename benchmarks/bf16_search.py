@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 from _common import emit, machine
-from pgd_throughput import mnist_batch
 
 from defpert.attacks import StrongConfig, strong_attack
 from defpert.attacks.search import FALLBACK
 from defpert.core.threat import make_threat
+from defpert.data import load_split
 from defpert.models import load_checkpoint
+from defpert.runtime.devices import pick_device
 from defpert.wording import wilson
 
 
@@ -39,8 +40,10 @@ def main() -> None:
     parser.add_argument("--order", default="bf16,fp32")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model, _ = load_checkpoint(args.checkpoint)
-    x, y = mnist_batch(args.n)
+    device = pick_device()  # a GPU when there is one
+    model, _ = load_checkpoint(args.checkpoint, map_location=device)
+    test = load_split("mnist", "test", progress=False)  # real images: accuracies depend on them
+    x, y = test.images[: args.n], test.labels[: args.n]
     threat = make_threat(args.norm, args.eps)
     runs = {}
     for search in args.order.split(","):

@@ -5,6 +5,7 @@
 #   benchmarks/gpu_session.sh smoke          # environment, throughput alone, a timed slice
 #   EPOCHS=10 benchmarks/gpu_session.sh train SECONDS  # PGD-40, TRADES-40, Fashion TRADES
 #   benchmarks/gpu_session.sh study SECONDS            # the robust models' study, full n
+#   benchmarks/gpu_session.sh speed SECONDS            # issue 42: the attack loop, bf16 search
 #
 # Expects (carried beside the working tree, ignored by git): .whl/ (openTSNE, ART,
 # torchattacks wheels for the GPU machine's Python), .devdata/{mnist,fashion-mnist}/*.xz
@@ -93,6 +94,23 @@ if [ "$MODE" = smoke ]; then
     job dp-slice 60 $DP --checkpoint shipped:mnist-cnn-pgd -e 0.3 -k 40 -a 0.01 \
         --defense robustify,hedge --limit 300 --strong-limit 100 --adaptive-limit 50 \
         --adaptive-square-queries 200 --out "$W/dp-slice"
+elif [ "$MODE" = speed ]; then
+    # issue 42, one after another so that each has the GPU alone: PGD against the peers at
+    # batch 512 and 2,048; the loop eager, under torch.compile and as a CUDA graph; the strong
+    # suite searching in bf16 against fp32 on the same first 1,000 MNIST test images
+    job data 60 python3 -c 'import torch; from defpert.data import load_split; from defpert.models import load_checkpoint
+t = load_split("mnist", "test", progress=False); print(t.images.shape, t.images.dtype, float(t.images.min()), float(t.images.max()), t.labels[:10].tolist(), int(t.labels.min()), int(t.labels.max()))
+for d in ("cpu", "cuda"):
+    m, _ = load_checkpoint("shipped:mnist-cnn-pgd", map_location=d)
+    with torch.no_grad(): print(d, float((m(t.images[:1000].to(d)).argmax(1).cpu() == t.labels[:1000]).float().mean()))'
+    job throughput 100 python3 benchmarks/pgd_throughput.py --batch 512,2048 --steps 10 \
+        --reps 3 --json "$W/pgd-throughput-h200.json"
+    for v in defpert,eager,graph,torchattacks eager,compile; do
+        job "loop-${v//,/-}" 100 python3 benchmarks/attack_loop.py --variants "$v" \
+            --json "$W/attack-loop-h200-${v//,/-}.json"
+    done
+    job bf16 $(($(left) - 20)) python3 benchmarks/bf16_search.py --checkpoint shipped:mnist-cnn-pgd \
+        --eps 0.2 --n 1000 --order fp32,bf16 --json "$W/bf16-search-mnist-cnn-pgd-linf0.2-n1000-h200.json"
 elif [ "$MODE" = train ]; then
     # issue 15: the recipes no CPU here can afford, side by side, each then measured as the
     # shipped PGD-10 model was (strong suite on the first 1,000, robustify from the defended

@@ -88,12 +88,13 @@ def test_an_interrupted_bf16_search_continues_inside_the_fp32_cascade(digits_mod
     assert resumed.broken_by == whole.broken_by and resumed.contested == whole.contested
 
 
-def test_auto_searches_in_bf16_only_where_it_is_native(monkeypatch):
+def test_auto_searches_in_bf16_only_on_a_cpu_where_it_is_native(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(search_module, "native_bf16", lambda device: False)
     assert resolve_search("auto", cpu) == "fp32"
     monkeypatch.setattr(search_module, "native_bf16", lambda device: True)
     assert resolve_search("auto", cpu) == "bf16"
+    assert resolve_search("auto", torch.device("cuda")) == "fp32"  # measured slower there
     assert resolve_search("fp32", cpu) == "fp32"
     with pytest.raises(DefpertError, match="unknown search precision 'fp16'; choose one of"):
         check_search("fp16")

@@ -288,6 +288,78 @@ def _model_name(checkpoint: str) -> str:
     return "one-epoch `cnn`" if "cnn-e1" in checkpoint else f"`{Path(checkpoint).name}`"
 
 
+def _gpu_loop() -> list[str]:
+    """The PGD loop's variants on a lent GPU (benchmarks/results/attack-loop-*.json)."""
+    lines: list[str] = []
+    for path in sorted(BENCHMARKS.glob("bf16-search-*.json")):
+        d = json.loads(path.read_text())
+        if d["machine"].get("cuda") and d["speedup"] < 1:
+            lines += [
+                "",
+                f"## bf16 search on a GPU ({d['machine']['cuda']})",
+                "",
+                f"The `standard` suite on `{d['checkpoint']}` ({d['n']:,} examples, the table "
+                f"above) searched in bf16 at {d['speedup']:.2f}x of fp32's speed there: the "
+                "study's small `cnn` leaves a GPU waiting on kernel launches, not arithmetic, "
+                "so bf16 saves nothing and its extra casts cost time. `--search-precision auto` "
+                "therefore searches in bf16 on CPUs with native bf16 only, and in fp32 on a GPU.",
+            ]
+    for path in sorted(BENCHMARKS.glob("attack-loop-*.json")):
+        whole = json.loads(path.read_text())
+        first = whole["runs"][0]
+        lines += [
+            "",
+            f"## The attack loop on a GPU ({first['machine'].get('cuda') or first['device']})",
+            "",
+            f"`python benchmarks/attack_loop.py` ({path.name}): L-inf PGD, {first['steps']} "
+            f"steps of {first['threat']['step']:g}, eps {first['threat']['eps']:g} from the "
+            "natural image, on `shipped:mnist-cnn-pgd` and the first MNIST test images; "
+            "image-steps per second (medians of "
+            f"{first['reps']}), and the accuracy left on each variant's points (the same for "
+            "all: each attacks as well as the eager loop). torch.compile ran in a second "
+            "process, beside its own eager row.",
+            "",
+            "| batch | variant | image-steps/s | over torchattacks | over the eager loop "
+            "| accuracy on its points |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run in whole["runs"]:
+            for row in run["rows"]:
+                rates = row["image_steps_per_second"]
+                peer = row.get("over_torchattacks") or {}
+                for name, rate in rates.items():
+                    if name == "plain eager loop" and run is not whole["runs"][0]:
+                        continue  # the compile run's own baseline, only for its ratio
+                    over = f"{peer[name]:.2f}x" if name in peer else "-"
+                    lines.append(
+                        f"| {row['batch']:,} | {name} | {rate:,} | {over} | "
+                        f"{rate / rates['plain eager loop']:.2f}x | "
+                        f"{_pct(row['accuracy_on_the_attacked_points'][name])} |"
+                    )
+    for path in sorted(BENCHMARKS.glob("pgd-throughput-h*.json")):
+        d = json.loads(path.read_text())
+        if d["machine"].get("cuda") is None or not any(r["batch"] >= 512 for r in d["rows"]):
+            continue
+        lines += [
+            "",
+            f"`python benchmarks/pgd_throughput.py` on the {d['machine']['cuda']} "
+            f"({path.name}, {d['steps']} steps, the fp32 limit "
+            f"{d['limit_image_steps_per_s']:,.0f} image-steps/s):",
+            "",
+            "| batch | norm | defpert | plain loop | torchattacks | ART | defpert / torchattacks "
+            "| of the fp32 limit |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in d["rows"]:
+            v = r["image_steps_per_s"]
+            lines.append(
+                f"| {r['batch']:,} | {r['norm']} | {v['defpert']:,.0f} | {v['plain loop']:,.0f} "
+                f"| {v['torchattacks']:,.0f} | {v['art']:,.0f} | "
+                f"{v['defpert'] / v['torchattacks']:.2f}x | {100 * r['fraction_of_fp32_limit']:.0f} % |"
+            )
+    return lines
+
+
 def speed() -> str:
     """docs/results/speed.md: bf16 search, training's thread policy, bf16 training."""
     lines = [
@@ -304,7 +376,7 @@ def speed() -> str:
         "then got the fp32 suite. Goal: >= 1.8x faster where bf16 is native, never more",
         "optimistic than fp32 by more than 0.2 points.",
         "",
-        "| model | threat model | n | fp32 suite | bf16 search | robust only under bf16 / only under fp32 | contested | seconds fp32 / bf16 | speed-up | CPU |",
+        "| model | threat model | n | fp32 suite | bf16 search | robust only under bf16 / only under fp32 | contested | seconds fp32 / bf16 | speed-up | device |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(BENCHMARKS.glob("bf16-search-*.json")):
@@ -316,7 +388,8 @@ def speed() -> str:
             f"{_pct(f['accuracy'])} {_interval(f['interval95'])} | "
             f"{_pct(b['accuracy'])} {_interval(b['interval95'])} | "
             f"{d['robust_only_under_bf16']} / {d['robust_only_under_fp32']} | {b['contested']} | "
-            f"{f['seconds']:,.0f} / {b['seconds']:,.0f} | {d['speedup']:.2f}x | {d['machine']['cpu']} |"
+            f"{f['seconds']:,.0f} / {b['seconds']:,.0f} | {d['speedup']:.2f}x | "
+            f"{d['machine'].get('cuda') or d['machine']['cpu']} |"
         )
     masked = BENCHMARKS / "bf16-search-masked-linf0.1-n500.autoattack.json"
     if masked.is_file():
@@ -385,6 +458,8 @@ def speed() -> str:
         + ": inside 0.3 points, below the 1.5x that would make it the default, so fp32 stays.",
         "",
     ]
+    lines += _gpu_loop()
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from defpert.attacks.journal import Bookmark, CascadeState, Journal, Resume, StageClock
+from defpert.core.passes import continue_count, counted_so_far
 from defpert.runtime.progress import ticking
 
 # An attack of the cascade: (indices of the examples still robust, its resume link or None)
@@ -52,12 +53,13 @@ class Cascade:
         self.done, self.running = list(state.done), state.running
         if self.contested is not None and state.contested is not None:
             self.contested.copy_(state.contested)  # in place: stages hold this tensor
+        continue_count(state.passes)
         return True
 
     def save(self, journal: Journal, bookmark: Bookmark | None = None) -> None:
         journal.write(CascadeState(self.done, self.points, self.robust, self.broken_by,
                                    self.seconds, self.generator.get_state(), bookmark,
-                                   self.contested))  # fmt: skip
+                                   self.contested, counted_so_far()))  # fmt: skip
 
     def run(
         self,

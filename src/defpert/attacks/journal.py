@@ -101,6 +101,7 @@ class CascadeState:
     generator: torch.Tensor
     running: Bookmark | None = None
     contested: torch.Tensor | None = None  # see Cascade.contested
+    passes: dict[str, int] | None = None  # the running pass count (core.passes) when saved
 
     def continues(self, x: torch.Tensor, plan: list[str]) -> bool:
         """Whether this state belongs to a cascade of ``plan`` on inputs shaped like ``x``."""

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defpert.core.objectives import Objective, summed
+from defpert.core.passes import add_elsewhere, counted_so_far
 from defpert.core.threat import ThreatModel, clip_to_both_balls, clip_to_box, validate_schedule
 from defpert.errors import DefpertError
 from defpert.runtime import distributed, threads
@@ -141,6 +142,7 @@ def perturb(
         out[:done] = rows
     bounds = [(lo, min(lo + batch_size, len(x))) for lo in range(0, len(x), batch_size)]
     last_write = time.monotonic()
+    counted_before = counted_so_far()
     with tqdm(total=len(x) * schedule.steps, desc=desc, unit="img-step", unit_scale=True,
               disable=not (progress and distributed.is_main()), leave=False) as bar, \
             ticking(bar):  # fmt: skip
@@ -169,7 +171,18 @@ def perturb(
             ):
                 saved.write(x, labels, batch_size, out[:hi])
                 last_write = time.monotonic()
+    if ranks > 1 and counted_before is not None:
+        _count_the_other_ranks(counted_before)
     return distributed.share_rows(out, bounds)
+
+
+def _count_the_other_ranks(before: dict[str, int]) -> None:
+    """Add the passes the other ranks made on their chunks to this rank's running counters:
+    every rank then reports the cost of the whole computation, as one process would."""
+    now = counted_so_far() or before
+    mine = (now["forward"] - before["forward"], now["backward"] - before["backward"])
+    forward, backward = distributed.sum_over_ranks(*mine)
+    add_elsewhere(int(forward) - mine[0], int(backward) - mine[1])
 
 
 def perturb_batch(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,39 @@ class Passes:
         return Passes(self.forward, self.backward)
 
 
+# The counters running (outermost first), so that a journal can keep the count beside its
+# progress and a rerun continue it (a resumed run then reports the uninterrupted run's
+# cost), and so that work split between torchrun ranks is counted whole on each of them.
+_RUNNING: ContextVar[tuple[Passes, ...]] = ContextVar("defpert_passes", default=())
+
+
+def counted_so_far() -> dict[str, int] | None:
+    """The innermost running counter's totals (None when nothing counts), for a journal."""
+    running = _RUNNING.get()
+    return {"forward": running[-1].forward, "backward": running[-1].backward} if running else None
+
+
+def continue_count(saved: object) -> None:
+    """Set the innermost running counter to the totals a journal kept with the progress it
+    resumes (the passes before the journal was written, the work it saves included); a
+    journal without them, or nothing counting, leaves the count as it is."""
+    running = _RUNNING.get()
+    if not running or not isinstance(saved, dict):
+        return
+    forward, backward = saved.get("forward"), saved.get("backward")
+    if isinstance(forward, int) and isinstance(backward, int) and min(forward, backward) >= 0:
+        running[-1].forward, running[-1].backward = forward, backward
+
+
+def add_elsewhere(forward: int, backward: int) -> None:
+    """Add passes made outside this process (the other torchrun ranks' share of a split
+    computation) to every running counter, so that each rank reports the whole cost, the
+    same as one process would, rather than its share of it."""
+    for passes in _RUNNING.get():
+        passes.forward += forward
+        passes.backward += backward
+
+
 @contextlib.contextmanager
 def counting(model: nn.Module) -> Iterator[Passes]:
     """Count the passes through ``model`` inside the block (hooks removed on exit)."""
@@ -61,7 +95,9 @@ def counting(model: nn.Module) -> Iterator[Passes]:
             output.register_hook(on_backward)
 
     handle = model.register_forward_hook(on_forward)
+    running = _RUNNING.set((*_RUNNING.get(), passes))
     try:
         yield passes
     finally:
+        _RUNNING.reset(running)
         handle.remove()

@@ -198,9 +198,15 @@ class _DPRun:
             with counting(self.model) as passes:
                 points = compute()
             self.passes[name] = {"n": len(points), **passes.per_example(len(points))}
+            self.store.save_cost(name, self.passes[name])
             return points
 
-        return self.store.version(name, counted, rows)
+        points = self.store.version(name, counted, rows)
+        if name not in self.passes:
+            saved = self.store.cost(name)
+            if saved is not None:
+                self.passes[name] = saved
+        return points
 
     def record(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The store's result ``name``, with its cost in passes per example inside it (so a

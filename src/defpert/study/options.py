@@ -68,7 +68,8 @@ class DPOptions:
     search_precision: str = _opt(
         "fp32",
         "the arithmetic the strong suite and the adaptive attack search in: fp32, bf16, or auto "
-        "(bf16 where the device has it natively); every verdict is the fp32 model's, and what a "
+        "(bf16 on a CPU that has it natively; fp32 on a GPU, where the small models are "
+        "launch-bound and bf16 measured slower); every verdict is the fp32 model's, and what a "
         "bf16 search claimed but did not break gets the fp32 suite",
     )
     extra: dict[str, Any] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from torch import nn
 
 from defpert import __version__
 from defpert.attacks.journal import Bookmark, CascadeState
+from defpert.core.passes import continue_count, counted_so_far
 from defpert.errors import DefpertError
 from defpert.runtime import distributed
 from defpert.runtime.rundir import copy_atomic, read_json, write_atomic, write_json
@@ -169,13 +170,14 @@ class Store:
         if not stamp.is_file() or read_json(stamp) != self.fingerprint:
             return 0
         copied = 0
-        pairs = [(other_versions / f"{n}.npz", self.versions / f"{n}.npz") for n in SHARED_VERSIONS]
+        pairs = [(other_versions / f"{n}{ext}", self.versions / f"{n}{ext}")
+                 for n in SHARED_VERSIONS for ext in (COST_SUFFIX, ".npz")]  # fmt: skip
         pairs += [(other_partial / f"{n}.json", self.partial / f"{n}.json") for n in SHARED_RECORDS]
         for source, target in pairs:
             if source.is_file() and not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 copy_atomic(source, target)
-                copied += 1
+                copied += not source.name.endswith(COST_SUFFIX)  # a cost goes with its version
         return copied
 
     def finished(self) -> int:
@@ -238,6 +240,18 @@ class Store:
         if journal is not None and distributed.is_main():
             journal.path.unlink(missing_ok=True)
 
+    def cost(self, name: str) -> dict[str, Any] | None:
+        """What computing data version ``name`` cost, in passes of the classifier per example
+        (kept beside it, so that a run reusing the version reports it), or None."""
+        if self.versions is None:
+            return None
+        return _readable(self.versions / f"{name}{COST_SUFFIX}", self.say)
+
+    def save_cost(self, name: str, cost: dict[str, Any]) -> None:
+        """Keep the cost of data version ``name`` (written before the version itself)."""
+        if self.versions is not None:
+            write_json(self.versions / f"{name}{COST_SUFFIX}", cost)
+
     def rows_journal(self, name: str) -> RowsJournal | None:
         """Where the long computation of data version ``name`` (a defense over the whole
         test set) keeps its finished rows until the version is saved; None without a run
@@ -265,6 +279,7 @@ class Store:
 
 
 JOURNAL_SUFFIX = ".journal.npz"
+COST_SUFFIX = ".passes.json"
 ROWS_SUFFIX = ".rows.npz"
 
 
@@ -310,12 +325,16 @@ class RowsJournal:
         meta, rows = found
         fits = (meta.get("inputs") == self._digest(x, labels) and rows.shape[1:] == x.shape[1:]
                 and len(rows) <= len(x) and rows.dtype == x.dtype)  # fmt: skip
-        return (int(meta["batch_size"]), len(rows), rows) if fits else None
+        if not fits:
+            return None
+        continue_count(meta.get("passes"))  # the rows kept are not computed again
+        return int(meta["batch_size"]), len(rows), rows
 
     def write(
         self, x: torch.Tensor, labels: torch.Tensor, batch_size: int, rows: torch.Tensor
     ) -> None:
-        meta = {"inputs": self._digest(x, labels), "batch_size": batch_size, "done": len(rows)}
+        meta = {"inputs": self._digest(x, labels), "batch_size": batch_size, "done": len(rows),
+                "passes": counted_so_far()}  # fmt: skip
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
@@ -375,6 +394,7 @@ class FileJournal:
                     contested=torch.from_numpy(saved["contested"])
                     if "contested" in saved.files
                     else None,
+                    passes=meta.get("passes"),
                 )
         except Exception:  # a journal of an older layout or a damaged file: start over
             return None
@@ -382,7 +402,8 @@ class FileJournal:
     def write(self, state: CascadeState) -> None:
         running = state.running
         meta = {"done": state.done, "broken_by": state.broken_by, "seconds": state.seconds,
-                "running": running.position if running is not None else None}  # fmt: skip
+                "running": running.position if running is not None else None,
+                "passes": state.passes}  # fmt: skip
         arrays: dict[str, Any] = {f"{RUNNING}{name}": t.detach().cpu().numpy()
                   for name, t in (running.tensors.items() if running is not None else ())}  # fmt: skip
         if state.contested is not None:
