@@ -6,6 +6,7 @@
 #   EPOCHS=10 benchmarks/gpu_session.sh train SECONDS  # PGD-40, TRADES-40, Fashion TRADES
 #   benchmarks/gpu_session.sh study SECONDS            # the robust models' study, full n
 #   benchmarks/gpu_session.sh speed SECONDS            # issue 42: the attack loop, bf16 search
+#   benchmarks/gpu_session.sh preempt SECONDS          # issue 39: the study at n = 1,000
 #
 # Expects (carried beside the working tree, ignored by git): .whl/ (openTSNE, ART,
 # torchattacks wheels for the GPU machine's Python), .devdata/{mnist,fashion-mnist}/*.xz
@@ -82,6 +83,7 @@ DP="python3 -m defpert dp --no-progress --device ${DEVICE:-cuda}"
 TRAIN="python3 -m defpert train --no-progress --device ${DEVICE:-cuda} --dataset mnist --seed 0"
 
 setup
+PIDS=()
 (while sleep 15; do pack; done) &
 PACKER=$!
 
@@ -111,6 +113,18 @@ for d in ("cpu", "cuda"):
     done
     job bf16 $(($(left) - 20)) python3 benchmarks/bf16_search.py --checkpoint shipped:mnist-cnn-pgd \
         --eps 0.2 --n 1000 --order fp32,bf16 --json "$W/bf16-search-mnist-cnn-pgd-linf0.2-n1000-h200.json"
+elif [ "$MODE" = preempt ]; then
+    # issue 39: the study at a reviewer's n on the shipped preempt model and on today's PGD
+    # model (L-inf 0.2 from the defended point, eps_def 0.2): the weak attack on all 10,000,
+    # the standard strong suite and undo-then-attack on the first 1,000; side by side
+    L=$(($(left) - 15))
+    for m in preempt-0.2 pgd; do
+        job "study-$m" $L $DP --checkpoint "shipped:mnist-cnn-$m" -p linf -e 0.2 -k 20 -a 0.01 \
+            --defense ce,robustify,robustify-label-free --strong-limit 1000 --adaptive-limit 0 \
+            --json --out "$W/study-$m-linf0.2-n1000" &
+        PIDS+=($!)
+    done
+    wait "${PIDS[@]}"
 elif [ "$MODE" = train ]; then
     # issue 15: the recipes no CPU here can afford, side by side, each then measured as the
     # shipped PGD-10 model was (strong suite on the first 1,000, robustify from the defended
