@@ -52,12 +52,12 @@ def image_steps(config: ReproduceConfig, test_size: int) -> dict[str, int]:
     (the strong suite and the adaptive attack not counted: their length depends on how many
     examples each attack leaves unbroken)."""
     n = min(config.limit or test_size, test_size)
-    n_strong = min(config.strong_limit, n)
+    n_strong = min(config.dp.strong_limit, n)
     out: dict[str, int] = {}
     for threat in config.threats:
-        dp = DPConfig(**threat, defenses=config.defenses, inner_steps=config.inner_steps)
+        dp = config.dp_config(threat)
         total = n * dp.steps  # the weak attack on the original data
-        for method in config.defenses:
+        for method in dp.defenses:
             defense = dp.defense(method)
             defend = defense.steps * defense.passes_per_step
             total += n * defend  # the defense on the clean images
@@ -66,7 +66,7 @@ def image_steps(config: ReproduceConfig, test_size: int) -> dict[str, int]:
             # the strong suite's length of PGD) on the strong suite's examples as well
             total += n * (defend if defense.reactive else dp.steps)
             if method in ROBUSTIFY:
-                total += n_strong * (defend + config.strong_steps)
+                total += n_strong * (defend + dp.strong_steps)
         out[f"rq1 {threat['norm']}"] = total
     first = config.threats[0]
     sweep_n = min(config.sweep_limit, n)

@@ -468,6 +468,21 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "unknown --budget-from 'x'",
     ),
     (
+        "reproduce --search-precision with an unknown value",
+        None,
+        [
+            "reproduce",
+            "--quick",
+            "--dataset",
+            "digits",
+            "--search-precision",
+            "fp16",
+            "--out",
+            "{tmp}/r",
+        ],
+        "unknown search precision 'fp16'; choose one of",
+    ),
+    (
         "robustify with no inner restart",
         None,
         [*D, "--defense", "robustify", "--inner-restarts", "0"],

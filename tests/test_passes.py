@@ -72,3 +72,22 @@ def test_dp_reports_each_stage_s_passes_and_a_resumed_run_the_same(tmp_path, cap
     again = json.loads(capsys.readouterr().out)
     assert again[1]["passes"]["adaptive-hedge"] == hedge["passes"]["adaptive-hedge"]
     assert again[0]["passes"]["strong-ce"] == ce["passes"]["strong-ce"]
+
+
+def test_measuring_the_chunk_size_costs_the_attack_nothing(digits_model, digits_test, monkeypatch):
+    """The first attack on a CPU times the chunk candidates (runtime.calibrate): those passes
+    are no part of the attack's cost, which stays k per step and example plus the check."""
+    from defpert.runtime import calibrate
+
+    monkeypatch.delenv(calibrate.ENV, raising=False)
+    monkeypatch.setattr(calibrate, "_chosen", {})
+    monkeypatch.setattr(calibrate, "_cached", lambda key, load: 0)  # measure here and now
+    measured = []
+    real = calibrate.measure
+    monkeypatch.setattr(calibrate, "measure", lambda *a, **k: measured.append(1) or real(
+        *a, **{**k, "seconds": 0.02, "rounds": 1}))  # fmt: skip
+    x, y = digits_test.images[:30], digits_test.labels[:30]
+    with counting(digits_model) as passes:
+        pgd(digits_model, x, y, threat=LinfBall(0.1), steps=3, step_size=0.02)
+    assert measured  # the candidates were timed inside the counted block
+    assert (passes.forward, passes.backward) == (3 * len(x) + 1, 3 * len(x))

@@ -270,3 +270,22 @@ def test_terminal_summary_is_an_aligned_table_with_each_columns_n():
     end = lines[1].index("strong (n=100)") + len("strong (n=100)")
     assert lines[2].index("[71.1, 86.7]") + 12 == end and lines[4].index("[44.4, 55.6]") + 12 < end
     assert "nan" not in text and "{" not in text
+
+
+def test_every_dp_setting_of_the_study_is_declared_once_in_its_dp_options():
+    """The study's ``dp`` runs take their settings from one ``DPOptions`` (no field of it is
+    declared again on the study's config), and the sweeps keep the study's settings."""
+    import dataclasses
+
+    from defpert.study.options import DPOptions
+    from defpert.study.reproduce import ReproduceConfig
+
+    study = {f.name for f in dataclasses.fields(ReproduceConfig)}
+    assert not study & ({f.name for f in dataclasses.fields(DPOptions)} - {"seed"})
+    config = ReproduceConfig.for_dataset("digits", quick=True, seed=3)
+    config.dp.search_precision, config.dp.budget_from = "bf16", "original"
+    threat = config.threats[0]
+    dp = config.dp_config(threat)
+    assert (dp.norm, dp.eps, dp.seed, dp.strong_limit) == (threat["norm"], threat["eps"], 3, 100)
+    assert (dp.search_precision, dp.budget_from, dp.inner_steps) == ("bf16", "original", 5)
+    assert config.train_config("standard").seed == 3

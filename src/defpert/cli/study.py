@@ -14,7 +14,7 @@ from defpert.wording import aligned, percent
 
 def add_study_parsers(sub: Any) -> None:
     from defpert.cli.common import add_common
-    from defpert.cli.dp import add_strong_arguments
+    from defpert.cli.dp import add_config_options, add_strong_arguments
 
     sw = sub.add_parser(
         "sweep", help="accuracy versus eps, original and defensive, weak and strong"
@@ -69,6 +69,7 @@ def add_study_parsers(sub: Any) -> None:
                     help="an attack on a defended point measures eps from: defended (default) or original")  # fmt: skip
     rp.add_argument("--square-queries", type=int,
                     help="queries of the Square attack, also through a reactive defense (default: the tier's)")  # fmt: skip
+    add_config_options(rp, ("search_precision",))
     rp.add_argument("--retrain", action="store_true",
                     help="train every model here, even where a shipped checkpoint has its settings")  # fmt: skip
     rp.add_argument("--overwrite", action="store_true",
@@ -197,10 +198,10 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         from defpert.defenses import registry
         from defpert.defenses.methods import Defense
 
-        config.defenses = tuple(d.strip() for d in args.defense.split(",") if d.strip())
-        for method in config.defenses:
+        config.dp.defenses = tuple(d.strip() for d in args.defense.split(",") if d.strip())
+        for method in config.dp.defenses:
             Defense(method, LinfBall(0.1), steps=1, step_size=0.1)  # unknown names fail here
-        if registry.ORIGINAL not in config.defenses:  # the figures and sweep show it
+        if registry.ORIGINAL not in config.dp.defenses:  # the figures and sweep show it
             raise DefpertError(
                 f"--defense must include {registry.ORIGINAL}, the original study's method"
             )
@@ -214,23 +215,26 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     config.epochs = args.epochs or config.epochs
     config.adv_epochs = args.adv_epochs or config.adv_epochs
     config.limit = args.limit or config.limit
-    config.strong_limit = args.strong_limit or config.strong_limit
-    config.adaptive_limit = args.adaptive_limit or config.adaptive_limit
+    config.dp.strong_limit = args.strong_limit or config.dp.strong_limit
+    config.dp.adaptive_limit = args.adaptive_limit or config.dp.adaptive_limit
     if args.strong is not None:
         from defpert.attacks import check_tier
 
-        config.strong_tier = check_tier(args.strong)
+        config.dp.strong_tier = check_tier(args.strong)
     from defpert.study.config import BUDGET_FROM
 
     if args.budget_from not in BUDGET_FROM:
         raise DefpertError(
             f"unknown --budget-from {args.budget_from!r}; choose one of: {', '.join(BUDGET_FROM)}"
         )
-    config.budget_from = args.budget_from
+    config.dp.budget_from = args.budget_from
     if args.square_queries is not None:
         if args.square_queries < 1:
             raise DefpertError(f"--square-queries must be at least 1, got {args.square_queries}")
-        config.square_queries = config.adaptive_square_queries = args.square_queries
+        config.dp.square_queries = config.dp.adaptive_square_queries = args.square_queries
+    from defpert.attacks.search import check_search
+
+    config.dp.search_precision = check_search(args.search_precision)
     out = args.out or reproduce_out(args, config)
     data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
     metrics = reproduce(config, out, data_dir=data_dir, device=args.device,
@@ -249,15 +253,16 @@ def reproduce_out(args: argparse.Namespace, config: Any) -> str:
     that studies of other settings never share (and refuse) one directory."""
     given = [
         ("+".join(config.models), args.models != "standard"),
-        ("def-" + "+".join(config.defenses), args.defense != "all"),
+        ("def-" + "+".join(config.dp.defenses), args.defense != "all"),
         (f"e{config.epochs}", args.epochs is not None),
         (f"adv-e{config.adv_epochs}", args.adv_epochs is not None),
         (f"n{config.limit}", args.limit is not None),
-        (f"strong{config.strong_limit}", args.strong_limit is not None),
-        (f"adaptive{config.adaptive_limit}", args.adaptive_limit is not None),
-        (config.strong_tier, args.strong is not None),
-        (f"sq{config.square_queries}", args.square_queries is not None),
-        ("from-original", config.budget_from != "defended"),
+        (f"strong{config.dp.strong_limit}", args.strong_limit is not None),
+        (f"adaptive{config.dp.adaptive_limit}", args.adaptive_limit is not None),
+        (config.dp.strong_tier, args.strong is not None),
+        (f"sq{config.dp.square_queries}", args.square_queries is not None),
+        ("from-original", config.dp.budget_from != "defended"),
+        (f"search-{config.dp.search_precision}", config.dp.search_precision != "fp32"),
     ]
     parts = [f"runs/reproduce-{config.dataset}", *(["quick"] if args.quick else [])]
     return "-".join(parts + [text for text, on in given if on])

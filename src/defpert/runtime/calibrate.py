@@ -23,11 +23,14 @@ passes. Every ``dp`` result records the chunk used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -39,6 +42,9 @@ from defpert.runtime.devices import GPU_CHUNK, cpu_info, frozen_parameters
 from defpert.runtime.rundir import default_cache_dir, read_json, write_json
 from defpert.runtime.threads import available_cores, load_average
 
+# Set while the candidates are timed: the pass counters (core.passes) leave those passes out,
+# since they are no part of the cost of the computation that asked for a chunk size.
+MEASURING: ContextVar[bool] = ContextVar("defpert_measuring_chunks", default=False)
 CANDIDATES = (32, 64, 128, 256, 512)
 CACHE_FILE = "calibration.json"
 ENV = "DEFPERT_CHUNK"
@@ -92,7 +98,7 @@ def measure(
     size: the candidates interleaved over ``rounds`` rounds, each timed for about
     ``seconds`` in all, the median kept (a busy machine slows every candidate alike)."""
     rates: dict[int, list[float]] = {c: [] for c in candidates}
-    with frozen_parameters(model), torch.enable_grad():
+    with _measuring(), frozen_parameters(model), torch.enable_grad():
         for _ in range(rounds):
             for size in candidates:
                 x = torch.rand(size, *input_shape, device=device, requires_grad=True)
@@ -110,6 +116,15 @@ def measure(
                         break
                 rates[size].append(done / elapsed)
     return {size: statistics.median(r) for size, r in rates.items()}
+
+
+@contextlib.contextmanager
+def _measuring() -> Iterator[None]:
+    token = MEASURING.set(True)
+    try:
+        yield
+    finally:
+        MEASURING.reset(token)
 
 
 def _measure_and_cache(

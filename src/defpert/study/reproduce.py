@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from defpert.core.engine import madry_step_size
 from defpert.data.datasets import get_spec, load_split
 from defpert.defenses.registry import ORIGINAL, get, names
 from defpert.errors import DefpertError
@@ -34,6 +35,8 @@ from defpert.models.shipped import install
 from defpert.runtime import distributed
 from defpert.runtime.devices import pick_device
 from defpert.runtime.rundir import claim_run, ensure_dir, read_json, write_atomic, write_json
+from defpert.study.config import DPConfig
+from defpert.study.options import DPOptions
 from defpert.train import ADV_EPS, TrainConfig, matching_shipped, recipe, train, trained_as
 from defpert.wording import count
 
@@ -64,41 +67,45 @@ SWEEP_EPS = {"mnist": [0.05, 0.1, 0.2, 0.3], "fashion-mnist": [0.025, 0.05, 0.1,
              "digits": [0.05, 0.1, 0.2, 0.3]}  # fmt: skip
 
 
+def _study_dp() -> DPOptions:
+    """The study's ``dp`` settings: ``dp``'s own defaults (study.options), every defense."""
+    return DPOptions(defenses=STUDY_DEFENSES)
+
+
 @dataclass
 class ReproduceConfig:
-    """The whole study's settings; ``quick()`` gives the small-slice version."""
+    """The whole study's settings; ``quick()`` gives the small-slice version.
+
+    ``dp`` holds the settings of every ``dp`` run of the study (declared once, in
+    :class:`DPOptions`); each threat model's norm, eps, steps and step size come from
+    ``threats``, and ``dp.seed`` seeds the training as well."""
 
     dataset: str = "mnist"
     model: str = "cnn"
     epochs: int = 3
-    seed: int = 0
-    limit: int | None = None
-    strong_limit: int = 1000
-    strong_steps: int = 100
-    strong_tier: str = "standard"  # the strong suite (attacks.strong): quick, standard, plus
-    square_queries: int | None = None  # None: the tier's (standard: 5,000)
-    budget_from: str = "defended"  # dp_config.BUDGET_FROM
-    adaptive_square_queries: int | None = (
-        None  # Square through a reactive defense; None: the suite's
-    )
-    adaptive_limit: int = 200
+    limit: int | None = None  # test images of the study (None: all)
+    dp: DPOptions = field(default_factory=_study_dp)
     sweep_limit: int = 1000
     sweep_strong_limit: int = 200
     tsne_per_class: int = 100
-    defenses: tuple[str, ...] = STUDY_DEFENSES
     threats: list[dict[str, Any]] = field(default_factory=list)
     sweep_eps: list[float] = field(default_factory=list)
     models: tuple[str, ...] = ("standard",)  # how each studied model is trained: MODEL_KINDS
-    inner_steps: int = 10  # robustify's inner PGD (at the attack's eps)
     # PGD steps per batch of the "pgd" and "trades" models (Madry et al.: 40 of 0.01; 10 of
     # 2.5 eps / 10 costs a quarter, and is what the shipped checkpoints were trained with)
     adv_steps: int = 10
     adv_epochs: int = 10  # adversarially trained models (the rest of the recipe: train.recipe)
 
+    @property
+    def seed(self) -> int:
+        return self.dp.seed
+
+    def dp_config(self, threat: dict[str, Any], **changes: Any) -> DPConfig:
+        """The ``dp`` run of one threat model: the study's settings, the threat's, ``changes``."""
+        return DPConfig(**{**asdict(self.dp), **threat, **changes})
+
     def train_config(self, kind: str) -> Any:
         """How the model of a kind (a key of ``MODEL_KINDS``) is trained for this study."""
-        from defpert.core.engine import madry_step_size
-
         if kind not in MODEL_KINDS:
             raise DefpertError(
                 f"unknown model kind {kind!r}; choose from: {', '.join(MODEL_KINDS)}"
@@ -114,18 +121,18 @@ class ReproduceConfig:
     @classmethod
     def for_dataset(cls, dataset: str, *, quick: bool = False, seed: int = 0) -> ReproduceConfig:
         spec = get_spec(dataset)
-        cfg = cls(
-            dataset=spec.name, seed=seed, threats=THREATS[spec.name], sweep_eps=SWEEP_EPS[spec.name]
-        )
+        cfg = cls(dataset=spec.name, threats=THREATS[spec.name], sweep_eps=SWEEP_EPS[spec.name])
+        cfg.dp.seed = seed
         if spec.name == "digits":
             cfg.epochs = cfg.adv_epochs = 40
         if quick:
+            dp = cfg.dp
             cfg.epochs = 1 if spec.name != "digits" else 20
-            cfg.limit, cfg.strong_limit, cfg.strong_steps = 300, 100, 50
-            cfg.strong_tier, cfg.square_queries, cfg.adaptive_square_queries = "quick", 200, 50
-            cfg.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
+            cfg.limit, dp.strong_limit, dp.strong_steps = 300, 100, 50
+            dp.strong_tier, dp.square_queries, dp.adaptive_square_queries = "quick", 200, 50
+            dp.adaptive_limit, cfg.sweep_limit, cfg.sweep_strong_limit = 30, 200, 50
             cfg.tsne_per_class, cfg.adv_steps, cfg.adv_epochs = 20, 10, cfg.epochs
-            cfg.inner_steps = 5
+            dp.inner_steps = 5
         return cfg
 
 
@@ -183,7 +190,7 @@ def _reproduce(
     report: Report | None,
     retrain: bool = False,
 ) -> dict[str, Any]:
-    from defpert.study.dp import DPConfig, run_dp
+    from defpert.study.dp import run_dp
     from defpert.study.sweep import run_budget_sweep, run_sweep
 
     say: Report = report or (lambda _m: None)
@@ -222,12 +229,7 @@ def _reproduce(
         if kind == config.models[0]:
             first_model, first_card = model, card
         for threat in config.threats:
-            dp = DPConfig(**threat, defenses=tuple(config.defenses), strong_limit=config.strong_limit,
-                          strong_steps=config.strong_steps, adaptive_limit=config.adaptive_limit,
-                          strong_tier=config.strong_tier, square_queries=config.square_queries,
-                          budget_from=config.budget_from, seed=config.seed,
-                          adaptive_square_queries=config.adaptive_square_queries,
-                          inner_steps=config.inner_steps)  # fmt: skip
+            dp = config.dp_config(threat)
             key = _suffixed(threat["norm"], kind)
             stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
             results = _stage(
@@ -241,9 +243,8 @@ def _reproduce(
 
     # 3. accuracy versus eps (first threat model's norm, the ce defense)
     first = config.threats[0]
-    sweep_base = DPConfig(**first, defenses=(ORIGINAL,), strong_limit=config.sweep_strong_limit,
-                          strong_steps=config.strong_steps, strong_tier=config.strong_tier,
-                          square_queries=config.square_queries, adaptive_limit=0, seed=config.seed)  # fmt: skip
+    sweep_base = config.dp_config(first, defenses=(ORIGINAL,), adaptive_limit=0,
+                                  strong_limit=config.sweep_strong_limit)  # fmt: skip
     sweep_data = test.head(config.sweep_limit)
     sweep_rows = _stage(
         run / "stages" / "sweep.json",
@@ -258,13 +259,11 @@ def _reproduce(
     robust_kinds = [k for k in config.models if k != "standard"]
     # the original's method and the label-aware robustification, where the study has them
     robustifying = tuple(n for n in names() if get(n).inner_attack and get(n).uses_label)
-    methods = tuple(d for d in (ORIGINAL, *robustifying) if d in config.defenses)
+    methods = tuple(d for d in (ORIGINAL, *robustifying) if d in config.dp.defenses)
     if robust_kinds and methods:
         kind = robust_kinds[0]
-        budget_base = DPConfig(**first, defenses=methods, strong_limit=config.sweep_strong_limit,
-                               strong_steps=config.strong_steps, strong_tier=config.strong_tier,
-                               square_queries=config.square_queries, adaptive_limit=0,
-                               seed=config.seed, inner_steps=config.inner_steps)  # fmt: skip
+        budget_base = config.dp_config(first, defenses=methods, adaptive_limit=0,
+                                       strong_limit=config.sweep_strong_limit)  # fmt: skip
         budgets = [round(f * first["eps"], 6) for f in BUDGET_FRACTIONS]
         rows = _stage(
             run / "stages" / f"budget-{kind}.json",
@@ -281,7 +280,7 @@ def _reproduce(
         from defpert.report.figures import budget_curves
 
         caption = (f"Accuracy versus the defender's budget ({budget['model']} model, "
-                   f"{first['norm']} eps {first['eps']:g} measured from the {config.budget_from} point, "
+                   f"{first['norm']} eps {first['eps']:g} measured from the {config.dp.budget_from} point, "
                    f"strong attack on the first {config.sweep_strong_limit} examples)")  # fmt: skip
         figures[caption] = _save_figure(
             run / "figures" / f"budget-{budget['model']}.png", budget_curves(budget["rows"])
@@ -388,8 +387,8 @@ def _write_report(
     summary = [
         f"dataset: {config.dataset}; model: {config.model}, {count(config.epochs, 'epoch')}, seed {config.seed}, "
         f"test accuracy {metrics['model']['test_accuracy']:.2%}",
-        f"test examples: {n}; strong attack on {min(config.strong_limit, n)}, adaptive attack "
-        f"on {min(config.adaptive_limit, n)} (at most)",
+        f"test examples: {n}; strong attack on {min(config.dp.strong_limit, n)}, adaptive attack "
+        f"on {min(config.dp.adaptive_limit, n)} (at most)",
         f"device: {metrics['device']}; generated {metrics['date']}",
     ]
     summary.append(f"threat models for {config.dataset}: " + "; ".join(
@@ -418,7 +417,7 @@ def _write_report(
     )
     rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
     md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows,
-                  strong_steps=config.strong_steps, models=metrics["models"])  # fmt: skip
+                  strong_steps=config.dp.strong_steps, models=metrics["models"])  # fmt: skip
     from defpert.runtime.rundir import write_bytes_atomic
 
     write_bytes_atomic(run / "report.md", md.encode())
