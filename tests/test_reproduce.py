@@ -289,3 +289,30 @@ def test_every_dp_setting_of_the_study_is_declared_once_in_its_dp_options():
     assert (dp.norm, dp.eps, dp.seed, dp.strong_limit) == (threat["norm"], threat["eps"], 3, 100)
     assert (dp.search_precision, dp.budget_from, dp.inner_steps) == ("bf16", "original", 5)
     assert config.train_config("standard").seed == 3
+
+
+def test_the_conclusion_judges_a_gain_by_its_paired_interval():
+    """A gain on the same examples is judged by the examples on which the two differ: the
+    same +3.9 points is beyond the uncertainty when few examples differ, and within it when
+    many do (then the two unpaired intervals would say the same for both)."""
+    from defpert.report.document import conclusion
+    from defpert.wording import PairedDifference
+
+    threat = {"norm": "linf", "eps": 0.2, "steps": 20, "step_size": 0.01, "budget_from": "defended"}
+
+    def study(paired):
+        acc = {"original_attacked_strong": 0.93, "defensive_attacked_strong": 0.969}
+        strong = {"n": 1000, **({"paired": paired.as_json()} if paired else {})}
+        return {"linf": [{"threat": threat, "defense": "robustify", "defense_kind": "proactive",
+                          "accuracy": acc, "strong": strong}]}  # fmt: skip
+
+    tight = PairedDifference(930, 39, 0, 31)
+    few = "\n".join(conclusion(study(tight)))
+    assert "`robustify`, 96.9% [95.6, 97.8] against the bare model's 93.0% [91.2, 94.4]" in few
+    low, high = tight.interval95()
+    assert 0 < low < 0.039 < high
+    assert (f"+3.9 points, paired 95 % interval [{100 * low:+.1f}, {100 * high:+.1f}]: "
+            "more than its paired uncertainty") in few  # fmt: skip
+    many = "\n".join(conclusion(study(PairedDifference(0, 969, 930, 0))))
+    assert "within its paired uncertainty" in many
+    assert "+3.9 points, more than the uncertainty" in "\n".join(conclusion(study(None)))

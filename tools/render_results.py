@@ -138,11 +138,6 @@ def readme_headline() -> str:
     rows = [
         ("shipped:mnist-cnn-pgd-0.4", "robustify-mnist-cnn-pgd0.4-linf0.2-n1000.json", "result"),
         (
-            "shipped:mnist-cnn-pgd",
-            "robustify-mnist-cnn-pgd-linf0.2-n200.json",
-            "budget_from_defended",
-        ),
-        (
             "shipped:fashion-mnist-cnn-trades",
             "robustify-fashion-cnn-trades-linf0.1-n200.json",
             "result",
@@ -158,22 +153,25 @@ def readme_headline() -> str:
             f"`{r['defense']}` | {n:,} | {_with_interval(a['original_attacked_strong'], n)} | "
             f"**{_with_interval(a['defensive_attacked_strong'], n)}** |"
         )
-    pre = _load("study-preempt-mnist-cnn-linf0.2-n200.json")
-    records, dp = pre["strong_and_adaptive"], pre["dp"]
-    if "strong-robustify" in records:
-        bare, defended = records["strong-original"], records["strong-robustify"]
+    for path in sorted(RESULTS.glob("study-mnist-cnn-*-linf0.2-n1000-*.json")):  # n = 1,000
+        study = json.loads(path.read_text())
+        r = next(r for r in study["results"] if r["defense"] == "robustify")
+        t, a, n = r["threat"], r["accuracy"], r["strong"]["n"]
+        trained = " (`--adversarial preempt`)" if "preempt" in study["checkpoint"] else ""
         lines.append(
-            f"| `shipped:mnist-cnn-preempt-0.2` (`--adversarial preempt`) | {dp['norm']} {dp['eps']:g}, "
-            f"eps_def {dp['defense_eps'] or dp['eps']:g} | `robustify` | {defended['n']:,} | "
-            f"{_pct(bare['accuracy'])} {_interval(bare['interval95'])} | "
-            f"**{_pct(defended['accuracy'])} {_interval(defended['interval95'])}** |"
+            f"| `{study['checkpoint']}`{trained} | {t['norm']} {t['eps']:g}, eps_def "
+            f"{r['defense_budget']['eps']:g} | `robustify` | {n:,} | "
+            f"{_with_interval(a['original_attacked_strong'], n)} | "
+            f"**{_with_interval(a['defensive_attacked_strong'], n)}** |"
         )
-    cross = _load("adaptive-crosscheck-cnn-e1-linf0.2-n500.json")
-    for r in cross["rows"]:
-        if r["defense"] == "hedge":
+    for name, label in (("adaptive-crosscheck-cnn-e1-linf0.2-n500.json", "one-epoch `cnn`"),
+                        ("adaptive-crosscheck-mnist-cnn-pgd-linf0.2-n500.json",
+                         "`shipped:mnist-cnn-pgd`")):  # fmt: skip
+        cross = _load(name)
+        for r in (r for r in cross["rows"] if r["defense"] == "hedge"):
             ours = r["defpert_adaptive"]
             lines.append(
-                f"| one-epoch `cnn` | linf {r['threat']['eps']:g} (from the natural image) | "
+                f"| {label} | linf {r['threat']['eps']:g} (from the natural image) | "
                 f"`hedge`, adaptive attack | {r['n']:,} | {_with_interval(r['bare_strong_same_examples'], r['n'])} | "
                 f"**{_pct(ours['accuracy'])} {_interval(ours['interval95'])}** |"
             )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 
 def count(n: float, noun: str) -> str:
     """``count(1, "epoch") == "1 epoch"``, ``count(3, "epoch") == "3 epochs"``."""
@@ -21,6 +25,62 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Two accuracies on the same examples (first minus second), from the counts of
+    examples right under both, under the first only, the second only, and neither."""
+
+    both: int
+    only_first: int
+    only_second: int
+    neither: int
+
+    @classmethod
+    def of(cls, first: Sequence[bool], second: Sequence[bool]) -> PairedDifference:
+        """From two per-example verdicts (True: robust) on the same examples, in order."""
+        if len(first) != len(second):
+            raise ValueError(f"verdicts on {len(first)} and {len(second)} examples")
+        pairs = [(bool(f), bool(s)) for f, s in zip(first, second, strict=True)]
+        return cls(pairs.count((True, True)), pairs.count((True, False)),
+                   pairs.count((False, True)), pairs.count((False, False)))  # fmt: skip
+
+    @property
+    def n(self) -> int:
+        return self.both + self.only_first + self.only_second + self.neither
+
+    @property
+    def difference(self) -> float:
+        return (self.only_first - self.only_second) / self.n if self.n else float("nan")
+
+    def interval95(self, z: float = 1.96) -> tuple[float, float]:
+        """Newcombe's (1998) square-and-add interval for paired proportions (his method 10):
+        each accuracy's Wilson interval, combined with their estimated correlation, so that
+        a gain on examples the two share is judged by the examples on which they differ."""
+        n = self.n
+        if n <= 0:
+            return (float("nan"), float("nan"))
+        right_first, right_second = self.both + self.only_first, self.both + self.only_second
+        p1, p2 = right_first / n, right_second / n
+        l1, u1 = wilson(right_first, n, z)
+        l2, u2 = wilson(right_second, n, z)
+        margins = right_first * (n - right_first) * right_second * (n - right_second)
+        cross = self.both * self.neither - self.only_first * self.only_second
+        psi = 0.0  # the correlation of the two accuracies, shrunk towards 0 as Newcombe does
+        if margins > 0 and cross > n / 2:
+            psi = (cross - n / 2) / margins**0.5
+        elif margins > 0 and cross < 0:
+            psi = cross / margins**0.5
+        d = p1 - p2
+        low = d - ((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * psi * (p1 - l1) * (u2 - p2)) ** 0.5
+        high = d + ((p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * psi * (p2 - l2) * (u1 - p1)) ** 0.5
+        return (max(-1.0, low), min(1.0, high))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"both": self.both, "only_first": self.only_first,
+                "only_second": self.only_second, "neither": self.neither, "n": self.n,
+                "difference": self.difference, "interval95": list(self.interval95())}  # fmt: skip
 
 
 def with_interval(accuracy: float, n: int) -> str:

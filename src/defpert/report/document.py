@@ -210,39 +210,40 @@ def conclusion(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
 
     lines = ["## Conclusion", ""]
     for results in results_by_threat.values():
-        best: tuple[float, str, float, float, int] | None = None
+        best: tuple[float, str, float, float, int, Mapping[str, Any] | None] | None = None
         for r in results:
             a = r["accuracy"]
             if r["defense_kind"] == "reactive":
-                value, bare, n = (
-                    a.get("adaptive"),
-                    a.get("bare_strong_adaptive_examples"),
-                    r.get("adaptive", {}).get("n", 0),
-                )
+                value, bare = a.get("adaptive"), a.get("bare_strong_adaptive_examples")
+                attacked = r.get("adaptive", {})
             else:
-                value, bare, n = (
-                    a.get("defensive_attacked_strong"),
-                    a.get("original_attacked_strong"),
-                    r.get("strong", {}).get("n", 0),
-                )
+                value, bare = a.get("defensive_attacked_strong"), a.get("original_attacked_strong")
+                attacked = r.get("strong", {})
+            n = attacked.get("n", 0)
             if value is None or bare is None or not n:
                 continue
-            if best is None or value - bare > best[0] - best[2]:
-                best = (value, r["defense"], bare, value - bare, n)
+            if best is None or value - bare > best[3]:
+                best = (value, r["defense"], bare, value - bare, n, attacked.get("paired"))
         if best is None:
             continue
-        value, name, bare, gain, n = best
-        low, _ = wilson(round(value * n), n)
-        _, bare_high = wilson(round(bare * n), n)
-        verdict = ("more than the uncertainty" if low > bare_high else
-                   "within the uncertainty" if gain > 0 else "no gain")  # fmt: skip
+        value, name, bare, gain, n, paired = best
+        if paired is not None:  # the same examples: judged by the ones on which they differ
+            low, high = paired["interval95"]
+            verdict = ("more than its paired uncertainty" if low > 0 else
+                       "within its paired uncertainty" if gain > 0 else "no gain")  # fmt: skip
+            judged = f"paired 95 % interval [{100 * low:+.1f}, {100 * high:+.1f}]: {verdict}"
+        else:  # a result saved without its per-example verdicts: the two intervals
+            wilson_low, _ = wilson(round(value * n), n)
+            _, bare_high = wilson(round(bare * n), n)
+            judged = ("more than the uncertainty" if wilson_low > bare_high else
+                      "within the uncertainty" if gain > 0 else "no gain")  # fmt: skip
         budget = ("the defended point" if results[0]["threat"].get("budget_from", "defended") == "defended"
                   else "the natural image and the defended point")  # fmt: skip
         lines.append(
             f"- **{_threat_title(results[0])}, budget from {budget}** (the bare model's from the "
             f"natural image): the best defense under the strong and adaptive "
             f"attacks is `{name}`, {with_interval(value, n)} against the bare model's "
-            f"{with_interval(bare, n)} on the same {n} examples ({gain * 100:+.1f} points: {verdict})."
+            f"{with_interval(bare, n)} on the same {n} examples ({gain * 100:+.1f} points, {judged})."
         )
     return lines + [""] if len(lines) > 2 else []
 

@@ -42,7 +42,7 @@ from defpert.runtime.devices import model_device, native_bf16
 from defpert.runtime.rundir import write_json
 from defpert.study.config import DPConfig
 from defpert.study.store import RowsJournal, Store, weights_digest
-from defpert.wording import aligned, count, with_interval
+from defpert.wording import PairedDifference, aligned, count, with_interval
 
 Report = Callable[[str], None]
 
@@ -65,7 +65,18 @@ def _strong_summary(result: StrongResult, natural: torch.Tensor, threat: Any) ->
             "max_perturbation": result.max_perturbation, "seconds": result.seconds,
             "max_from_natural": float(threat.size(result.adversarial - natural).max())
             if len(natural) else 0.0, "search": result.search,
+            "robust": result.robust.tolist(),
             **({"contested": result.contested} if result.search != "fp32" else {})}  # fmt: skip
+
+
+def _paired(defended: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any] | None:
+    """A defense's verdicts against the bare model's strong-suite verdicts on the same first
+    examples (defended minus bare, with its paired 95 % interval); None for a record saved
+    without its verdicts."""
+    first, second = defended.get("robust"), bare.get("robust")
+    if not isinstance(first, list) or not isinstance(second, list) or len(first) > len(second):
+        return None
+    return PairedDifference.of(first, second[: len(first)]).as_json()
 
 
 def run_dp(
@@ -348,6 +359,9 @@ class _DPRun:
         strong_info["weak_on_same_examples"]["defensive_attacked"] = self.on_first(
             x_def_adv, n_strong
         )
+        paired = _paired(defensive_strong, self.original_strong)
+        if paired is not None:
+            strong_info["paired"] = paired
         strong_info["broken_by"]["defensive"] = defensive_strong["broken_by"]
         strong_info["seconds"]["defensive"] = defensive_strong.get("seconds", {})
         strong_info["max_perturbation"]["defensive"] = defensive_strong["max_perturbation"]
@@ -381,6 +395,10 @@ class _DPRun:
         if x_strong is not None:
             acc["bare_strong_adaptive_examples"] = self.on_first(x_strong, n_adaptive)
         info = {k: v for k, v in adaptive.items() if k != "robust"}
+        if self.original_strong is not None:
+            paired = _paired(adaptive, self.original_strong)
+            if paired is not None:
+                info["paired"] = paired
         info["same_examples"] = {
             "original_attacked": self.on_first(self.x_adv, n_adaptive),
             **({"original_attacked_strong": self.on_first(x_strong, n_adaptive)}
