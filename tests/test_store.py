@@ -350,3 +350,32 @@ def test_a_spoiled_saved_version_is_computed_again_and_the_rerun_is_right(
     assert "recomputing adversarial.npz: the saved file failed its check" in captured.err
     again = json.loads(captured.out)
     assert again["accuracy"] == first["accuracy"]
+
+
+@pytest.mark.parametrize("damage", ["generator-short", "generator-dtype", "nan-points",
+                                    "robust-not-bool", "points-dtype"])  # fmt: skip
+def test_a_journal_with_a_damaged_state_is_not_continued(tmp_path, damage):
+    """A journal is read back only when every piece can be trusted: a generator state of
+    the wrong length or type, non-finite points or verdicts of another type mean starting
+    the cascade over, never a traceback or a wrong number."""
+    x = torch.rand(4, 1, 8, 8)
+    good = store.CascadeState(["apgd-ce"], x.clone(), torch.tensor([True, False, True, True]),
+                              {"clean": 1, "apgd-ce": 0}, {"apgd-ce": 1.5},
+                              torch.Generator().manual_seed(3).get_state())  # fmt: skip
+    assert good.continues(x, ["apgd-ce", "square"])
+    journal = store.FileJournal(tmp_path / "strong-x.journal.npz")
+    bad = store.CascadeState(**{**good.__dict__})
+    if damage == "generator-short":
+        bad.generator = good.generator[:100]
+    elif damage == "generator-dtype":
+        bad.generator = good.generator.to(torch.int64)
+    elif damage == "nan-points":
+        bad.worst = good.worst.clone()
+        bad.worst[2, 0, 3, 3] = float("nan")
+    elif damage == "robust-not-bool":
+        bad.robust = good.robust.to(torch.float32)
+    else:
+        bad.worst = good.worst.double()
+    journal.write(bad)
+    back = journal.read()
+    assert back is None or not back.continues(x, ["apgd-ce", "square"])

@@ -104,10 +104,26 @@ class CascadeState:
     passes: dict[str, int] | None = None  # the running pass count (core.passes) when saved
 
     def continues(self, x: torch.Tensor, plan: list[str]) -> bool:
-        """Whether this state belongs to a cascade of ``plan`` on inputs shaped like ``x``."""
-        return (self.worst.shape == x.shape and self.robust.shape == (len(x),)
+        """Whether this state belongs to a cascade of ``plan`` on inputs shaped like ``x``,
+        and can be trusted: finite points in the input's dtype, boolean verdicts, a random
+        generator's state that a generator accepts (a damaged journal means starting over)."""
+        return (self.worst.shape == x.shape and self.worst.dtype == x.dtype
+                and self.robust.shape == (len(x),) and self.robust.dtype == torch.bool
                 and self.done == plan[: len(self.done)]
-                and (self.contested is None or self.contested.shape == (len(x),)))  # fmt: skip
+                and (self.contested is None or (self.contested.shape == (len(x),)
+                                                and self.contested.dtype == torch.bool))
+                and bool(torch.isfinite(self.worst).all()) and _usable_generator(self.generator))  # fmt: skip
+
+
+def _usable_generator(state: torch.Tensor) -> bool:
+    """Does a CPU generator accept ``state`` (a byte tensor of the right length)?"""
+    if state.dtype != torch.uint8 or state.dim() != 1:
+        return False
+    try:
+        torch.Generator().set_state(state)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
 
 
 class Journal(Protocol):
