@@ -32,11 +32,24 @@ from defpert.defenses.registry import ORIGINAL, get, names
 from defpert.errors import DefpertError
 from defpert.models.checkpoint import environment, load_checkpoint, read_card
 from defpert.models.shipped import install
+from defpert.report.document import html_report, markdown, write_csv
+from defpert.report.figures import accuracy_curves, budget_curves, image_grid
+from defpert.report.tsne import draw_tsne
 from defpert.runtime import distributed
 from defpert.runtime.devices import pick_device
-from defpert.runtime.rundir import claim_run, ensure_dir, read_json, write_atomic, write_json
+from defpert.runtime.rundir import (
+    claim_run,
+    ensure_dir,
+    read_json,
+    write_atomic,
+    write_bytes_atomic,
+    write_json,
+)
 from defpert.study.config import DPConfig
+from defpert.study.dp import run_dp
 from defpert.study.options import DPOptions
+from defpert.study.store import code_version, load_npz
+from defpert.study.sweep import run_budget_sweep, run_sweep
 from defpert.train import ADV_EPS, TrainConfig, matching_shipped, recipe, train, trained_as
 from defpert.wording import count
 
@@ -140,8 +153,6 @@ def _stage(
     path: Path, config: dict[str, Any], compute: Callable[[], Any], report: Report, name: str
 ) -> Any:
     """Reuse ``path`` if it was computed with the same config; otherwise compute and save."""
-    from defpert.study.store import code_version
-
     # compare as saved (tuples become lists); results of other code are never reused
     config = json.loads(json.dumps({**config, "code": code_version()}))
     saved = read_json(path) if path.is_file() else {}
@@ -190,22 +201,67 @@ def _reproduce(
     report: Report | None,
     retrain: bool = False,
 ) -> dict[str, Any]:
-    from defpert.study.dp import run_dp
-    from defpert.study.sweep import run_budget_sweep, run_sweep
-
     say: Report = report or (lambda _m: None)
-    dev = pick_device(device)
+    study = _Study(config, run, data_dir, pick_device(device), progress, say)
     started = time.perf_counter()
-
-    # 1. the models and 2. RQ1 for each model and threat model
     test = load_split(config.dataset, "test", data_dir, progress=progress, report=say).head(
         config.limit
     )  # fetches the dataset on first use, saying so
+    trained, loaded, cards = {}, {}, {}
     results_by_threat: dict[str, list[dict[str, Any]]] = {}
-    trained: dict[str, dict[str, Any]] = {}
-    loaded: dict[str, torch.nn.Module] = {}
-    for kind in config.models:
-        model_dir = run / _suffixed("model", kind)
+    for kind in config.models:  # 1. the models and 2. RQ1 for each model and threat model
+        loaded[kind], cards[kind], trained[kind] = study.model(kind, retrain)
+        results_by_threat.update(study.rq1(kind, loaded[kind], cards[kind], test))
+    first_kind = config.models[0]
+    model, card = loaded[first_kind], cards[first_kind]
+    sweep_data = test.head(config.sweep_limit)
+    sweep_rows = study.eps_sweep(model, card, sweep_data)  # 3. accuracy versus eps
+    robust_kinds = [k for k in config.models if k != "standard"]
+    budget = (  # 3b. accuracy versus the defender's budget, the first robust model
+        study.budget_sweep(robust_kinds[0], loaded[robust_kinds[0]], trained, sweep_data)
+        if robust_kinds else {}
+    )  # fmt: skip
+    figures = _figures(run, model, card, config, results_by_threat, sweep_rows, say)  # 4.
+    if budget:
+        figures[study.budget_caption(budget)] = _save_figure(
+            run / "figures" / f"budget-{budget['model']}.png", budget_curves(budget["rows"])
+        )
+    metrics = {
+        "dataset": config.dataset,
+        "model": trained[first_kind],
+        "models": trained,
+        "rq1": results_by_threat,
+        "sweep": sweep_rows,
+        "defender_budget": budget,
+        "seconds_this_invocation": time.perf_counter() - started,
+        "compute_seconds": study.compute_seconds(trained, results_by_threat, budget),
+        "device": str(study.device),
+        "environment": environment(study.device),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    _write_report(run, config, metrics, figures, results_by_threat, sweep_rows)  # 5.
+    say(f"report: {run / 'report.html'}")
+    return metrics
+
+
+@dataclass
+class _Study:
+    """The stages of one study run, each saved under ``run`` and reused when unchanged."""
+
+    config: ReproduceConfig
+    run: Path
+    data_dir: str | os.PathLike[str] | None
+    device: torch.device
+    progress: bool
+    say: Report
+
+    def model(
+        self, kind: str, retrain: bool
+    ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+        """The model of ``kind``: reused, the shipped checkpoint of its settings, or trained
+        here; with its card and what the report says of its training."""
+        config, say = self.config, self.say
+        model_dir = self.run / _suffixed("model", kind)
         train_cfg = config.train_config(kind)
         shipped = None if retrain else matching_shipped(train_cfg)
         if _card_matches(model_dir, train_cfg):
@@ -215,99 +271,89 @@ def _reproduce(
             say(f"model ({kind}): the shipped checkpoint {shipped} (SHA-256 checked), in "
                 f"{model_dir}; --retrain trains it here instead")  # fmt: skip
         else:
-            say(
-                f"model ({kind}): training {config.model} on {config.dataset} for {count(train_cfg.epochs, 'epoch')}"
-            )
+            say(f"model ({kind}): training {config.model} on {config.dataset} for "
+                f"{count(train_cfg.epochs, 'epoch')}")  # fmt: skip
             # overwrite: the study's own model directory follows the study's config
-            train(train_cfg, out=model_dir, data_dir=data_dir, device=dev, progress=progress,
-                  overwrite=True)  # fmt: skip
-        model, card = load_checkpoint(model_dir, map_location=dev)
-        trained[kind] = {"dir": str(model_dir), "test_accuracy": card["accuracy"]["test"],
-                         "training": card["training"]["kind"],
-                         "training_seconds": read_json(model_dir / "metrics.json").get("train_seconds")}  # fmt: skip
-        loaded[kind] = model
-        if kind == config.models[0]:
-            first_model, first_card = model, card
-        for threat in config.threats:
-            dp = config.dp_config(threat)
+            train(train_cfg, out=model_dir, data_dir=self.data_dir, device=self.device,
+                  progress=self.progress, overwrite=True)  # fmt: skip
+        model, card = load_checkpoint(model_dir, map_location=self.device)
+        trained = {"dir": str(model_dir), "test_accuracy": card["accuracy"]["test"],
+                   "training": card["training"]["kind"],
+                   "training_seconds": read_json(model_dir / "metrics.json").get("train_seconds")}  # fmt: skip
+        return model, card, trained
+
+    def rq1(self, kind: str, model: torch.nn.Module, card: dict[str, Any],
+            test: Any) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+        """RQ1 (``dp``) of one model under each threat model, keyed like ``linf-pgd``."""
+        out = {}
+        for threat in self.config.threats:
+            dp = self.config.dp_config(threat)
             key = _suffixed(threat["norm"], kind)
             stage_cfg = {"dp": asdict(dp), "n": len(test), "model": card.get("date")}
             results = _stage(
-                run / "stages" / f"rq1-{key}.json", stage_cfg,
-                functools.partial(run_dp, model, test, dp, out=run / f"rq1-{key}", progress=progress, report=say),
-                say, f"RQ1 {key}",
+                self.run / "stages" / f"rq1-{key}.json", stage_cfg,
+                functools.partial(run_dp, model, test, dp, out=self.run / f"rq1-{key}",
+                                  progress=self.progress, report=self.say),
+                self.say, f"RQ1 {key}",
             )  # fmt: skip
-            results_by_threat[key] = [{**r, "model": kind} for r in results]
-    model, card = first_model, first_card
-    model_dir = run / _suffixed("model", config.models[0])
+            out[key] = [{**r, "model": kind} for r in results]
+        return out
 
-    # 3. accuracy versus eps (first threat model's norm, the ce defense)
-    first = config.threats[0]
-    sweep_base = config.dp_config(first, defenses=(ORIGINAL,), adaptive_limit=0,
-                                  strong_limit=config.sweep_strong_limit)  # fmt: skip
-    sweep_data = test.head(config.sweep_limit)
-    sweep_rows = _stage(
-        run / "stages" / "sweep.json",
-        {"base": asdict(sweep_base), "eps": config.sweep_eps, "n": len(sweep_data), "model": card.get("date")},
-        lambda: run_sweep(model, sweep_data, sweep_base, config.sweep_eps, progress=progress,
-                          report=say, out=run / "sweep"),
-        say, "sweep",
-    )  # fmt: skip
+    def eps_sweep(self, model: torch.nn.Module, card: dict[str, Any],
+                  data: Any) -> list[dict[str, Any]]:  # fmt: skip
+        """Accuracy versus eps: the first threat model's norm, the original's defense."""
+        config = self.config
+        base = config.dp_config(config.threats[0], defenses=(ORIGINAL,), adaptive_limit=0,
+                                strong_limit=config.sweep_strong_limit)  # fmt: skip
+        return _stage(
+            self.run / "stages" / "sweep.json",
+            {"base": asdict(base), "eps": config.sweep_eps, "n": len(data), "model": card.get("date")},
+            lambda: run_sweep(model, data, base, config.sweep_eps, progress=self.progress,
+                              report=self.say, out=self.run / "sweep"),
+            self.say, "sweep",
+        )  # fmt: skip
 
-    # 3b. accuracy versus the defender's budget, on the first adversarially trained model
-    budget: dict[str, Any] = {}
-    robust_kinds = [k for k in config.models if k != "standard"]
-    # the original's method and the label-aware robustification, where the study has them
-    robustifying = tuple(n for n in names() if get(n).inner_attack and get(n).uses_label)
-    methods = tuple(d for d in (ORIGINAL, *robustifying) if d in config.dp.defenses)
-    if robust_kinds and methods:
-        kind = robust_kinds[0]
-        budget_base = config.dp_config(first, defenses=methods, adaptive_limit=0,
-                                       strong_limit=config.sweep_strong_limit)  # fmt: skip
+    def budget_sweep(self, kind: str, model: torch.nn.Module, trained: dict[str, Any],
+                     data: Any) -> dict[str, Any]:  # fmt: skip
+        """Accuracy versus the defender's budget for the original's method and the
+        label-aware robustification, where the study has them ({} where it has neither)."""
+        config = self.config
+        robustifying = tuple(n for n in names() if get(n).inner_attack and get(n).uses_label)
+        methods = tuple(d for d in (ORIGINAL, *robustifying) if d in config.dp.defenses)
+        if not methods:
+            return {}
+        first = config.threats[0]
+        base = config.dp_config(first, defenses=methods, adaptive_limit=0,
+                                strong_limit=config.sweep_strong_limit)  # fmt: skip
         budgets = [round(f * first["eps"], 6) for f in BUDGET_FRACTIONS]
         rows = _stage(
-            run / "stages" / f"budget-{kind}.json",
-            {"base": asdict(budget_base), "budgets": budgets, "n": len(sweep_data), "model": trained[kind]["dir"]},
-            lambda: run_budget_sweep(loaded[kind], sweep_data, budget_base, budgets, progress=progress,
-                                     report=say, out=run / f"budget-{kind}"),
-            say, f"defender's budget ({kind} model)",
+            self.run / "stages" / f"budget-{kind}.json",
+            {"base": asdict(base), "budgets": budgets, "n": len(data), "model": trained[kind]["dir"]},
+            lambda: run_budget_sweep(model, data, base, budgets, progress=self.progress,
+                                     report=self.say, out=self.run / f"budget-{kind}"),
+            self.say, f"defender's budget ({kind} model)",
         )  # fmt: skip
-        budget = {"model": kind, "rows": rows}
+        return {"model": kind, "rows": rows}
 
-    # 4. figures and 5. report
-    figures = _figures(run, model, card, config, results_by_threat, sweep_rows, say)
-    if budget:
-        from defpert.report.figures import budget_curves
+    def budget_caption(self, budget: dict[str, Any]) -> str:
+        first, config = self.config.threats[0], self.config
+        return (f"Accuracy versus the defender's budget ({budget['model']} model, "
+                f"{first['norm']} eps {first['eps']:g} measured from the {config.dp.budget_from} point, "
+                f"strong attack on the first {config.sweep_strong_limit} examples)")  # fmt: skip
 
-        caption = (f"Accuracy versus the defender's budget ({budget['model']} model, "
-                   f"{first['norm']} eps {first['eps']:g} measured from the {config.dp.budget_from} point, "
-                   f"strong attack on the first {config.sweep_strong_limit} examples)")  # fmt: skip
-        figures[caption] = _save_figure(
-            run / "figures" / f"budget-{budget['model']}.png", budget_curves(budget["rows"])
-        )
-    seconds = time.perf_counter() - started
-    compute = {f"train {k}": m["training_seconds"] or 0.0 for k, m in trained.items()}
-    stages = [*(f"rq1-{key}" for key in results_by_threat), "sweep"]
-    stages += [f"budget-{budget['model']}"] if budget else []
-    for name in stages:
-        compute[name.replace("-", " ", 1)] = read_json(run / "stages" / f"{name}.json")["seconds"]
-    compute["total"] = sum(compute.values())
-    metrics = {
-        "dataset": config.dataset,
-        "model": trained[config.models[0]],
-        "models": trained,
-        "rq1": results_by_threat,
-        "sweep": sweep_rows,
-        "defender_budget": budget,
-        "seconds_this_invocation": seconds,
-        "compute_seconds": compute,
-        "device": str(dev),
-        "environment": environment(dev),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
-    _write_report(run, config, metrics, figures, results_by_threat, sweep_rows)
-    say(f"report: {run / 'report.html'}")
-    return metrics
+    def compute_seconds(self, trained: dict[str, Any], results_by_threat: dict[str, Any],
+                        budget: dict[str, Any]) -> dict[str, float]:  # fmt: skip
+        """Each stage's compute (a reused stage keeps the time it took when it ran), and
+        their total: the study's one time."""
+        compute = {f"train {k}": m["training_seconds"] or 0.0 for k, m in trained.items()}
+        stages = [*(f"rq1-{key}" for key in results_by_threat), "sweep"]
+        stages += [f"budget-{budget['model']}"] if budget else []
+        for name in stages:
+            compute[name.replace("-", " ", 1)] = read_json(self.run / "stages" / f"{name}.json")[
+                "seconds"
+            ]
+        compute["total"] = sum(compute.values())
+        return compute
 
 
 def _suffixed(name: str, kind: str) -> str:
@@ -340,9 +386,6 @@ def _figures(
     sweep_rows: list[dict[str, Any]],
     say: Report,
 ) -> dict[str, Path]:
-    from defpert.report.figures import accuracy_curves, image_grid
-    from defpert.report.tsne import draw_tsne
-    from defpert.study.store import load_npz
 
     figs: dict[str, Path] = {}
     fig_dir = ensure_dir(run / "figures")
@@ -381,8 +424,6 @@ def _write_report(
     results_by_threat: dict[str, list[dict[str, Any]]],
     sweep_rows: list[dict[str, Any]],
 ) -> None:
-    from defpert.report.document import html_report, markdown, write_csv
-
     n = next(iter(results_by_threat.values()))[0]["n"]
     summary = [
         f"dataset: {config.dataset}; model: {config.model}, {count(config.epochs, 'epoch')}, seed {config.seed}, "
@@ -418,8 +459,6 @@ def _write_report(
     rel = {caption: str(path.relative_to(run)) for caption, path in figures.items()}
     md = markdown(f"defpert study: {config.dataset}", summary, results_by_threat, rel, sweep_rows,
                   strong_steps=config.dp.strong_steps, models=metrics["models"])  # fmt: skip
-    from defpert.runtime.rundir import write_bytes_atomic
-
     write_bytes_atomic(run / "report.md", md.encode())
     write_bytes_atomic(run / "report.html", html_report(md, figures).encode())
     write_csv(run / "results.csv", [r for rs in results_by_threat.values() for r in rs])
