@@ -8,9 +8,11 @@ to report accuracy after each epoch; the test split is evaluated once, at the en
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -288,6 +290,68 @@ class _Partial:
     elapsed: float = 0.0  # seconds of this epoch before the bookmark
 
 
+@dataclass
+class _Batches:
+    """One epoch's batches: the optimiser's steps on each batch's loss (adversarial or
+    preemptive where the recipe says so), the running sums, the progress bar, bookmarks."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper under torchrun
+    train_split: Split
+    config: TrainConfig
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    steps_per_epoch: int
+    progress: bool
+    adversary: Any  # the recipe's attack on each batch (None: plain training)
+    defender: Any  # the recipe's defensive point first (preempt), or None
+
+    def epoch(self, epoch: int, order: torch.Tensor, at: _Partial, start: float,
+              bookmark: Callable[[], None] | None) -> None:  # fmt: skip
+        """Train on ``order``'s batches from ``at.next_step``, adding to ``at``'s sums;
+        ``bookmark()`` (None: never) saves them at most every ``BOOKMARK_SECONDS``."""
+        config, steps = self.config, self.steps_per_epoch
+        rank, ranks = distributed.rank(), distributed.world_size()
+        adversary, defender = self.adversary, self.defender
+        warmup = config.adv_warmup * steps  # batches over which the radius grows
+        last_bookmark = time.perf_counter()
+        bar = tqdm(
+            range(at.next_step, steps), desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch", total=steps, initial=at.next_step,
+            disable=not self.progress, leave=True,
+        )  # fmt: skip
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
+            x = self.train_split.images[idx].to(self.device, non_blocking=True)
+            y = self.train_split.labels[idx].to(self.device, non_blocking=True)
+            done = (epoch - 1) * steps + step  # batches before this one
+            now = None if adversary is None else _warmed_up(adversary, done, warmup)
+            with autocast(self.device, config.precision):
+                logits, loss = _batch_loss(
+                    self.model, self.net, x, y, config, now, defender, done, warmup
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            at.seen += len(y)
+            at.right += int((logits.argmax(1) == y).sum())
+            at.loss_sum += float(loss.detach()) * len(y)
+            if step % 20 == 0 or step == steps - 1:
+                rate = at.seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(
+                    loss=f"{at.loss_sum / at.seen:.4f}",
+                    acc=f"{at.right / at.seen:.4f}",
+                    img_s=f"{rate:.0f}",
+                )
+            if (bookmark is not None and step < steps - 1
+                    and time.perf_counter() - last_bookmark >= BOOKMARK_SECONDS):  # fmt: skip
+                at.next_step, at.elapsed = step + 1, time.perf_counter() - start
+                bookmark()
+                last_bookmark = time.perf_counter()
+
+
 def _fit(
     model: nn.Module,
     train_split: Split,
@@ -305,7 +369,7 @@ def _fit(
     """
     n = len(train_split)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    rank, ranks = distributed.rank(), distributed.world_size()
+    ranks = distributed.world_size()
     # Under torchrun: DistributedDataParallel, each rank takes every ranks-th example of
     # each global batch (the same order everywhere), gradients are averaged across ranks.
     net = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
@@ -314,9 +378,6 @@ def _fit(
     # could be rank 0's call, as in attacks.journal; what to save could not).
     bookmarks = state_path is not None and ranks == 1
     progress = progress and distributed.is_main()
-    adversary = config.adversary()
-    defender = config.defender()
-    warmup = config.adv_warmup * steps_per_epoch  # batches over which the radius grows
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = _lr_schedule(optimizer, config.lr_schedule, steps_per_epoch * config.epochs)
     shuffle = torch.Generator().manual_seed(config.seed)
@@ -335,6 +396,9 @@ def _fit(
                      f"{resumed.epochs + 1}" if resumed.batches else f"after epoch {resumed.epochs}")  # fmt: skip
             tqdm.write(f"resuming {where} of {config.epochs} from {state_path}", file=sys.stderr)
 
+    batches = _Batches(model, net, train_split, config, device, optimizer, schedule,
+                       steps_per_epoch, progress, config.adversary(), config.defender())  # fmt: skip
+
     def save(partial: _Partial | None, shuffle_state: torch.Tensor) -> None:
         assert state_path is not None
         _save_state(state_path, model, optimizer, schedule, shuffle_state, history, seconds,
@@ -350,41 +414,8 @@ def _fit(
             at = partial if partial is not None and partial.epoch == epoch else _Partial(epoch)
             partial = None
             start = time.perf_counter() - at.elapsed
-            last_bookmark = time.perf_counter()
-            bar = tqdm(
-                range(at.next_step, steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
-                unit="batch", total=steps_per_epoch, initial=at.next_step,
-                disable=not progress, leave=True,
-            )  # fmt: skip
-            for step in bar:
-                idx = order[step * config.batch_size : (step + 1) * config.batch_size][rank::ranks]
-                x = train_split.images[idx].to(device, non_blocking=True)
-                y = train_split.labels[idx].to(device, non_blocking=True)
-                done = (epoch - 1) * steps_per_epoch + step  # batches before this one
-                now = None if adversary is None else _warmed_up(adversary, done, warmup)
-                with autocast(device, config.precision):
-                    logits, loss = _batch_loss(
-                        model, net, x, y, config, now, defender, done, warmup
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                at.seen += len(y)
-                at.right += int((logits.argmax(1) == y).sum())
-                at.loss_sum += float(loss.detach()) * len(y)
-                if step % 20 == 0 or step == steps_per_epoch - 1:
-                    rate = at.seen / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(
-                        loss=f"{at.loss_sum / at.seen:.4f}",
-                        acc=f"{at.right / at.seen:.4f}",
-                        img_s=f"{rate:.0f}",
-                    )
-                if (bookmarks and step < steps_per_epoch - 1
-                        and time.perf_counter() - last_bookmark >= BOOKMARK_SECONDS):  # fmt: skip
-                    at.next_step, at.elapsed = step + 1, time.perf_counter() - start
-                    save(at, shuffle_before)
-                    last_bookmark = time.perf_counter()
+            bookmark = functools.partial(save, at, shuffle_before)
+            batches.epoch(epoch, order, at, start, bookmark if bookmarks else None)
             seconds += time.perf_counter() - start
             seen_all, right_all, loss_all = distributed.sum_over_ranks(
                 at.seen, at.right, at.loss_sum
