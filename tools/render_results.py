@@ -551,9 +551,53 @@ def speed() -> str:
         + ": inside 0.3 points, below the 1.5x that would make it the default, so fp32 stays.",
         "",
     ]
+    lines += _main_job_profile()
     lines += _gpu_loop()
     lines.append("")
     return "\n".join(lines)
+
+
+def _main_job_profile() -> list[str]:
+    """Where one RQ1 stage of the main job spends its time and its passes."""
+    path = BENCHMARKS / "main-job-profile-linf-quick.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    whole = d["cumulative_seconds"]["whole dp run"]
+    lines = [
+        "",
+        "## Where the main job's time goes",
+        "",
+        "One of `reproduce --quick`'s RQ1 stages (its `dp` settings on MNIST, L-inf 0.2) under "
+        f"cProfile ({path.name}; {d['machine']}): seconds inside each part, cumulative, of "
+        f"the run's {whole:,.0f} s.",
+        "",
+        "| part | seconds | of the run |",
+        "|---|---|---|",
+    ]
+    for part, seconds in d["cumulative_seconds"].items():
+        lines.append(f"| {part} | {seconds:,.1f} | {seconds / whole:.0%} |")
+    lines += [
+        "",
+        "Each stage's cost in passes of the classifier (images through it, forward and back):",
+        "",
+        "| stage | examples | forward per example | backward per example | backward in all |",
+        "|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for name, c in d["passes"].items():
+        total += c["backward"] * c["n"]
+        lines.append(f"| {name} | {c['n']:,} | {c['forward']:,.2f} | {c['backward']:,.2f} | "
+                     f"{c['backward'] * c['n']:,.0f} |")  # fmt: skip
+    lines += [
+        "",
+        f"{total:,.0f} backward passes in all; the engine's arithmetic is the run "
+        "(convolutions and their gradients), the strong suite and the adaptive attacks a few "
+        "seconds: nothing here costs time for nothing, and a faster main job needs fewer "
+        "passes (smaller defaults) or faster arithmetic (bf16 defenses are another defense: "
+        "`--precision`).",
+    ]
+    return lines
 
 
 PAGES: dict[str, Callable[[], str]] = {
