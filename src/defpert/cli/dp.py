@@ -141,13 +141,41 @@ def long_run(model: Any, images: Any, config: Any, device: Any) -> str:
 
 def run_dp_command(args: argparse.Namespace) -> int:
     from defpert.cli.common import dataset_path
-    from defpert.data.datasets import SPLITS, get_spec, load_split
+    from defpert.data.datasets import get_spec
+    from defpert.models.checkpoint import checkpoint_digest
+    from defpert.runtime.devices import pick_device
+    from defpert.runtime.rundir import claim_run
+
+    spec = get_spec(args.dataset)
+    config = _validated_config(args, spec)
+    device = pick_device(args.device)
+    _say_about_precision(config, device)
+    data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
+    args.out = args.out or default_out("dp", spec.name, config)
+    if args.lend_from is not None and not (Path(args.lend_from) / "config.json").is_file():
+        raise DefpertError(
+            f"--lend-from {args.lend_from}: not a defpert dp run directory (no config.json)"
+        )
+    checkpoint, model, card = _model_for(args, spec, data_dir, device)
+    beyond = config.beyond_training_radius(card.get("threat_trained_against"))
+    if beyond:
+        say(f"warning: {beyond}")
+    run_config = {"command": "dp", "checkpoint": str(checkpoint),
+                  "checkpoint_sha256": checkpoint_digest(checkpoint),
+                  "dataset": spec.name, "split": args.split, "limit": args.limit,
+                  "save_splits": args.save_splits, "dp": vars(config)}  # fmt: skip
+    with claim_run(
+        args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=DP_OUTPUTS
+    ) as out:
+        _run_splits(args, spec, config, model, checkpoint, data_dir, device, out)
+    return 0
+
+
+def _validated_config(args: argparse.Namespace, spec: Any) -> Any:
+    """The run's ``DPConfig`` from the options, every setting checked before any work."""
+    from defpert.data.datasets import SPLITS
     from defpert.defenses import registry
-    from defpert.models.checkpoint import checkpoint_digest, load_checkpoint
-    from defpert.runtime.devices import native_bf16, pick_device
-    from defpert.runtime.rundir import claim_run, ensure_dir
-    from defpert.study.dp import DPConfig, format_table, run_dp
-    from defpert.train import default_checkpoint
+    from defpert.study.dp import DPConfig
 
     defenses = (
         registry.names()
@@ -156,23 +184,31 @@ def run_dp_command(args: argparse.Namespace) -> int:
     )
     config = DPConfig(defenses=defenses, **strong_settings(args), **config_options(args))
     config.validate()
-    spec = get_spec(args.dataset)
     for note in config.doubtful(math.prod(spec.input_shape)):
         say(f"warning: {note}")
     if args.split not in SPLITS:
         raise DefpertError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
     if args.limit is not None and args.limit < 1:
         raise DefpertError(f"--limit must be at least 1, got {args.limit}")
-    device = pick_device(args.device)
+    return config
+
+
+def _say_about_precision(config: Any, device: Any) -> None:
+    from defpert.runtime.devices import native_bf16
+
     if config.precision == "bf16" and not native_bf16(device):
         say(f"note: {device} has no native bfloat16 here; bf16 will be slower than fp32")
-    data_dir = args.data_dir and dataset_path(args.data_dir, args.dataset)
-    args.out = args.out or default_out("dp", spec.name, config)
-    lend_from = args.lend_from
-    if lend_from is not None and not (Path(lend_from) / "config.json").is_file():
-        raise DefpertError(
-            f"--lend-from {lend_from}: not a defpert dp run directory (no config.json)"
-        )
+
+
+def _model_for(
+    args: argparse.Namespace, spec: Any, data_dir: Any, device: Any
+) -> tuple[Any, Any, Any]:
+    """The checkpoint (the default model, trained on first use, where none is named), its
+    model and card; an output directory made for a run that never started is removed."""
+    from defpert.models.checkpoint import load_checkpoint
+    from defpert.runtime.rundir import ensure_dir
+    from defpert.train import default_checkpoint
+
     created = not Path(args.out).exists()
     ensure_dir(args.out)  # fail before any training if the output cannot be written
     try:
@@ -189,42 +225,39 @@ def run_dp_command(args: argparse.Namespace) -> int:
         if created and not any(Path(args.out).iterdir()):
             Path(args.out).rmdir()  # leave nothing behind for a run that never started
         raise
-    beyond = config.beyond_training_radius(card.get("threat_trained_against"))
-    if beyond:
-        say(f"warning: {beyond}")
-    run_config = {"command": "dp", "checkpoint": str(checkpoint),
-                  "checkpoint_sha256": checkpoint_digest(checkpoint),
-                  "dataset": spec.name, "split": args.split, "limit": args.limit,
-                  "save_splits": args.save_splits, "dp": vars(config)}  # fmt: skip
+    return checkpoint, model, card
+
+
+def _run_splits(args: argparse.Namespace, spec: Any, config: Any, model: Any, checkpoint: Any,
+                data_dir: Any, device: Any, out: Path) -> None:  # fmt: skip
+    """The study on the asked split (printed), then the other splits' data versions only
+    (``--save-splits``: no strong or adaptive attack on them)."""
+    from defpert.data.datasets import load_split
+    from defpert.study.dp import DPConfig, format_table, run_dp
+
     splits = [args.split] + (
         [s for s in ("train", "val") if s != args.split] if args.save_splits else []
     )
-    with claim_run(
-        args.out, run_config, overwrite=args.overwrite, remove_on_overwrite=DP_OUTPUTS
-    ) as out:
-        for i, split_name in enumerate(splits):
-            data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=say)
-            if i == 0 and args.limit is not None and args.limit > len(data):
-                say(f"warning: --limit {args.limit} is above the {split_name} split's "
-                    f"{len(data):,} images; using all {len(data):,}")  # fmt: skip
-            data = data.head(args.limit)
-            if i == 0:  # once the inputs are known to be good
-                say(f"model: {checkpoint}; results: {out}")
-                long = long_run(model, data.images, config, device)
-                if long:
-                    say(f"warning: {long}")
-            cfg = (
-                config
-                if i == 0
-                else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
-            )
-            results = run_dp(model, data, cfg, out=out, split_name=split_name,
-                             progress=args.progress, report=say, lend_from=lend_from)  # fmt: skip
-            if i == 0:
-                if args.json:
-                    payload: Any = results[0] if len(results) == 1 else results
-                    print(json.dumps(payload, indent=2))
-                else:
-                    print(format_table(results))
-                    print(f"\nsaved data versions, metrics.json and config.json under {out}")
-    return 0
+    for i, split_name in enumerate(splits):
+        data = load_split(spec.name, split_name, data_dir, progress=args.progress, report=say)
+        if i == 0 and args.limit is not None and args.limit > len(data):
+            say(f"warning: --limit {args.limit} is above the {split_name} split's "
+                f"{len(data):,} images; using all {len(data):,}")  # fmt: skip
+        data = data.head(args.limit)
+        if i == 0:  # once the inputs are known to be good
+            say(f"model: {checkpoint}; results: {out}")
+            long = long_run(model, data.images, config, device)
+            if long:
+                say(f"warning: {long}")
+        cfg = (
+            config if i == 0 else DPConfig(**{**vars(config), "strong": False, "adaptive_limit": 0})
+        )
+        results = run_dp(model, data, cfg, out=out, split_name=split_name,
+                         progress=args.progress, report=say, lend_from=args.lend_from)  # fmt: skip
+        if i == 0:
+            if args.json:
+                payload: Any = results[0] if len(results) == 1 else results
+                print(json.dumps(payload, indent=2))
+            else:
+                print(format_table(results))
+                print(f"\nsaved data versions, metrics.json and config.json under {out}")
