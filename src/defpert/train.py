@@ -224,8 +224,20 @@ def _train(
         "n_test": len(test_split),
         "device": str(dev),
     }
+    card = _card(config, spec, mean, std, test_acc, metrics["val_accuracy"], dev)
+    if run is not None:
+        save_checkpoint(model, run, card)
+        write_json(Path(run) / "metrics.json", metrics)
+        if distributed.is_main():
+            (run / STATE_FILE).unlink(missing_ok=True)  # the checkpoint now holds the result
+    return TrainResult(model=model, metrics=metrics, card=card)
+
+
+def _card(config: TrainConfig, spec: Any, mean: float, std: float, test_acc: float,
+          val_acc: float, dev: torch.device) -> dict[str, Any]:  # fmt: skip
+    """The model card saved beside the weights: what was trained, how, and how well."""
     adversary = config.adversary()
-    card = {
+    return {
         "dataset": config.dataset,
         "architecture": config.model,
         "input_shape": list(spec.input_shape),
@@ -258,15 +270,9 @@ def _train(
                 else {}
             ),
         },
-        "accuracy": {"test": test_acc, "val": metrics["val_accuracy"]},
+        "accuracy": {"test": test_acc, "val": val_acc},
         "environment": environment(dev),
     }
-    if run is not None:
-        save_checkpoint(model, run, card)
-        write_json(Path(run) / "metrics.json", metrics)
-        if distributed.is_main():
-            (run / STATE_FILE).unlink(missing_ok=True)  # the checkpoint now holds the result
-    return TrainResult(model=model, metrics=metrics, card=card)
 
 
 @dataclass(frozen=True)
