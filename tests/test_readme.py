@@ -111,3 +111,20 @@ def test_the_readme_library_example_runs_and_prints_its_numbers(mnist_dir):
     assert re.fullmatch(r"n=100: clean \d+%, PGD-40 \d+%, strong suite \d+%\n", done.stdout), (
         done.stdout
     )
+
+
+def test_the_readme_is_short_and_names_no_commit():
+    """A newcomer reads it in five minutes: at most 200 lines, and no commit hashes (those
+    belong to the results' JSON and the research log)."""
+    import re
+    import subprocess
+
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    words = set(re.findall(r"\b[0-9a-f]{7,40}\b", text))
+    if (ROOT / ".git").exists():
+        known = subprocess.run(["git", "-C", str(ROOT), "rev-list", "--all", "--abbrev=7",
+                                "--abbrev-commit"], capture_output=True, text=True).stdout  # fmt: skip
+        commits = {c for c in known.split()}
+        assert not {w for w in words if any(c.startswith(w) or w.startswith(c) for c in commits)}
+    assert not {w for w in words if re.search(r"[a-f]", w) and re.search(r"\d", w)}
