@@ -432,10 +432,11 @@ def _html_table(rows: list[str]) -> str:
 def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     """The study's numbers as an aligned plain-text table per threat model (``reproduce``).
 
-    Proactive rows: accuracy of the defended points, clean and attacked; reactive rows: the
-    defense applied to the weak attack's points, and the adaptive attack through it. The
-    bare model comes first; every column names its n, and every accuracy carries its 95 %
-    Wilson interval.
+    Proactive rows: accuracy of the defended points, attacked and clean; reactive rows: the
+    adaptive attack through the defense, and the defense applied to the weak attack's points.
+    The columns come in the report's order, the numbers to trust first (strong, adaptive,
+    weak, clean); the bare model's row first; every column names its n, and every accuracy
+    carries its 95 % Wilson interval.
     """
     blocks = []
     for key, results in results_by_threat.items():
@@ -444,27 +445,27 @@ def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]
         first = results[0]
         t, strong_n = first["threat"], first.get("strong", {}).get("n")
         adaptive_n = next((r["adaptive"]["n"] for r in results if r.get("adaptive")), None)
-        head = ["defense", "kind", f"clean (n={first['n']})", f"weak (n={first['n']})",
-                f"strong (n={strong_n})" if strong_n else "strong",
-                f"adaptive (n={adaptive_n})" if adaptive_n else "adaptive"]  # fmt: skip
+        head = ["defense", "kind", f"strong (n={strong_n})" if strong_n else "strong",
+                f"adaptive (n={adaptive_n})" if adaptive_n else "adaptive",
+                f"weak (n={first['n']})", f"clean (n={first['n']})"]  # fmt: skip
         a0, n = first["accuracy"], first["n"]
 
         def cell(value: Any, size: int | None) -> str:
             return with_interval(value, size) if size else _pct(value)
 
-        rows = [["none", "bare model", cell(a0.get("original"), n),
-                 cell(a0.get("original_attacked"), n),
-                 cell(a0.get("original_attacked_strong"), strong_n), ""]]  # fmt: skip
+        rows = [["none", "bare model", cell(a0.get("original_attacked_strong"), strong_n), "",
+                 cell(a0.get("original_attacked"), n), cell(a0.get("original"), n)]]  # fmt: skip
         for r in results:
             a = r["accuracy"]
             if r["defense_kind"] == "reactive":
-                rows.append([r["defense"], "reactive", cell(a.get("defensive"), n),
-                             cell(a.get("defended_adversarial"), n), "",
-                             cell(a.get("adaptive"), adaptive_n)])  # fmt: skip
+                rows.append([r["defense"], "reactive", "", cell(a.get("adaptive"), adaptive_n),
+                             cell(a.get("defended_adversarial"), n),
+                             cell(a.get("defensive"), n)])  # fmt: skip
             else:
-                rows.append([r["defense"], "proactive", cell(a.get("defensive"), n),
+                rows.append([r["defense"], "proactive",
+                             cell(a.get("defensive_attacked_strong"), strong_n), "",
                              cell(a.get("defensive_attacked"), n),
-                             cell(a.get("defensive_attacked_strong"), strong_n), ""])  # fmt: skip
+                             cell(a.get("defensive"), n)])  # fmt: skip
         title = (f"{key}: {t['norm']} eps {t['eps']:g}, budget from the "
                  f"{t.get('budget_from', 'defended')} point")  # fmt: skip
         blocks.append(title + "\n" + "\n".join("  " + line for line in
