@@ -96,12 +96,17 @@ def test_cli_refuses_pickled_npz(tmp_path, capsys):
         assert err.count("\n") == 0 and cause in err  # the real cause, in one line
 
 
-def test_many_versions_wrap_three_panels_a_row_with_legible_text(small):
+@pytest.mark.parametrize(("count", "grid"), [(3, (1, 3)), (4, (2, 2)), (5, (2, 3)), (7, (3, 3))])
+def test_many_versions_wrap_into_even_rows_with_legible_text(small, count, grid):
+    """At most three panels a row, the rows as even as they can be: four versions are two
+    rows of two (the report's study), not a row of three and a lone panel."""
     x, y = small
-    versions = {f"v{i}": ((x + 0.05 * i).clamp(0, 1), y) for i in range(4)}
+    versions = {f"v{i}": ((x + 0.05 * i).clamp(0, 1), y) for i in range(count)}
     fig = draw_tsne(versions, per_class=2)
     shown = [ax for ax in fig.axes if ax.axison]
-    assert len(shown) == 4 and len(fig.axes) == 6  # a 2 x 3 grid, two spare cells hidden
+    rows, cols = grid
+    assert len(shown) == count and len(fig.axes) == rows * cols  # the spare cells hidden
+    assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == grid
     width_inches = fig.get_size_inches()[0]
     assert width_inches <= 3 * 4.2 + 1.4  # no wider than three panels, however many versions
     assert min(ax.title.get_fontsize() for ax in shown) >= 11

@@ -243,9 +243,10 @@ def plot_embedding(
     colours = {c: f"C{i % 10}" for i, c in enumerate(classes)}
     panels = len(emb.names) if layout == "panels" else 1
     # at most three panels a row, so that titles and legends stay legible when the figure
-    # is shrunk to a report's width
-    ncols = min(panels, 3)
-    nrows = -(-panels // ncols)
+    # is shrunk to a report's width, and the rows as even as they can be (four panels are
+    # two rows of two, not three and a lone one)
+    nrows = -(-panels // 3)
+    ncols = -(-panels // nrows)
     fig = Figure(figsize=(4.2 * ncols + 1.4, 4.4 * nrows), layout="constrained")
     grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for spare in grid[panels:]:
