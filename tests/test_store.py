@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,6 +62,14 @@ def test_code_version_hashes_the_package_sources():
     version = store.code_version()
     assert version["version"] == store.__version__
     assert len(version["source_sha256"]) == 64
+    # every module of the package, not only the study's: a result computed by other
+    # attack, defense or engine code is never reused
+    hashed = {str(p.relative_to(store.PACKAGE_DIR)) for p in store.source_files()}
+    import defpert
+
+    package = Path(defpert.__file__).resolve().parent
+    assert hashed == {str(p.relative_to(package)) for p in package.rglob("*.py")}
+    assert {"core/engine.py", "attacks/strong.py", "defenses/methods.py"} <= hashed
 
 
 def test_a_defense_of_other_settings_recomputes_only_its_own_pieces(

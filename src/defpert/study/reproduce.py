@@ -45,10 +45,11 @@ from defpert.runtime.rundir import (
     write_bytes_atomic,
     write_json,
 )
+from defpert.study import store as result_store
 from defpert.study.config import DPConfig
 from defpert.study.dp import run_dp
 from defpert.study.options import DPOptions
-from defpert.study.store import code_version, load_npz
+from defpert.study.store import load_npz
 from defpert.study.sweep import run_budget_sweep, run_sweep
 from defpert.train import ADV_EPS, TrainConfig, matching_shipped, recipe, train, trained_as
 from defpert.wording import count
@@ -154,7 +155,7 @@ def _stage(
 ) -> Any:
     """Reuse ``path`` if it was computed with the same config; otherwise compute and save."""
     # compare as saved (tuples become lists); results of other code are never reused
-    config = json.loads(json.dumps({**config, "code": code_version()}))
+    config = json.loads(json.dumps({**config, "code": result_store.code_version()}))
     saved = read_json(path) if path.is_file() else {}
     if distributed.main_decides(saved.get("config") == config):  # every rank alike
         report(f"{name}: reused from {path}")

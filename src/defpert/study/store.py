@@ -27,14 +27,21 @@ from defpert.errors import DefpertError
 from defpert.runtime import distributed
 from defpert.runtime.rundir import copy_atomic, read_json, write_atomic, write_json
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The whole package (this file is defpert/study/store.py): a result is reused only by the
+# code that computed it, the attacks', the defenses' and the engine's included.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=1)
+def source_files() -> list[Path]:
+    """Every ``.py`` file of the package, in a fixed order: what :func:`code_version` hashes."""
+    return sorted(PACKAGE_DIR.rglob("*.py"))
+
+
 def code_version() -> dict[str, str]:
     """``{"version", "source_sha256"}``: the package version and a hash of its ``.py`` files."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+    for path in source_files():
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
         digest.update(path.read_bytes())
     return {"version": __version__, "source_sha256": digest.hexdigest()}
