@@ -365,3 +365,28 @@ def test_a_corrupt_config_json_is_refused_and_cleared_by_overwrite(tmp_path, cap
     assert "config.json is not a readable JSON file" in err and "use --overwrite" in err
     assert main([*argv, "--overwrite"]) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"n": "x", "forward": 1, "backward": 1}',
+                                     b'{"n": 20, "forward": -1, "backward": 2}'],
+                         ids=["garbage", "list", "wrong-type", "negative"])  # fmt: skip
+def test_a_corrupt_cost_record_leaves_out_that_cost_only(tmp_path, capsys, content):
+    """A data version's saved cost (``.passes.json``) that cannot be trusted is said in one
+    line and left out of the result; the version and every accuracy are kept."""
+    import json
+
+    from defpert.cli import main
+
+    argv = [*DP_SMALL, "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    cost = tmp_path / "run" / "versions" / "test" / "ce" / "defensive.passes.json"
+    assert json.loads(cost.read_text()) == first["passes"]["ce/defensive"]
+    cost.write_bytes(content)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
+    assert again["accuracy"] == first["accuracy"]
+    assert "ce/defensive" not in again["passes"]
+    assert again["passes"]["adversarial"] == first["passes"]["adversarial"]
+    assert "defensive.passes.json" in captured.err and "Traceback" not in captured.err

@@ -252,7 +252,16 @@ class Store:
         (kept beside it, so that a run reusing the version reports it), or None."""
         if self.versions is None:
             return None
-        return _readable(self.versions / f"{name}{COST_SUFFIX}", self.say)
+        path = self.versions / f"{name}{COST_SUFFIX}"
+        cost = _readable(path, self.say)
+        if cost is None:
+            return None
+        counts = [cost.get(k) for k in ("n", "forward", "backward")]
+        if not (isinstance(counts[0], int) and all(isinstance(c, int | float) and not isinstance(c, bool)
+                                                   and c >= 0 for c in counts)):  # fmt: skip
+            self.say(f"{path} is not a cost record; the cost of {name} is left out")
+            return None
+        return {"n": counts[0], "forward": counts[1], "backward": counts[2]}
 
     def save_cost(self, name: str, cost: dict[str, Any]) -> None:
         """Keep the cost of data version ``name`` (written before the version itself)."""
