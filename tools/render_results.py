@@ -175,6 +175,19 @@ def readme_headline() -> str:
             f"{_with_interval(a['original_attacked_strong'], n)} | "
             f"**{_with_interval(a['defensive_attacked_strong'], n)}** |"
         )
+    fashion = RESULTS / "study-preempt-fashion-cnn-linf0.1-n200.json"
+    if fashion.is_file():
+        f = json.loads(fashion.read_text())
+        records, dp = f["strong_and_adaptive"], f["dp"]
+        if f["finished"] and "strong-robustify" in records:
+            bare, defended = records["strong-original"], records["strong-robustify"]
+            lines.append(
+                f"| `{f['checkpoint']}` (`--adversarial preempt`, Fashion-MNIST) | "
+                f"{dp['norm']} {dp['eps']:g}, eps_def {dp['defense_eps'] or dp['eps']:g} | "
+                f"`robustify` | {defended['n']:,} | {_pct(bare['accuracy'])} "
+                f"{_interval(bare['interval95'])} | **{_pct(defended['accuracy'])} "
+                f"{_interval(defended['interval95'])}** |"
+            )
     for name, label in (("adaptive-crosscheck-cnn-e1-linf0.2-n500.json", "one-epoch `cnn`"),
                         ("adaptive-crosscheck-mnist-cnn-pgd-linf0.2-n500.json",
                          "`shipped:mnist-cnn-pgd`")):  # fmt: skip
@@ -333,6 +346,20 @@ def _fashion_preempt() -> list[str]:
             + ". The two models' verdicts are not paired here (the TRADES run predates "
             "per-example verdicts); each accuracy carries its own 95 % interval."
         )
+    paired = pre.get("paired_against_bare", {})
+    if paired:
+        lines += [
+            "",
+            "Against the preempt model's own bare accuracy on the same examples (paired: "
+            "Newcombe's interval; examples robust only defended / only bare): "
+            + "; ".join(
+                f"`{name}` {100 * p['difference']:+.1f} points "
+                f"[{100 * p['interval95'][0]:+.1f}, {100 * p['interval95'][1]:+.1f}] "
+                f"({p['only_first']} / {p['only_second']})"
+                for name, p in paired.items()
+            )
+            + ".",
+        ]
     return lines
 
 
