@@ -32,12 +32,12 @@ from defpert.runtime.rundir import copy_atomic, read_json, write_atomic, write_j
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-@functools.lru_cache(maxsize=1)
 def source_files() -> list[Path]:
     """Every ``.py`` file of the package, in a fixed order: what :func:`code_version` hashes."""
     return sorted(PACKAGE_DIR.rglob("*.py"))
 
 
+@functools.lru_cache(maxsize=1)  # read once per process: every stored piece asks for it
 def code_version() -> dict[str, str]:
     """``{"version", "source_sha256"}``: the package version and a hash of its ``.py`` files."""
     digest = hashlib.sha256()
