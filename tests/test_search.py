@@ -35,6 +35,21 @@ class WrongInBf16(nn.Module):
         return -logits if torch.is_autocast_enabled("cpu") else logits
 
 
+class BlindInBf16(nn.Module):
+    """A model that a bfloat16 search cannot see into: under autocast it answers every input
+    as it answers a blank image (one class everywhere, no gradient), so a bf16 search claims
+    nothing on that class's examples and nothing there is contested."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu"):
+            return self.model(torch.zeros_like(x)) + 0 * x.sum()
+        return self.model(x)
+
+
 @pytest.fixture
 def xy(digits_test):
     return digits_test.images[:40], digits_test.labels[:40]
@@ -59,6 +74,23 @@ def test_a_bf16_claim_the_fp32_model_refuses_is_never_a_break(digits_model, xy):
     assert bf16.contested == int(correct(fooled, x, y).sum())
     assert torch.equal(bf16.robust, fp32.robust)
     assert torch.equal(bf16.adversarial, fp32.adversarial)
+
+
+def test_a_weaker_bf16_search_that_claims_nothing_still_gets_the_fp32_apgd_ce(digits_model,
+                                                                             digits_test):  # fmt: skip
+    """Without the float32 APGD-CE on every survivor, the examples of the class the blind
+    search sees everywhere are never attacked in float32 and all count as robust."""
+    x, y = digits_test.images[:200], digits_test.labels[:200]
+    blind = BlindInBf16(digits_model).eval()
+    seen = int(Bf16Search(blind)(x[:1]).argmax())
+    mine = (y == seen) & correct(blind, x, y)  # claimed by nothing, contested never
+    assert mine.sum() >= 5
+    fp32 = strong_attack(blind, x, y, threat=THREAT, config=QUICK, seed=4)
+    bf16 = strong_attack(blind, x, y, threat=THREAT, config=QUICK_BF16, seed=4)
+    assert (~fp32.robust[mine]).sum() >= 3  # breakable in float32
+    assert (~bf16.robust[mine]).sum() >= (~fp32.robust[mine]).sum() - 1
+    assert bf16.broken_by.get(FALLBACK + "apgd-ce", 0) > 0
+    assert not correct(blind, bf16.adversarial[~bf16.robust], y[~bf16.robust]).any()
 
 
 def test_a_bf16_search_repeats_for_a_seed_and_leaves_the_model_as_it_was(digits_model, xy):

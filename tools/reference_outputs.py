@@ -96,8 +96,8 @@ def digest_dir(root: Path) -> dict[str, Any]:
         rel = str(path.relative_to(root))
         if not path.is_file() or path.name.startswith(".") or ".journal" in path.name:
             continue  # locks and journals are a run's working state
-        if path.name == "fingerprint.json":
-            continue
+        if path.name in ("fingerprint.json", "manifest.json"):
+            continue  # what a run computed from, and the digests of files whose numbers follow
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 out[rel] = {k: hashlib.sha256(np.ascontiguousarray(data[k]).tobytes()).hexdigest()

@@ -172,7 +172,20 @@ def train(
         return _train(config, None, data_dir, device, progress)
     with claim_run(out, {"command": "train", **config.settings()}, overwrite=overwrite,
                    remove_on_overwrite=TRAIN_OUTPUTS) as run:  # fmt: skip
+        if overwrite and distributed.is_main():
+            _discard_unreadable_state(run / STATE_FILE)
         return _train(config, run, data_dir, device, progress)
+
+
+def _discard_unreadable_state(path: Path) -> None:
+    """``--overwrite`` clears a training state that cannot be read (a readable one of the
+    same config is still continued: ``reproduce`` resumes its training that way)."""
+    if not path.is_file():
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # whatever a damaged file raises: it is discarded, not trusted
+        path.unlink(missing_ok=True)
 
 
 # What a training run writes (removed by --overwrite before a run of another config).

@@ -8,9 +8,11 @@ classified by the float32 model and the worst case is taken over those verdicts 
 
 What bfloat16 can cost is strength, never soundness: an attack that believes, in bfloat16, it
 has crossed the boundary stops pushing that example, and the float32 verdict may say it did
-not. Such examples are *contested*. After the bfloat16 cascade the same cascade runs again in
-float32 on the contested examples still standing, from the suite's seed, so an example
-bfloat16 could only half-break gets the float32 suite's full search.
+not. Such examples are *contested*. And a bfloat16 gradient can simply be weaker, claiming
+nothing. After the bfloat16 cascade the same cascade runs again in float32 from the suite's
+seed: its first attack (APGD-CE, the suite's cheapest and strongest) on every example still
+standing, the others on the contested ones, so an example bfloat16 could only half-break
+gets the float32 suite's full search.
 """
 
 from __future__ import annotations

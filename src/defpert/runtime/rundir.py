@@ -141,6 +141,13 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DefpertError(f"{p} is not a readable JSON file: {exc}") from None
 
 
+def json_digest(obj: Any) -> str:
+    """SHA-256 of ``obj`` as JSON saves it (keys sorted): the same before writing and after
+    reading back, so a saved result can carry the digest of its own numbers."""
+    canonical = json.loads(json.dumps(obj, default=_json_default))
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

@@ -288,11 +288,12 @@ class _DPRun:
         self.say(
             f"strong attack ({self.strong_cfg.tier}) on the original data ({self.n_strong} examples)"
         )
+        points = self.store.saved("strong-adversarial", rows=self.n_strong)
+        if points is None:  # a summary is reused only with its points
+            self.store.discard("strong-original")
         self.original_strong = self.record("strong-original", partial(
             self.strong, "strong-original", self.x, {"weak": self.x_adv}, keep="strong-adversarial"))  # fmt: skip
-        self.x_strong = self.kept.get(
-            "strong-adversarial", self.store.saved("strong-adversarial", rows=self.n_strong)
-        )
+        self.x_strong = self.kept.get("strong-adversarial", points)
 
     def defend(self, method: str, defense: Defense) -> tuple[dict[str, float], torch.Tensor]:
         """Stage 3: the defensive perturbation of the original data; the accuracies so far."""

@@ -40,6 +40,7 @@ from defpert.runtime.devices import pick_device
 from defpert.runtime.rundir import (
     claim_run,
     ensure_dir,
+    json_digest,
     read_json,
     write_atomic,
     write_bytes_atomic,
@@ -153,17 +154,38 @@ class ReproduceConfig:
 def _stage(
     path: Path, config: dict[str, Any], compute: Callable[[], Any], report: Report, name: str
 ) -> Any:
-    """Reuse ``path`` if it was computed with the same config; otherwise compute and save."""
+    """Reuse ``path`` if it was computed with the same config and its result is as saved;
+    otherwise compute and save (with the digest of its result, checked on reuse)."""
     # compare as saved (tuples become lists); results of other code are never reused
     config = json.loads(json.dumps({**config, "code": result_store.code_version()}))
-    saved = read_json(path) if path.is_file() else {}
-    if distributed.main_decides(saved.get("config") == config):  # every rank alike
+    saved = _saved_stage(path, config, report) if distributed.is_main() else None
+    if distributed.main_decides(saved is not None):  # every rank alike
         report(f"{name}: reused from {path}")
-        return (saved or read_json(path))["result"]  # read once, unless another rank wrote it
+        return (saved if saved is not None else read_json(path))["result"]
     started = time.perf_counter()
     result = compute()
-    write_json(path, {"config": config, "result": result, "seconds": time.perf_counter() - started})
+    write_json(path, {"config": config, "result": result, "result_sha256": json_digest(result),
+                      "seconds": time.perf_counter() - started})  # fmt: skip
     return result
+
+
+def _training_seconds(model_dir: Path, report: Report) -> float | None:
+    """The training time a model directory's metrics record (None when it cannot be read)."""
+    metrics = result_store.readable_state(model_dir / "metrics.json", report)
+    seconds = metrics.get("train_seconds") if metrics is not None else None
+    return float(seconds) if isinstance(seconds, int | float) and seconds >= 0 else None
+
+
+def _saved_stage(path: Path, config: dict[str, Any], report: Report) -> dict[str, Any] | None:
+    """A saved stage of this config whose result still has the digest it was saved with;
+    None otherwise (an unreadable or altered one is said in one line)."""
+    saved = result_store.readable_state(path, report)
+    if saved is None or saved.get("config") != config:
+        return None
+    if "result" not in saved or saved.get("result_sha256") != json_digest(saved["result"]):
+        report(f"recomputing {path}: its result is not the one that was saved (digest differs)")
+        return None
+    return saved
 
 
 def reproduce(
@@ -280,7 +302,7 @@ class _Study:
         model, card = load_checkpoint(model_dir, map_location=self.device)
         trained = {"dir": str(model_dir), "test_accuracy": card["accuracy"]["test"],
                    "training": card["training"]["kind"],
-                   "training_seconds": read_json(model_dir / "metrics.json").get("train_seconds")}  # fmt: skip
+                   "training_seconds": _training_seconds(model_dir, say)}  # fmt: skip
         return model, card, trained
 
     def rq1(self, kind: str, model: torch.nn.Module, card: dict[str, Any],

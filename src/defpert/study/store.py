@@ -4,6 +4,10 @@ A stored result is reused only when its fingerprint matches: the settings, the d
 model's weights *and the code* (the package version and a hash of defpert's own source
 files). Results of other code are recomputed, never reused, so a changed attack cannot
 silently leave old numbers in a new report.
+
+A stored result is also reused only as it was written: the run's manifest records each
+piece's size and SHA-256 when it is saved, and a piece that no longer matches (truncated,
+edited, replaced, or written by anything but this run) is said in one line and recomputed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from defpert.attacks.journal import Bookmark, CascadeState
 from defpert.core.passes import continue_count, counted_so_far
 from defpert.errors import DefpertError
 from defpert.runtime import distributed
-from defpert.runtime.rundir import copy_atomic, read_json, write_atomic, write_json
+from defpert.runtime.rundir import copy_atomic, file_sha256, read_json, write_atomic, write_json
 
 # The whole package (this file is defpert/study/store.py): a result is reused only by the
 # code that computed it, the attacks', the defenses' and the engine's included.
@@ -132,6 +136,8 @@ class Store:
     ) -> None:
         self.labels = labels
         self.say = say or (lambda _m: None)
+        self.run = run
+        self.sealed: dict[str, Any] = {}  # the manifest: piece -> {"bytes", "sha256"}
         self.versions = run / "versions" / split if run is not None else None
         self.partial = run / "partial" / split if run is not None else None
         if run is None or self.partial is None or self.versions is None:
@@ -139,13 +145,52 @@ class Store:
         stamp = self.partial / "fingerprint.json"
         fingerprint = json.loads(json.dumps({**fingerprint, "code": code_version()}))
         self.fingerprint = fingerprint
-        stale = _readable(stamp, self.say) != fingerprint
+        saved = readable_state(stamp, self.say)
+        stale = saved != fingerprint
+        if saved is not None and stale:
+            self.say(f"{stamp}: the pieces beside it were computed from other settings, data, "
+                     "weights or code; recomputing them")  # fmt: skip
         if distributed.main_decides(stale):
             if distributed.is_main():
                 for old in (self.versions, self.partial):
                     shutil.rmtree(old, ignore_errors=True)
             distributed.barrier()
             write_json(stamp, fingerprint)
+        if distributed.is_main():
+            self.sealed = readable_state(self.partial / MANIFEST_FILE, self.say) or {}
+
+    # -- the manifest: each piece as this run wrote it -----------------------------------
+
+    def _seal(self, path: Path) -> None:
+        """Record the size and SHA-256 of ``path``, just written, in the run's manifest."""
+        if self.run is None or self.partial is None:
+            return
+        if distributed.is_main():
+            self.sealed[path.relative_to(self.run).as_posix()] = file_digest(path)
+        write_json(self.partial / MANIFEST_FILE, self.sealed)
+
+    def _tampered(self, path: Path) -> str | None:
+        """Why ``path`` is not the piece this run wrote (None: it is, byte for byte)."""
+        if self.run is None:
+            return None
+        entry = self.sealed.get(path.relative_to(self.run).as_posix())
+        if not isinstance(entry, dict):
+            return "the run's manifest does not list it"
+        size, recorded = path.stat().st_size, entry.get("bytes")
+        if recorded != size:
+            return (f"it has {size:,} bytes, the manifest records {recorded:,}"
+                    if isinstance(recorded, int) else "the manifest records no size for it")  # fmt: skip
+        if entry.get("sha256") != file_sha256(path):
+            return "its SHA-256 differs from the one the manifest records"
+        return None
+
+    def _trusted(self, path: Path) -> bool:
+        """Whether ``path`` is as this run wrote it, decided by rank 0 for every rank (and
+        said in one line when it is not, so that it is recomputed)."""
+        why = self._tampered(path) if distributed.is_main() else None
+        if why is not None:
+            self.say(f"recomputing {path.name}: the saved file failed its check ({why})")
+        return distributed.main_decides(why is None)
 
     def for_defense(self, method: str, fingerprint: dict[str, Any]) -> None:
         """Keep ``method``'s pieces only if they were computed with this ``fingerprint``
@@ -154,7 +199,7 @@ class Store:
             return
         stamp = self.partial / f"defense-{method}.json"
         fingerprint = json.loads(json.dumps(fingerprint))
-        if distributed.main_decides(_readable(stamp, self.say) == fingerprint):
+        if distributed.main_decides(readable_state(stamp, self.say) == fingerprint):
             return
         if distributed.is_main():
             shutil.rmtree(self.versions / method, ignore_errors=True)
@@ -176,15 +221,19 @@ class Store:
         stamp = other_partial / "fingerprint.json"
         if not stamp.is_file() or read_json(stamp) != self.fingerprint:
             return 0
+        lender = readable_state(other_partial / MANIFEST_FILE, self.say) or {}
         copied = 0
         pairs = [(other_versions / f"{n}{ext}", self.versions / f"{n}{ext}")
                  for n in SHARED_VERSIONS for ext in (COST_SUFFIX, ".npz")]  # fmt: skip
         pairs += [(other_partial / f"{n}.json", self.partial / f"{n}.json") for n in SHARED_RECORDS]
         for source, target in pairs:
-            if source.is_file() and not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                copy_atomic(source, target)
-                copied += not source.name.endswith(COST_SUFFIX)  # a cost goes with its version
+            entry = lender.get(source.relative_to(other_run).as_posix())
+            if not source.is_file() or target.is_file() or entry != file_digest(source):
+                continue  # only what the lender's manifest vouches for
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_atomic(source, target)
+            self._seal(target)
+            copied += not source.name.endswith(COST_SUFFIX)  # a cost goes with its version
         return copied
 
     def finished(self) -> int:
@@ -193,7 +242,8 @@ class Store:
             return 0
         versions = list(self.versions.rglob("*.npz")) if self.versions.is_dir() else []
         results = [p for p in self.partial.glob("*.json")
-                   if p.name != "fingerprint.json" and not p.name.startswith("defense-")]  # fmt: skip
+                   if p.name not in ("fingerprint.json", MANIFEST_FILE)
+                   and not p.name.startswith("defense-")]  # fmt: skip
         return len(versions) + len(results)
 
     def version(
@@ -217,7 +267,7 @@ class Store:
         if self.versions is None:
             return None
         path = self.versions / f"{name}.npz"
-        if not distributed.main_decides(path.is_file()):
+        if not distributed.main_decides(path.is_file()) or not self._trusted(path):
             return None
         try:
             x, y = load_npz(path)
@@ -242,10 +292,17 @@ class Store:
         """Save a data version of the first ``len(images)`` examples (and drop the rows
         journal its computation kept)."""
         if self.versions is not None:
-            save_version(self.versions / f"{name}.npz", images, self.labels[: len(images)])
+            path = self.versions / f"{name}.npz"
+            save_version(path, images, self.labels[: len(images)])
+            self._seal(path)
         journal = self.rows_journal(name)
         if journal is not None and distributed.is_main():
             journal.path.unlink(missing_ok=True)
+
+    def discard(self, name: str) -> None:
+        """Forget the saved result ``name`` (so that it is computed again)."""
+        if self.partial is not None and distributed.is_main():
+            (self.partial / f"{name}.json").unlink(missing_ok=True)
 
     def cost(self, name: str) -> dict[str, Any] | None:
         """What computing data version ``name`` cost, in passes of the classifier per example
@@ -253,8 +310,13 @@ class Store:
         if self.versions is None:
             return None
         path = self.versions / f"{name}{COST_SUFFIX}"
-        cost = _readable(path, self.say)
-        if cost is None:
+        cost = readable_state(path, self.say)
+        why = self._tampered(path) if cost is not None and distributed.is_main() else None
+        if cost is None or why is not None:
+            if cost is not None:
+                self.say(
+                    f"{path} is not the cost this run recorded; the cost of {name} is left out"
+                )
             return None
         counts = [cost.get(k) for k in ("n", "forward", "backward")]
         if not (isinstance(counts[0], int) and all(isinstance(c, int | float) and not isinstance(c, bool)
@@ -266,7 +328,7 @@ class Store:
     def save_cost(self, name: str, cost: dict[str, Any]) -> None:
         """Keep the cost of data version ``name`` (written before the version itself)."""
         if self.versions is not None:
-            write_json(self.versions / f"{name}{COST_SUFFIX}", cost)
+            self._seal(write_json(self.versions / f"{name}{COST_SUFFIX}", cost))
 
     def rows_journal(self, name: str) -> RowsJournal | None:
         """Where the long computation of data version ``name`` (a defense over the whole
@@ -279,11 +341,11 @@ class Store:
         if self.partial is None:
             return compute()
         path = self.partial / f"{name}.json"
-        saved = _readable(path, self.say) if distributed.is_main() else None
-        if distributed.main_decides(isinstance(saved, dict)):
+        saved = readable_state(path, self.say) if distributed.is_main() else None
+        if distributed.main_decides(isinstance(saved, dict)) and self._trusted(path):
             return dict(saved if isinstance(saved, dict) else read_json(path))
         result = compute()
-        write_json(path, result)
+        self._seal(write_json(path, result))
         if distributed.is_main():
             (self.partial / f"{name}{JOURNAL_SUFFIX}").unlink(missing_ok=True)
         return result
@@ -296,6 +358,14 @@ class Store:
 
 JOURNAL_SUFFIX = ".journal.npz"
 COST_SUFFIX = ".passes.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """What the manifest records of a piece: its size and SHA-256."""
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
 ROWS_SUFFIX = ".rows.npz"
 
 
@@ -359,7 +429,7 @@ class RowsJournal:
         write_atomic(self.path, write)
 
 
-def _readable(path: Path, say: Callable[[str], None]) -> Any:
+def readable_state(path: Path, say: Callable[[str], None]) -> Any:
     """A piece of defpert's own JSON state (a fingerprint, a stage's result), or None when it
     is missing or unreadable; an unreadable one is said in one line and then recomputed."""
     if not path.is_file():
