@@ -3,6 +3,7 @@
 import pytest
 
 from defpert.cli import main
+from defpert.results import Attacked, BudgetRow, Measured
 from defpert.study.dp import DPConfig
 from defpert.study.sweep import run_budget_sweep
 
@@ -11,14 +12,16 @@ def test_budget_zero_is_the_bare_model_and_budgets_grow_the_defense(digits_model
     base = DPConfig(norm="linf", eps=0.1, steps=5, step_size=0.02, defenses=("ce", "margin"),
                     strong=False, adaptive_limit=0)  # fmt: skip
     data = digits_test.head(80)
-    rows = run_budget_sweep(digits_model, data, base, [0, 0.05, 0.2])
-    assert [(r["defense"], r["eps_def"]) for r in rows] == [
+    saved = run_budget_sweep(digits_model, data, base, [0, 0.05, 0.2])
+    rows = [BudgetRow.from_json(r) for r in saved]
+    assert [BudgetRow.from_json(r.to_json()) for r in rows] == rows  # the JSON round trip
+    assert [(r.defense, r.eps_def) for r in rows] == [
         ("ce", 0), ("margin", 0), ("ce", 0.05), ("margin", 0.05), ("ce", 0.2), ("margin", 0.2)]  # fmt: skip
-    bare = [r for r in rows if r["eps_def"] == 0]
-    assert bare[0]["weak"] == bare[1]["weak"] < 0.9  # the undefended point, for each curve
-    ce = {r["eps_def"]: r["weak"] for r in rows if r["defense"] == "ce"}
+    bare = [r.numbers.weak for r in rows if r.eps_def == 0]
+    assert bare[0] == bare[1] and bare[0].accuracy < 0.9  # the undefended point, each curve
+    ce = {r.eps_def: r.numbers.weak.accuracy for r in rows if r.defense == "ce"}
     assert ce[0] < ce[0.05] < ce[0.2]  # a larger budget, a harder point to attack
-    assert all(r["eps"] == 0.1 and r["n"] == 80 for r in rows)
+    assert all(r.eps == 0.1 and r.numbers.weak.n == 80 for r in rows)
 
 
 def test_sweep_command_sweeps_the_defense_budget(capsys, digits_cnn, tmp_path):
@@ -50,8 +53,12 @@ def test_sweep_refuses_budget_settings_that_cannot_work(capsys, tmp_path, extra,
 def test_budget_figure_draws_a_curve_per_defense_and_attack():
     from defpert.report.figures import budget_curves
 
-    rows = [{"defense": d, "eps_def": e, "eps": 0.2, "weak": 0.5 + e, "weak_strong_n": None,
-             "strong": None if d == "ce" else 0.4 + e} for d in ("ce", "robustify") for e in (0, 0.2)]  # fmt: skip
+    def row(defense, eps_def):
+        strong = None if defense == "ce" else Measured(0.4 + eps_def, 50)
+        numbers = Attacked(Measured(0.9, 100), Measured(0.5 + eps_def, 100), None, strong)
+        return BudgetRow(defense, eps_def, 0.2, numbers)
+
+    rows = [row(d, e) for d in ("ce", "robustify") for e in (0, 0.2)]
     fig = budget_curves(rows)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["ce, weak attack", "robustify, strong attack", "robustify, weak attack"]

@@ -368,6 +368,21 @@ def test_a_defense_reaching_beyond_the_training_radius_is_warned_of(
         assert said[0].startswith("warning: ") and "eps + eps_def = 0.4" in said[0]
 
 
+def test_a_preempt_model_is_trained_for_the_combined_radius_and_not_warned_of():
+    """``--adversarial preempt`` attacks within eps of a point eps_def from the natural image:
+    its card's radius reaches eps + eps_def, so robustify at those budgets stays inside it."""
+    from defpert.study.dp import DPConfig
+
+    config = DPConfig(norm="linf", eps=0.1, step_size=0.005, steps=20, defenses=("robustify",))
+    preempt = {"norm": "linf", "eps": 0.1, "defense_eps": 0.1}
+    assert config.beyond_training_radius(preempt) is None
+    assert "eps + eps_def = 0.2" in (
+        config.beyond_training_radius({"norm": "linf", "eps": 0.1}) or ""
+    )
+    wider = DPConfig(norm="linf", eps=0.2, step_size=0.01, steps=20, defenses=("robustify",))
+    assert "beyond the linf 0.2" in (wider.beyond_training_radius(preempt) or "")
+
+
 def test_a_rerun_says_it_resumes_and_a_fresh_run_does_not(capsys, digits_run, tmp_path):
     argv = ["dp", "--dataset", "digits", "--checkpoint", str(digits_run), "--no-strong",
             "-k", "2", "--limit", "30", "--out", str(tmp_path / "o")]  # fmt: skip

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from defpert.cli import main
+from defpert.results import SweepRow
 
 # --quick, on fewer test images: what is checked here is the study's files, not its numbers
 QUICK = ["--quick", "--dataset", "digits", "--limit", "150", "--strong-limit", "50",
@@ -54,9 +55,10 @@ def test_writes_every_file(quick_run):
                 assert "defensive_attacked" not in r["accuracy"]  # no number without a threat model
                 assert r["accuracy"]["adaptive"] <= r["accuracy"]["defensive"] + 1e-9
                 assert "bare_strong_adaptive_examples" in r["accuracy"]
-    for row in metrics["sweep"]:
-        assert row["original_attacked_strong"] <= row["original_attacked_strong_n"] + 1e-9
-        assert row["defensive_attacked_strong"] <= row["defensive_attacked_strong_n"] + 1e-9
+    for row in map(SweepRow.from_json, metrics["sweep"]):
+        for side in (row.bare, row.defended):  # the strong suite against the weak on its examples
+            assert side.strong.n == side.weak_on_strong_examples.n > 0
+            assert side.strong.accuracy <= side.weak_on_strong_examples.accuracy + 1e-9
     md = (quick_run / "report.md").read_text()
     assert (
         "weak attack" in md.lower() and "strong attack" in md.lower() and "adaptive" in md.lower()
@@ -213,6 +215,7 @@ def test_headline_ranks_by_strong_or_adaptive_accuracy_and_states_cost():
         acc = {"original": 0.99, "original_attacked": 0.9, "original_attacked_strong": 0.8,
                "defensive": 1.0, "defensive_attacked": 0.95, "defensive_attacked_strong": strong}  # fmt: skip
         r = {"threat": threat, "model": model, "defense": defense, "defense_kind": kind, "n": 1000,
+             "dataset": "mnist", "split": "test",
              "accuracy": acc, "strong": {"n": 500},
              "defense_budget": {"steps": 20, **({"passes_per_step": 1 + inner} if inner else {})}}  # fmt: skip
         if adaptive is not None:
@@ -249,8 +252,9 @@ def test_terminal_summary_is_an_aligned_table_with_each_columns_n():
            "defensive": 1.0, "defensive_attacked": 0.95, "defensive_attacked_strong": float("nan")}  # fmt: skip
     results = {"linf": [
         {"threat": threat, "defense": "ce", "defense_kind": "proactive", "n": 300,
-         "accuracy": acc, "strong": {"n": 100}},
+         "dataset": "mnist", "split": "test", "accuracy": acc, "strong": {"n": 100}},
         {"threat": threat, "defense": "hedge", "defense_kind": "reactive", "n": 300,
+         "dataset": "mnist", "split": "test",
          "accuracy": {**acc, "defended_adversarial": 0.5, "adaptive": 0.25},
          "strong": {"n": 100}, "adaptive": {"n": 30}},
     ]}  # fmt: skip
@@ -304,10 +308,12 @@ def test_the_conclusion_judges_a_gain_by_its_paired_interval():
     threat = {"norm": "linf", "eps": 0.2, "steps": 20, "step_size": 0.01, "budget_from": "defended"}
 
     def study(paired):
-        acc = {"original_attacked_strong": 0.93, "defensive_attacked_strong": 0.969}
+        acc = {"original": 0.99, "defensive": 0.99, "original_attacked_strong": 0.93,
+               "defensive_attacked_strong": 0.969}  # fmt: skip
         strong = {"n": 1000, **({"paired": paired.as_json()} if paired else {})}
         return {"linf": [{"threat": threat, "defense": "robustify", "defense_kind": "proactive",
-                          "accuracy": acc, "strong": strong}]}  # fmt: skip
+                          "dataset": "mnist", "split": "test", "n": 10000, "accuracy": acc,
+                          "strong": strong}]}  # fmt: skip
 
     tight = PairedDifference(930, 39, 0, 31)
     few = "\n".join(conclusion(study(tight)))

@@ -77,8 +77,48 @@ def commands(subset: str) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
+# Sweep rows and the report's CSV columns were renamed (defpert.results): rows and columns
+# of either naming are digested under the new names, so that only a changed number differs.
+CSV_COLUMNS = {"original_attacked_strong": "bare_strong", "defensive_attacked_strong": "defended_strong",
+               "bare_strong_adaptive_examples": "bare_strong_on_adaptive_examples",
+               "original_attacked": "bare_weak", "defensive_attacked": "defended_weak",
+               "defended_adversarial": "weak_points_through_defense", "original": "bare_clean",
+               "defensive": "defended_clean", "defensive_undo_attacked": "undo_then_attack"}  # fmt: skip
+
+
+def _measured(value: Any, n: Any) -> Any:
+    return {"accuracy": value, "n": n} if isinstance(value, int | float) else None
+
+
+def _renamed_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A sweep or budget row of the names before defpert.results, in the names after."""
+    n, m = row.get("n"), row.get("strong_n")
+    if "eps_def" in row and "weak_strong_n" in row:  # a budget row
+        side = {"clean": _measured(row.get("clean"), n), "weak": _measured(row.get("weak"), n),
+                "weak_on_strong_examples": _measured(row.get("weak_strong_n"), m),
+                "strong": _measured(row.get("strong"), m)}  # fmt: skip
+        return {"defense": row["defense"], "eps_def": row["eps_def"], "eps": row["eps"],
+                **{k: v for k, v in side.items() if v is not None}}  # fmt: skip
+    sides = {}
+    for new, old in (("bare", "original"), ("defended", "defensive")):
+        side = {"clean": _measured(row.get(old), n),
+                "weak": _measured(row.get(f"{old}_attacked"), n),
+                "weak_on_strong_examples": _measured(row.get(f"{old}_attacked_strong_n"), m),
+                "strong": _measured(row.get(f"{old}_attacked_strong"), m)}  # fmt: skip
+        sides[new] = {k: v for k, v in side.items() if v is not None}
+    return {"eps": row["eps"], "step_size": row["step_size"], "defense": row["defense"], **sides}
+
+
+def _is_old_row(value: dict[str, Any]) -> bool:
+    return ("eps_def" in value and "weak_strong_n" in value) or (
+        "eps" in value and "original_attacked" in value and "bare" not in value
+        and "accuracy" not in value)  # fmt: skip
+
+
 def _numbers(value: Any, key: str = "") -> Any:
     """``value`` with the volatile keys left out, recursively."""
+    if isinstance(value, dict) and _is_old_row(value):
+        value = _renamed_row(value)
     if isinstance(value, dict):
         return {k: _numbers(v, k) for k, v in sorted(value.items())
                 if not any(word in k.lower() for word in VOLATILE)}  # fmt: skip
@@ -111,7 +151,11 @@ def digest_dir(root: Path) -> dict[str, Any]:
         elif path.suffix == ".json" and path.name != "config.json":
             out[rel] = _numbers(json.loads(path.read_text()))
         elif path.suffix == ".csv":
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            import csv
+
+            with open(path, newline="") as fh:
+                out[rel] = [{CSV_COLUMNS.get(k, k): v for k, v in sorted(row.items())}
+                            for row in csv.DictReader(fh)]  # fmt: skip
     return out
 
 
@@ -174,7 +218,7 @@ def main() -> int:
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two digests")
     a = p.parse_args()
     if a.compare:
-        found = differences(*(json.loads(Path(f).read_text()) for f in a.compare))
+        found = differences(*(json.loads(Path(f).read_text()) for f in a.compare), additions=True)
         print("\n".join(found) if found else "identical: every number and every array")
         return 1 if found else 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,6 +45,7 @@ _PUBLIC = {
     "TrainConfig": "defpert.train",
     "TrainResult": "defpert.train",
     "train": "defpert.train",
+    "DefenseResult": "defpert.results",
     "draw_tsne": "defpert.report.tsne",
     "embed_tsne": "defpert.report.tsne",
 }
@@ -128,6 +129,7 @@ sys.meta_path.insert(0, _MovedFinder())
 
 
 __all__ = [
+    "DefenseResult",
     "DefpertError",
     "TrainConfig",
     "TrainResult",

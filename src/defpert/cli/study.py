@@ -9,6 +9,7 @@ from typing import Any
 from defpert.cli.common import say
 from defpert.defenses.registry import ORIGINAL
 from defpert.errors import DefpertError
+from defpert.results import BudgetRow, Measured, SweepRow
 from defpert.wording import aligned, percent
 
 
@@ -142,14 +143,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         write_atomic(
             out / f"sweep-{args.norm}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png")
         )
-    first = rows[0]
-    head = ["eps", f"original weak (n={first['n']})", f"defensive weak (n={first['n']})"]
-    keys = ["original_attacked", "defensive_attacked"]
-    if first.get("strong_n"):
-        head += [f"original strong (n={first['strong_n']})",
-                 f"defensive strong (n={first['strong_n']})"]  # fmt: skip
-        keys += ["original_attacked_strong", "defensive_attacked_strong"]
-    print(aligned([head, *([f"{r['eps']:g}"] + [percent(r.get(k)) for k in keys] for r in rows)]))
+    typed = [SweepRow.from_json(r) for r in rows]
+    n, strong = typed[0].bare.clean.n, typed[0].bare.strong
+    head = ["eps", f"original weak (n={n})", f"defensive weak (n={n})"]
+    if strong is not None:
+        head += [f"original strong (n={strong.n})", f"defensive strong (n={strong.n})"]
+
+    def cells(r: SweepRow) -> list[str]:
+        numbers = [r.bare.weak, r.defended.weak]
+        numbers += [r.bare.strong, r.defended.strong] if strong is not None else []
+        return [f"{r.eps:g}", *(percent(m.accuracy if m else None) for m in numbers)]
+
+    print(aligned([head, *map(cells, typed)]))
     print(f"\nsaved sweep.json and sweep-{args.norm}.png under {out}")
     return 0
 
@@ -175,12 +180,18 @@ def _budget_sweep(
                                         "accuracy versus the defender's budget")  # fmt: skip
         write_atomic(out / f"budget-{args.norm}.png",
                      lambda tmp: fig.savefig(tmp, dpi=120, format="png"))  # fmt: skip
-    first = rows[0]
-    head = ["defense", "eps_def", f"weak (n={first['strong_n'] or first['n']})",
-            f"strong (n={first['strong_n']})" if first["strong_n"] else "strong"]  # fmt: skip
-    body = [[r["defense"] if r["eps_def"] else "none", f"{r['eps_def']:g}",
-             percent(r["weak_strong_n"] if r["strong_n"] else r["weak"]), percent(r["strong"])]
-            for r in rows]  # fmt: skip
+    typed = [BudgetRow.from_json(r) for r in rows]
+    first = typed[0].numbers
+    weak_n = (first.weak_on_strong_examples or first.weak or first.clean).n
+    head = ["defense", "eps_def", f"weak (n={weak_n})",
+            f"strong (n={first.strong.n})" if first.strong else "strong"]  # fmt: skip
+
+    def accuracy(m: Measured | None) -> str:
+        return percent(m.accuracy if m is not None else None)
+
+    body = [[r.defense if r.eps_def else "none", f"{r.eps_def:g}",
+             accuracy(r.numbers.weak_on_strong_examples or r.numbers.weak),
+             accuracy(r.numbers.strong)] for r in typed]  # fmt: skip
     body = [list(row) for row in dict.fromkeys(tuple(row) for row in body)]  # "none" once
     print(aligned([head, *body]))
     print(f"\nsaved budget.json and budget-{args.norm}.png under {out}")

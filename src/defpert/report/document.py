@@ -11,78 +11,97 @@ import base64
 import csv
 import html
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from defpert.wording import aligned, with_interval
+from defpert.results import DefenseResult, Measured, SweepRow
+from defpert.runtime.rundir import write_bytes_atomic
+from defpert.wording import aligned
 from defpert.wording import percent as _pct
 
-# The numbers to trust first, so that a phone's narrow screen shows them without scrolling.
-COLUMNS = [
-    ("original_attacked_strong", "strong attack, original"),
-    ("defensive_attacked_strong", "strong attack, defensive"),
-    ("adaptive", "adaptive attack through defense"),
-    ("bare_strong_adaptive_examples", "strong attack, bare model, adaptive n"),
-    ("original_attacked", "weak attack, original"),
-    ("defensive_attacked", "weak attack, defensive"),
-    ("defended_adversarial", "defense on adversarial inputs"),
-    ("original", "clean, original"),
-    ("defensive", "clean, defensive"),
-    ("defensive_undo_attacked", "undo-then-attack, defensive"),
-]
+ResultLike = DefenseResult | Mapping[str, Any]
 
 
-def flags(result: Mapping[str, Any]) -> list[str]:
+def as_result(result: ResultLike) -> DefenseResult:
+    """The typed record of a result (``dp --json`` objects are read as such)."""
+    return result if isinstance(result, DefenseResult) else DefenseResult.from_json(result)
+
+
+def model_kind(result: DefenseResult) -> str:
+    """Which of the study's models a result is of (``reproduce --models``)."""
+    return str(result.record.get("model", "standard"))
+
+
+# The numbers to trust first, so that a phone's narrow screen shows them without scrolling:
+# (the CSV's column, the table's header, the number).
+COLUMNS: list[tuple[str, str, Callable[[DefenseResult], Measured | None]]] = [
+    ("bare_strong", "strong attack, original", lambda r: r.bare.strong),
+    ("defended_strong", "strong attack, defensive", lambda r: r.defended.strong),
+    ("adaptive", "adaptive attack through defense", lambda r: r.adaptive),
+    ("bare_strong_on_adaptive_examples", "strong attack, bare model, adaptive n",
+     lambda r: r.bare_strong_on_adaptive_examples),
+    ("bare_weak", "weak attack, original", lambda r: r.bare.weak),
+    ("defended_weak", "weak attack, defensive", lambda r: r.defended.weak),
+    ("weak_points_through_defense", "defense on adversarial inputs",
+     lambda r: r.weak_points_through_defense),
+    ("bare_clean", "clean, original", lambda r: r.bare.clean),
+    ("defended_clean", "clean, defensive", lambda r: r.defended.clean),
+    ("undo_then_attack", "undo-then-attack, defensive", lambda r: r.undo_then_attack),
+]  # fmt: skip
+
+
+def _value(m: Measured | None) -> float | None:
+    return m.accuracy if m is not None else None
+
+
+def flags(result: ResultLike) -> list[str]:
     """Warnings for a defense whose weak-attack gain does not survive stronger attacks."""
-    a = result["accuracy"]
+    r = as_result(result)
     out = []
-    weak_defended = a.get(
-        "defensive_attacked", a.get("defended_adversarial", a["original_attacked"])
-    )
-    weak_gain = weak_defended - a["original_attacked"]
-    if "defensive_attacked_strong" in a:
-        strong_gain = a["defensive_attacked_strong"] - a["original_attacked_strong"]
+    bare_weak = _value(r.bare.weak) or 0.0
+    defended = r.defended.weak or r.weak_points_through_defense  # a Measured, or None
+    weak_gain = (defended.accuracy if defended is not None else bare_weak) - bare_weak
+    if r.defended.strong is not None and r.bare.strong is not None:
+        strong_gain = r.defended.strong.accuracy - r.bare.strong.accuracy
         if weak_gain > 0.02 and strong_gain < 0.5 * weak_gain:
             out.append(
-                f"{result['defense']}: the weak-attack gain ({_pp(weak_gain)}) shrinks to "
+                f"{r.defense}: the weak-attack gain ({_pp(weak_gain)}) shrinks to "
                 f"{_pp(strong_gain)} under the strong attack"
             )
-    if "adaptive" in a and "bare_strong_adaptive_examples" in a:
-        bare = a["bare_strong_adaptive_examples"]  # the same examples as the adaptive attack
-        n = result.get("adaptive", {}).get("n", "")
-        if a["adaptive"] - bare < 0.5 * max(weak_gain, 0.0) or a["adaptive"] < 0.05:
+    if r.adaptive is not None and r.bare_strong_on_adaptive_examples is not None:
+        adaptive, bare = r.adaptive.accuracy, r.bare_strong_on_adaptive_examples.accuracy
+        if adaptive - bare < 0.5 * max(weak_gain, 0.0) or adaptive < 0.05:
             out.append(
-                f"{result['defense']}: under the adaptive attack through the defense, accuracy is "
-                f"{a['adaptive']:.1%} (bare model under the strong attack, same {n} examples: {bare:.1%})"
+                f"{r.defense}: under the adaptive attack through the defense, accuracy is "
+                f"{adaptive:.1%} (bare model under the strong attack, same {r.adaptive.n} "
+                f"examples: {bare:.1%})"
             )
     return out
 
 
-def rows_for_csv(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def rows_for_csv(results: Sequence[ResultLike]) -> list[dict[str, Any]]:
     rows = []
-    for r in results:
-        t = r["threat"]
+    for r in map(as_result, results):
+        t = r.threat
         row: dict[str, Any] = {
-            "dataset": r["dataset"], "model": r.get("model", "standard"), "norm": t["norm"], "eps": t["eps"], "steps": t["steps"],
-            "step_size": t["step_size"], "defense": r["defense"], "kind": r["defense_kind"],
-            "n": r["n"], "strong_n": r.get("strong", {}).get("n", ""),
-            "adaptive_n": r.get("adaptive", {}).get("n", ""),
+            "dataset": r.dataset, "model": model_kind(r), "norm": t.norm, "eps": t.eps,
+            "steps": t.steps, "step_size": t.step_size, "defense": r.defense, "kind": r.kind,
+            "n": r.n, "strong_n": r.bare.strong.n if r.bare.strong else "",
+            "adaptive_n": r.adaptive.n if r.adaptive else "",
         }  # fmt: skip
-        for key, _ in COLUMNS:
-            row[key] = r["accuracy"].get(key, "")
+        for key, _, number in COLUMNS:
+            row[key] = "" if number(r) is None else number(r).accuracy  # type: ignore[union-attr]
         rows.append(row)
     return rows
 
 
-def write_csv(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
+def write_csv(path: Path, results: Sequence[ResultLike]) -> None:
     rows = rows_for_csv(results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["dataset"])
     writer.writeheader()
     writer.writerows(rows)
-    from defpert.runtime.rundir import write_bytes_atomic
-
     write_bytes_atomic(path, buf.getvalue().encode())
 
 
@@ -91,10 +110,10 @@ def _pp(v: float) -> str:
     return f"{100 * v:+.1f} pp"
 
 
-def _threat_title(r: Mapping[str, Any]) -> str:
-    t = r["threat"]
-    model = f" — {r['model']} model" if r.get("model", "standard") != "standard" else ""
-    return f"{t['norm'].upper().replace('LINF', 'L-inf')} PGD, eps={t['eps']}, {t['steps']} steps of {t['step_size']}{model}"
+def _threat_title(r: DefenseResult, with_model: bool = True) -> str:
+    kind = model_kind(r)
+    model = f" — {kind} model" if with_model and kind != "standard" else ""
+    return r.threat.title() + model
 
 
 # fmt: off
@@ -104,7 +123,7 @@ def _defense_steps(budget: Mapping[str, Any]) -> int:
 
 
 def headline(
-    results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]],
+    results_by_threat: Mapping[str, Sequence[ResultLike]],
     models: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
     """Markdown lines: per threat model, every (model, defensive perturbation) ranked.
@@ -117,26 +136,26 @@ def headline(
     strong: dict[str, list[tuple[float, str, str, float, float, int, int]]] = {}
     reactive: dict[str, list[tuple[float, str, str, float, float | None, int, int]]] = {}
     for results in results_by_threat.values():
-        for r in results:
-            a, kind = r["accuracy"], r.get("model", "standard")
-            if "original_attacked_strong" not in a:
+        for r in map(as_result, results):
+            kind = model_kind(r)
+            if r.bare.strong is None:
                 continue
-            title = _threat_title({**r, "model": "standard"})
+            title = _threat_title(r, with_model=False)
             rows = strong.setdefault(title, [])
-            n_strong = r.get("strong", {}).get("n", r["n"])
+            weak = _value(r.bare.weak)
             if not any(row[1] == kind and row[2] == "none" for row in rows):
-                rows.append((a["original_attacked_strong"], kind, "none", a["original"],
-                             a["original_attacked"], n_strong, 0))
-            steps = _defense_steps(r["defense_budget"])
-            if r["defense_kind"] == "reactive":
-                if "adaptive" in a:
+                rows.append((r.bare.strong.accuracy, kind, "none", r.bare.clean.accuracy,
+                             weak if weak is not None else float("nan"), r.bare.strong.n, 0))
+            steps = _defense_steps(r.defense_budget)
+            if r.reactive:
+                if r.adaptive is not None:
                     reactive.setdefault(title, []).append(
-                        (a["adaptive"], kind, r["defense"], a["defensive"],
-                         a.get("bare_strong_adaptive_examples"),
-                         r["adaptive"]["n"], steps))
-            else:
-                rows.append((a["defensive_attacked_strong"], kind, r["defense"], a["defensive"],
-                             a["defensive_attacked"], n_strong, steps))
+                        (r.adaptive.accuracy, kind, r.defense, r.defended.clean.accuracy,
+                         _value(r.bare_strong_on_adaptive_examples), r.adaptive.n, steps))
+            elif r.defended.strong is not None and r.defended.weak is not None:
+                rows.append((r.defended.strong.accuracy, kind, r.defense,
+                             r.defended.clean.accuracy, r.defended.weak.accuracy,
+                             r.defended.strong.n, steps))
     lines = []
     for title, rows in strong.items():
         rows.sort(key=lambda row: -row[0])
@@ -168,15 +187,15 @@ def _cost(models: Mapping[str, Mapping[str, Any]], kind: str) -> str:
 
 
 def how_to_read(
-    results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]], strong_steps: int = 100
+    results_by_threat: Mapping[str, Sequence[ResultLike]], strong_steps: int = 100
 ) -> list[str]:
     """The paragraph that says what each attack is and from where its budget is measured."""
     suite: Mapping[str, Any] = {}
     adaptive: Mapping[str, Any] = {}
     for results in results_by_threat.values():
-        for r in results:
-            suite = suite or r.get("strong", {}).get("suite", {})
-            adaptive = adaptive or r.get("adaptive", {}).get("config", {})
+        for r in map(as_result, results):
+            suite = suite or r.strong_suite
+            adaptive = adaptive or r.adaptive_config
     attacks = ", ".join(suite.get("attacks", [])) or f"PGD-{strong_steps} and APGD"
     tier = suite.get("tier", "standard")
     queries = adaptive.get("square_queries")
@@ -201,51 +220,50 @@ def how_to_read(
     ]
 
 
-def conclusion(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+def conclusion(results_by_threat: Mapping[str, Sequence[ResultLike]]) -> list[str]:
     """The report's first lines: per threat model, the best defense under the attacks that
     count (the strong suite for a proactive defense, the adaptive attack for a reactive one)
     beside the bare model on the same examples, with 95 % intervals, and whether the gain
     is larger than their uncertainty."""
-    from defpert.wording import wilson, with_interval
-
     lines = ["## Conclusion", ""]
     for results in results_by_threat.values():
-        best: tuple[float, str, float, float, int, Mapping[str, Any] | None] | None = None
-        for r in results:
-            a = r["accuracy"]
-            if r["defense_kind"] == "reactive":
-                value, bare = a.get("adaptive"), a.get("bare_strong_adaptive_examples")
-                attacked = r.get("adaptive", {})
-            else:
-                value, bare = a.get("defensive_attacked_strong"), a.get("original_attacked_strong")
-                attacked = r.get("strong", {})
-            n = attacked.get("n", 0)
-            if value is None or bare is None or not n:
+        typed = [as_result(r) for r in results]
+        best: DefenseResult | None = None
+        for r in typed:
+            value, bare = r.decisive, r.bare_on_decisive_examples
+            if value is None or bare is None or not value.n:
                 continue
-            if best is None or value - bare > best[3]:
-                best = (value, r["defense"], bare, value - bare, n, attacked.get("paired"))
+            if best is None or _gain(r) > _gain(best):
+                best = r
         if best is None:
             continue
-        value, name, bare, gain, n, paired = best
+        value, bare = best.decisive, best.bare_on_decisive_examples
+        assert value is not None and bare is not None
+        gain, paired = _gain(best), best.paired
         if paired is not None:  # the same examples: judged by the ones on which they differ
             low, high = paired["interval95"]
             verdict = ("more than its paired uncertainty" if low > 0 else
                        "within its paired uncertainty" if gain > 0 else "no gain")  # fmt: skip
             judged = f"paired 95 % interval [{100 * low:+.1f}, {100 * high:+.1f}]: {verdict}"
         else:  # a result saved without its per-example verdicts: the two intervals
-            wilson_low, _ = wilson(round(value * n), n)
-            _, bare_high = wilson(round(bare * n), n)
-            judged = ("more than the uncertainty" if wilson_low > bare_high else
+            judged = ("more than the uncertainty" if value.interval95[0] > bare.interval95[1] else
                       "within the uncertainty" if gain > 0 else "no gain")  # fmt: skip
-        budget = ("the defended point" if results[0]["threat"].get("budget_from", "defended") == "defended"
+        first = typed[0]
+        budget = ("the defended point" if first.threat.budget_from == "defended"
                   else "the natural image and the defended point")  # fmt: skip
         lines.append(
-            f"- **{_threat_title(results[0])}, budget from {budget}** (the bare model's from the "
+            f"- **{_threat_title(first)}, budget from {budget}** (the bare model's from the "
             f"natural image): the best defense under the strong and adaptive "
-            f"attacks is `{name}`, {with_interval(value, n)} against the bare model's "
-            f"{with_interval(bare, n)} on the same {n} examples ({gain * 100:+.1f} points, {judged})."
+            f"attacks is `{best.defense}`, {value} against the bare model's "
+            f"{bare} on the same {value.n} examples ({gain * 100:+.1f} points, {judged})."
         )
     return lines + [""] if len(lines) > 2 else []
+
+
+def _gain(r: DefenseResult) -> float:
+    """The decisive number's gain over the bare model on the same examples."""
+    value, bare = r.decisive, r.bare_on_decisive_examples
+    return value.accuracy - bare.accuracy if value is not None and bare is not None else 0.0
 
 
 def _passes(cost: Mapping[str, Any] | None) -> str:
@@ -255,19 +273,20 @@ def _passes(cost: Mapping[str, Any] | None) -> str:
     return f"{cost['forward']:,.0f} / {cost['backward']:,.0f}"
 
 
-def cost_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+def cost_lines(results: Sequence[ResultLike]) -> list[str]:
     """What each piece cost, in passes of the classifier per example (forward / backward):
     the machine-independent cost (a dash: computed by an earlier run, before it was counted)."""
-    if not any(r.get("passes") for r in results):
+    typed = [as_result(r) for r in results]
+    if not any(r.passes for r in typed):
         return []
-    shared = results[0].get("passes", {})
+    shared = typed[0].passes
     lines = ["", f"Cost in passes of the classifier per example (forward / backward): weak attack "
              f"{_passes(shared.get('adversarial'))}, strong suite on the bare model "
              f"{_passes(shared.get('strong-original'))}.", "",
              "| defense | defending | weak attack on the defended points | strong (proactive) or adaptive (reactive) |",
              "|---|---:|---:|---:|"]  # fmt: skip
-    for r in results:
-        m, cost = r["defense"], r.get("passes", {})
+    for r in typed:
+        m, cost = r.defense, r.passes
         attacked = cost.get(f"{m}/defensive-attacked") or cost.get(f"{m}/defended-adversarial")
         final = cost.get(f"strong-{m}") or cost.get(f"adaptive-{m}")
         lines.append(f"| {m} | {_passes(cost.get(f'{m}/defensive'))} | {_passes(attacked)} | "
@@ -278,9 +297,9 @@ def cost_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
 def markdown(
     title: str,
     summary: Sequence[str],
-    results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]],
+    results_by_threat: Mapping[str, Sequence[ResultLike]],
     figures: Mapping[str, str],
-    sweep_rows: Sequence[Mapping[str, Any]] = (),
+    sweep_rows: Sequence[SweepRow | Mapping[str, Any]] = (),
     strong_steps: int = 100,
     models: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
@@ -294,55 +313,65 @@ def markdown(
     if models and len(models) > 1:
         lines += [*headline(results_by_threat, models), ""]
     for threat, results in results_by_threat.items():
-        first = results[0]
-        lines += [f"## RQ1: {_threat_title(first)}", ""]
-        adaptive_n = next(
-            (r["adaptive"]["n"] for r in results if r.get("adaptive", {}).get("n")), "–"
-        )
-        t = first["threat"]
-        budget = ("the defended point (man-in-the-middle)" if t.get("budget_from", "defended") == "defended"
-                  else "the natural image and the defended point")  # fmt: skip
-        lines.append(
-            f"n = {first['n']} test examples; strong n = {first.get('strong', {}).get('n', '–')}; "
-            f"adaptive n = {adaptive_n}. An attack on a defended point measures its eps from {budget}."
-        )
-        lines.append("")
-        lines.append("| defense | kind | " + " | ".join(h for _, h in COLUMNS) + " |")
-        lines.append("|---|---|" + "---:|" * len(COLUMNS))
-        for r in results:
-            cells = [_pct(r["accuracy"].get(k)) for k, _ in COLUMNS]
-            lines.append(f"| {r['defense']} | {r['defense_kind']} | " + " | ".join(cells) + " |")
-        lines += cost_lines(results)
-        warn = [f for r in results for f in flags(r)]
-        if warn:
-            lines += ["", "**Flagged:**", ""] + [f"- ⚠ {w}" for w in warn]
-        lines.append("")
-        for caption, path in figures.items():
-            if caption.startswith(threat + ":"):
-                lines += [f"![{caption}]({path})", f"*{caption}*", ""]
+        lines += _rq1_section(threat, [as_result(r) for r in results], figures)
     lines += ["## How to read this report", "", *how_to_read(results_by_threat, strong_steps), ""]
     lines += [f"- {s}" for s in summary]
     if summary:
         lines.append("")
-    if sweep_rows:
-        first_row = sweep_rows[0]
-        lines += ["## Accuracy versus eps", "",
-                  f"Weak and strong attacks on the same {first_row.get('strong_n', '–')} examples "
-                  f"(the weak attack on all {first_row.get('n', '–')}: last columns).", "",
-                  "| eps | step | original weak | original strong | defensive weak | defensive strong | original weak, all | defensive weak, all |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for row in sweep_rows:
-            lines.append(
-                f"| {row['eps']} | {row['step_size']:.4g} | {_pct(row.get('original_attacked_strong_n'))} | "
-                f"{_pct(row.get('original_attacked_strong'))} | {_pct(row.get('defensive_attacked_strong_n'))} | "
-                f"{_pct(row.get('defensive_attacked_strong'))} | {_pct(row.get('original_attacked'))} | "
-                f"{_pct(row.get('defensive_attacked'))} |"
-            )
-        lines.append("")
+    lines += _sweep_section([r if isinstance(r, SweepRow) else SweepRow.from_json(r)
+                             for r in sweep_rows])  # fmt: skip
     for caption, path in figures.items():
         if caption.split(":")[0] not in results_by_threat:  # not a per-threat figure
             lines += [f"![{caption}]({path})", f"*{caption}*", ""]
     return "\n".join(lines) + "\n"
+
+
+def _rq1_section(
+    threat: str, results: Sequence[DefenseResult], figures: Mapping[str, str]
+) -> list[str]:
+    """One threat model's table (every number by defense), costs, flags and figures."""
+    first = results[0]
+    adaptive_n = next((r.adaptive.n for r in results if r.adaptive is not None), "–")
+    budget = ("the defended point (man-in-the-middle)" if first.threat.budget_from == "defended"
+              else "the natural image and the defended point")  # fmt: skip
+    strong_n = first.bare.strong.n if first.bare.strong is not None else "–"
+    lines = [f"## RQ1: {_threat_title(first)}", "",
+             f"n = {first.n} test examples; strong n = {strong_n}; adaptive n = {adaptive_n}. "
+             f"An attack on a defended point measures its eps from {budget}.", "",
+             "| defense | kind | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(COLUMNS)]  # fmt: skip
+    for r in results:
+        cells = [_pct(_value(number(r))) for _, _, number in COLUMNS]
+        lines.append(f"| {r.defense} | {r.kind} | " + " | ".join(cells) + " |")
+    lines += cost_lines(results)
+    warn = [f for r in results for f in flags(r)]
+    if warn:
+        lines += ["", "**Flagged:**", ""] + [f"- ⚠ {w}" for w in warn]
+    lines.append("")
+    for caption, path in figures.items():
+        if caption.startswith(threat + ":"):
+            lines += [f"![{caption}]({path})", f"*{caption}*", ""]
+    return lines
+
+
+def _sweep_section(rows: Sequence[SweepRow]) -> list[str]:
+    """Accuracy versus eps: the weak and strong attacks on the same examples."""
+    if not rows:
+        return []
+    first = rows[0]
+    strong_n = first.bare.strong.n if first.bare.strong is not None else "–"
+    lines = ["## Accuracy versus eps", "",
+             f"Weak and strong attacks on the same {strong_n} examples "
+             f"(the weak attack on all {first.bare.clean.n}: last columns).", "",
+             "| eps | step | original weak | original strong | defensive weak | defensive strong | original weak, all | defensive weak, all |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in rows:
+        b, d = row.bare, row.defended
+        cells = [b.weak_on_strong_examples, b.strong, d.weak_on_strong_examples, d.strong,
+                 b.weak, d.weak]  # fmt: skip
+        lines.append(f"| {row.eps} | {row.step_size:.4g} | "
+                     + " | ".join(_pct(_value(c)) for c in cells) + " |")  # fmt: skip
+    return [*lines, ""]
 
 
 _CSS = """
@@ -429,7 +458,7 @@ def _html_table(rows: list[str]) -> str:
     return "".join(parts)
 
 
-def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+def terminal_summary(results_by_threat: Mapping[str, Sequence[ResultLike]]) -> str:
     """The study's numbers as an aligned plain-text table per threat model (``reproduce``).
 
     Proactive rows: accuracy of the defended points, attacked and clean; reactive rows: the
@@ -439,35 +468,31 @@ def terminal_summary(results_by_threat: Mapping[str, Sequence[Mapping[str, Any]]
     carries its 95 % Wilson interval.
     """
     blocks = []
-    for key, results in results_by_threat.items():
-        if not results:
+    for key, raw in results_by_threat.items():
+        if not raw:
             continue
+        results = [as_result(r) for r in raw]
         first = results[0]
-        t, strong_n = first["threat"], first.get("strong", {}).get("n")
-        adaptive_n = next((r["adaptive"]["n"] for r in results if r.get("adaptive")), None)
+        t = first.threat
+        strong_n = first.bare.strong.n if first.bare.strong is not None else None
+        adaptive_n = next((r.adaptive.n for r in results if r.adaptive is not None), None)
         head = ["defense", "kind", f"strong (n={strong_n})" if strong_n else "strong",
                 f"adaptive (n={adaptive_n})" if adaptive_n else "adaptive",
-                f"weak (n={first['n']})", f"clean (n={first['n']})"]  # fmt: skip
-        a0, n = first["accuracy"], first["n"]
+                f"weak (n={first.n})", f"clean (n={first.n})"]  # fmt: skip
 
-        def cell(value: Any, size: int | None) -> str:
-            return with_interval(value, size) if size else _pct(value)
+        def cell(value: Measured | None) -> str:
+            return "–" if value is None else str(value)
 
-        rows = [["none", "bare model", cell(a0.get("original_attacked_strong"), strong_n), "",
-                 cell(a0.get("original_attacked"), n), cell(a0.get("original"), n)]]  # fmt: skip
+        rows = [["none", "bare model", cell(first.bare.strong), "", cell(first.bare.weak),
+                 cell(first.bare.clean)]]  # fmt: skip
         for r in results:
-            a = r["accuracy"]
-            if r["defense_kind"] == "reactive":
-                rows.append([r["defense"], "reactive", "", cell(a.get("adaptive"), adaptive_n),
-                             cell(a.get("defended_adversarial"), n),
-                             cell(a.get("defensive"), n)])  # fmt: skip
+            if r.reactive:
+                rows.append([r.defense, "reactive", "", cell(r.adaptive),
+                             cell(r.weak_points_through_defense), cell(r.defended.clean)])  # fmt: skip
             else:
-                rows.append([r["defense"], "proactive",
-                             cell(a.get("defensive_attacked_strong"), strong_n), "",
-                             cell(a.get("defensive_attacked"), n),
-                             cell(a.get("defensive"), n)])  # fmt: skip
-        title = (f"{key}: {t['norm']} eps {t['eps']:g}, budget from the "
-                 f"{t.get('budget_from', 'defended')} point")  # fmt: skip
+                rows.append([r.defense, "proactive", cell(r.defended.strong), "",
+                             cell(r.defended.weak), cell(r.defended.clean)])  # fmt: skip
+        title = f"{key}: {t.norm} eps {t.eps:g}, budget from the {t.budget_from} point"
         blocks.append(title + "\n" + "\n".join("  " + line for line in
                                                 aligned([head, *rows], left=2).splitlines()))  # fmt: skip
     return "\n\n".join(blocks)

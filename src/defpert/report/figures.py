@@ -5,7 +5,7 @@ Both return a matplotlib ``Figure`` and never call ``plt.show()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from defpert.results import BudgetRow, Measured, SweepRow
 from defpert.runtime.devices import model_device
 
 
@@ -74,27 +75,28 @@ def _hw(image: torch.Tensor) -> np.ndarray:
     return image.detach().cpu().float().numpy().reshape(image.shape[-2], image.shape[-1])
 
 
-def accuracy_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Figure:
+def accuracy_curves(rows: Sequence[SweepRow | Mapping[str, Any]], *, title: str = "") -> Figure:
     """Accuracy versus eps for original and defensive data, weak (solid) and strong (dashed).
 
-    ``rows`` are :func:`defpert.study.sweep.run_sweep` results: ``eps`` plus the accuracy keys.
-    Where the strong attack ran, the weak curve is drawn on the strong attack's examples
-    too, so the two curves compare the same examples.
+    ``rows`` are :func:`defpert.study.sweep.run_sweep` results (:class:`SweepRow`). Where
+    the strong attack ran, the weak curve is drawn on the strong attack's examples too, so
+    the two curves compare the same examples.
     """
-    eps = [r["eps"] for r in rows]
-    rows = [{**r, **{k: r[f"{k}_strong_n"] for k in ("original_attacked", "defensive_attacked")
-                     if f"{k}_strong_n" in r}} for r in rows]  # fmt: skip
+    typed = [r if isinstance(r, SweepRow) else SweepRow.from_json(r) for r in rows]
+    eps = [r.eps for r in typed]
     fig = Figure(figsize=(5.6, 3.8), layout="constrained")
     ax = fig.subplots()
-    styles = {
-        "original_attacked": ("original, weak attack", "C0", "-"),
-        "original_attacked_strong": ("original, strong attack", "C0", "--"),
-        "defensive_attacked": ("defensive, weak attack", "C2", "-"),
-        "defensive_attacked_strong": ("defensive, strong attack", "C2", "--"),
-    }
-    for key, (label, colour, style) in styles.items():
-        if all(key in r for r in rows):
-            ax.plot(eps, [r[key] for r in rows], style, color=colour, marker="o", label=label)
+    curves: dict[str, tuple[Callable[[SweepRow], Measured | None], str, str]] = {
+        "original, weak attack": (lambda r: r.bare.weak_on_strong_examples or r.bare.weak, "C0", "-"),
+        "original, strong attack": (lambda r: r.bare.strong, "C0", "--"),
+        "defensive, weak attack": (lambda r: r.defended.weak_on_strong_examples or r.defended.weak, "C2", "-"),
+        "defensive, strong attack": (lambda r: r.defended.strong, "C2", "--"),
+    }  # fmt: skip
+    for label, (number, colour, style) in curves.items():
+        values = [number(r) for r in typed]
+        if all(v is not None for v in values):
+            ax.plot(eps, [v.accuracy for v in values if v is not None], style, color=colour,
+                    marker="o", label=label)  # fmt: skip
     ax.set_xlabel("eps")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -105,29 +107,31 @@ def accuracy_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Fi
     return fig
 
 
-def budget_curves(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Figure:
+def budget_curves(rows: Sequence[BudgetRow | Mapping[str, Any]], *, title: str = "") -> Figure:
     """Accuracy versus the defender's budget at the attacker's fixed eps, one colour per
     defense: the strong attack (solid) and the weak attack on the same examples (dashed).
 
-    ``rows`` are :func:`defpert.study.sweep.run_budget_sweep` results.
+    ``rows`` are :func:`defpert.study.sweep.run_budget_sweep` results (:class:`BudgetRow`).
     """
+    typed = [r if isinstance(r, BudgetRow) else BudgetRow.from_json(r) for r in rows]
     fig = Figure(figsize=(5.6, 3.8), layout="constrained")
     ax = fig.subplots()
-    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    defenses = list(dict.fromkeys(r.defense for r in typed))
     for i, defense in enumerate(defenses):
-        mine = sorted((r for r in rows if r["defense"] == defense), key=lambda r: r["eps_def"])
-        budgets = [r["eps_def"] for r in mine]
-        if all(r.get("strong") is not None for r in mine):
-            ax.plot(budgets, [r["strong"] for r in mine], "-", color=f"C{i}", marker="o",
-                    label=f"{defense}, strong attack")  # fmt: skip
+        mine = sorted((r for r in typed if r.defense == defense), key=lambda r: r.eps_def)
+        budgets = [r.eps_def for r in mine]
+        strong = [r.numbers.strong for r in mine]
+        if all(s is not None for s in strong):
+            ax.plot(budgets, [s.accuracy for s in strong if s is not None], "-", color=f"C{i}",
+                    marker="o", label=f"{defense}, strong attack")  # fmt: skip
         # the weak attack on the strong attack's examples where it ran, else on all
-        weak = [r["weak"] if r.get("weak_strong_n") is None else r["weak_strong_n"] for r in mine]
+        weak = [r.numbers.weak_on_strong_examples or r.numbers.weak for r in mine]
         if all(w is not None for w in weak):
-            ax.plot(budgets, weak, "--", color=f"C{i}", marker=".", alpha=0.7,
-                    label=f"{defense}, weak attack")  # fmt: skip
-    if rows:
-        ax.axvline(rows[0]["eps"], color="grey", lw=0.8, ls=":")
-        ax.annotate("attacker's eps", (rows[0]["eps"], 0.02), fontsize=9, color="grey",
+            ax.plot(budgets, [w.accuracy for w in weak if w is not None], "--", color=f"C{i}",
+                    marker=".", alpha=0.7, label=f"{defense}, weak attack")  # fmt: skip
+    if typed:
+        ax.axvline(typed[0].eps, color="grey", lw=0.8, ls=":")
+        ax.annotate("attacker's eps", (typed[0].eps, 0.02), fontsize=9, color="grey",
                     rotation=90, ha="right", va="bottom")  # fmt: skip
     ax.set_xlabel("defender's budget eps_def")
     ax.set_ylabel("accuracy")

@@ -87,7 +87,8 @@ class DPConfig(DPOptions):
     def beyond_training_radius(self, trained: dict[str, Any] | None) -> str | None:
         """A warning when an attack on a proactive defense's points may reach farther from the
         natural image than the radius the model was trained against (``trained``: the card's
-        ``threat_trained_against``), or ``None``.
+        ``threat_trained_against``; for ``--adversarial preempt`` its eps plus its defender's
+        budget), or ``None``.
 
         Measured on ``shipped:mnist-cnn-pgd`` (experiments/results/robustify-mnist-cnn-pgd-*):
         robustify held the bare model's accuracy under the strong suite while eps + eps_def
@@ -99,7 +100,8 @@ class DPConfig(DPOptions):
         if self.budget_from != "defended":
             return None  # the attack stays within eps of the natural image
         reach = self.eps + self.defense(proactive[0]).threat.eps
-        radius = float(trained["eps"])
+        # a preempt-trained model was attacked within eps of a defended point eps_def away
+        radius = float(trained["eps"]) + float(trained.get("defense_eps") or 0.0)
         if reach <= radius * (1 + 1e-6):
             return None
         return (f"an attack from a {'/'.join(proactive)} point may end eps + eps_def = {reach:g} "

@@ -37,12 +37,13 @@ from defpert.data.datasets import SPLITS, Split
 from defpert.defenses.methods import Defense, defend
 from defpert.errors import DefpertError
 from defpert.models.checkpoint import environment
+from defpert.results import DefenseResult, Measured, read
 from defpert.runtime.calibrate import chunk_size
 from defpert.runtime.devices import model_device, native_bf16
 from defpert.runtime.rundir import write_json
 from defpert.study.config import DPConfig
 from defpert.study.store import RowsJournal, Store, weights_digest
-from defpert.wording import PairedDifference, aligned, count, with_interval
+from defpert.wording import PairedDifference, aligned, count
 
 Report = Callable[[str], None]
 
@@ -555,66 +556,63 @@ def format_table(results: list[dict[str, Any]]) -> str:
     """The human-readable table ``defpert dp`` prints: every number with its n."""
     if not results:
         return ""
-    first = results[0]
-    t = first["threat"]
-    suite = first["strong"].get("suite", {})
+    typed = read(results)
+    first = typed[0]
+    t = first.threat
+    suite = first.strong_suite
     lines = [
-        f"{first['dataset']} {first['split']}, n={first['n']}: PGD {t['norm']} eps={t['eps']} "
-        f"step={t['step_size']} steps={t['steps']}; the attack's budget is measured from the "
+        f"{first.dataset} {first.split}, n={first.n}: PGD {t.norm} eps={t.eps} "
+        f"step={t.step_size} steps={t.steps}; the attack's budget is measured from the "
         + (
             "defended point (man-in-the-middle)"
-            if t.get("budget_from") == "defended"
+            if t.budget_from == "defended"
             else "natural image and the defended point (within eps of both)"
         ),
     ]
-    if suite:
+    if suite and first.bare.strong is not None:
         lines.append(f"strong attack: tier {suite['tier']}, worst case per example over "
-                     f"{', '.join(suite['attacks'])} (n={first['strong']['n']})")  # fmt: skip
-    for r in results:
-        a = r["accuracy"]
-        strong_n = r["strong"].get("n")
-        b = r["defense_budget"]
+                     f"{', '.join(suite['attacks'])} (n={first.bare.strong.n})")  # fmt: skip
+    for r in typed:
+        b = r.defense_budget
         lines.append("")
-        lines.append(f"defense: {r['defense']} ({r['defense_kind']}; budget eps={b['eps']}, "
+        lines.append(f"defense: {r.defense} ({r.kind}; budget eps={b['eps']}, "
                      f"steps={b['steps']}, step={b['step_size']})")  # fmt: skip
-        if r["defense_kind"] == "reactive":
-            lines += _reactive_lines(r, strong_n)
+        if r.reactive:
+            lines += _reactive_lines(r)
             continue
         rows = [["", "original", "defensive"],
-                 [f"clean (n={r['n']})", with_interval(a["original"], r["n"]),
-                  with_interval(a["defensive"], r["n"])],
-                 [f"weak attack, PGD-{t['steps']} (n={r['n']})",
-                  with_interval(a["original_attacked"], r["n"]),
-                  with_interval(a["defensive_attacked"], r["n"])]]  # fmt: skip
-        if "original_attacked_strong" in a and strong_n:
-            w = r["strong"]["weak_on_same_examples"]
-            rows.append([f"weak attack on the strong suite's examples (n={strong_n})",
-                         with_interval(w["original_attacked"], strong_n),
-                         with_interval(w["defensive_attacked"], strong_n)])  # fmt: skip
-            rows.append([f"strong suite, worst case per example (n={strong_n})",
-                         with_interval(a["original_attacked_strong"], strong_n),
-                         with_interval(a["defensive_attacked_strong"], strong_n)])  # fmt: skip
+                [f"clean (n={r.n})", _cell(r.bare.clean), _cell(r.defended.clean)],
+                [f"weak attack, PGD-{t.steps} (n={r.n})", _cell(r.bare.weak),
+                 _cell(r.defended.weak)]]  # fmt: skip
+        if r.bare.strong is not None and r.bare.strong.n:
+            m = r.bare.strong.n
+            rows.append([f"weak attack on the strong suite's examples (n={m})",
+                         _cell(r.bare.weak_on_strong_examples),
+                         _cell(r.defended.weak_on_strong_examples)])  # fmt: skip
+            rows.append([f"strong suite, worst case per example (n={m})",
+                         _cell(r.bare.strong), _cell(r.defended.strong)])  # fmt: skip
         lines += ["  " + line for line in aligned(rows).splitlines()]
-        far = r.get("max_from_natural", {})
+        far = r.record.get("max_from_natural", {})
         if far:
             lines.append(f"  largest distance of an attacked defended point from the natural image: "
-                         f"{max(far.values()):.4g} ({t['norm']})")  # fmt: skip
+                         f"{max(far.values()):.4g} ({t.norm})")  # fmt: skip
     return "\n".join(lines)
 
 
-def _reactive_lines(r: dict[str, Any], strong_n: int | None) -> list[str]:
-    a, n = r["accuracy"], r["n"]
-    rows = [[f"clean, through the defense (n={n})", with_interval(a["defensive"], n)],
-            [f"weak attack, bare model (n={n})", with_interval(a["original_attacked"], n)],
+def _cell(value: Measured | None) -> str:
+    return "–" if value is None else str(value)
+
+
+def _reactive_lines(r: DefenseResult) -> list[str]:
+    n = r.n
+    rows = [[f"clean, through the defense (n={n})", _cell(r.defended.clean)],
+            [f"weak attack, bare model (n={n})", _cell(r.bare.weak)],
             [f"the defense on the weak attack's points (n={n})",
-             with_interval(a["defended_adversarial"], n)]]  # fmt: skip
-    if "adaptive" in a:
-        ad = r["adaptive"]
-        same = ad.get("same_examples", {})
-        n_ad = ad["n"]
-        if "original_attacked_strong" in same:
+             _cell(r.weak_points_through_defense)]]  # fmt: skip
+    if r.adaptive is not None:
+        n_ad = r.adaptive.n
+        if r.bare_strong_on_adaptive_examples is not None:
             rows.append([f"strong suite, bare model (n={n_ad})",
-                         with_interval(same["original_attacked_strong"], n_ad)])  # fmt: skip
-        rows.append([f"adaptive attack through the defense (n={n_ad})",
-                     with_interval(a["adaptive"], n_ad)])  # fmt: skip
+                         _cell(r.bare_strong_on_adaptive_examples)])  # fmt: skip
+        rows.append([f"adaptive attack through the defense (n={n_ad})", _cell(r.adaptive)])
     return ["  " + line for line in aligned(rows).splitlines()]

@@ -20,6 +20,7 @@ from torch import nn
 from defpert.core.engine import madry_step_size
 from defpert.data.datasets import Split
 from defpert.errors import DefpertError
+from defpert.results import BudgetRow, DefenseResult, SweepRow
 from defpert.study.dp import DPConfig, run_dp
 
 # Step size as a fraction of eps, from the original study's commands (0.01 / 0.2, 0.075 / 2.5).
@@ -47,10 +48,9 @@ def run_sweep(
     report: Callable[[str], None] | None = None,
     out: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per eps: ``{"eps", "original", "original_attacked", "defensive_attacked", ...}``.
-
-    ``original_attacked_strong_n`` and ``defensive_attacked_strong_n`` are the weak attack's
-    accuracies on the strong attack's examples, the numbers to compare the strong ones with.
+    """One row per eps (:class:`defpert.results.SweepRow` as JSON): the bare model and the
+    defended points, each clean, under the weak attack (on all examples and on the strong
+    suite's first ones, the number to compare the strong one with) and the strong suite.
 
     With ``out``, each radius's data versions are saved under ``out/eps-<eps>`` as they
     complete, and a rerun after an interruption reuses them.
@@ -64,11 +64,8 @@ def run_sweep(
         if report:
             report(f"sweep: {base.norm} eps={eps}")
         where = Path(out) / f"eps-{eps:g}" if out is not None else None
-        result = run_dp(model, data, cfg, progress=progress, out=where)[0]
-        strong = result["strong"]
-        same = {f"{k}_strong_n": v for k, v in strong.get("weak_on_same_examples", {}).items()}
-        rows.append({"eps": eps, "step_size": cfg.step_size, "defense": result["defense"],
-                     "n": result["n"], "strong_n": strong.get("n"), **result["accuracy"], **same})  # fmt: skip
+        result = DefenseResult.from_json(run_dp(model, data, cfg, progress=progress, out=where)[0])
+        rows.append(SweepRow.of(result).to_json())
     return rows
 
 
@@ -82,7 +79,8 @@ def run_budget_sweep(
     report: Callable[[str], None] | None = None,
     out: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (defense, defender's budget) at the attacker's fixed ``base.eps``.
+    """One row per (defense, defender's budget) at the attacker's fixed ``base.eps``
+    (:class:`defpert.results.BudgetRow` as JSON).
 
     A budget of 0 is the bare model: its row, one per defense so that every curve starts
     at the undefended point, holds the original data's numbers.
@@ -106,14 +104,7 @@ def run_budget_sweep(
         first_run = first_run or where
     rows = []
     for eps_def in defense_eps_values:
-        for result in by_budget[eps_def or budgets[0]]:
-            a, strong = result["accuracy"], result["strong"]
-            same = strong.get("weak_on_same_examples", {})
-            which = "original" if eps_def == 0 else "defensive"
-            rows.append({"defense": result["defense"], "eps_def": eps_def, "eps": base.eps,
-                         "n": result["n"], "strong_n": strong.get("n"),
-                         "weak": a[f"{which}_attacked"],
-                         "weak_strong_n": same.get(f"{which}_attacked"),
-                         "strong": a.get(f"{which}_attacked_strong"),
-                         "clean": a[which]})  # fmt: skip
+        for result in map(DefenseResult.from_json, by_budget[eps_def or budgets[0]]):
+            numbers = result.bare if eps_def == 0 else result.defended
+            rows.append(BudgetRow(result.defense, eps_def, base.eps, numbers).to_json())
     return rows
