@@ -298,6 +298,7 @@ def robustification() -> str:
     ]
     lines += _robustification_at_1000()
     lines += _fashion_preempt()
+    lines += _fashion_preempt_at_1000()
     lines += ["", "Commands, code and machine: each JSON's `command(s)`, `code` and `machine`.", ""]
     return "\n".join(lines)
 
@@ -360,6 +361,53 @@ def _fashion_preempt() -> list[str]:
             )
             + ".",
         ]
+    return lines
+
+
+FASHION_1000 = "study-preempt-fashion-cnn-linf0.1-n1000.json"
+
+
+def _fashion_preempt_at_1000() -> list[str]:
+    """The Fashion-MNIST preempt study at n = 1,000 (a reviewer's n), once its JSON lands."""
+    path = RESULTS / FASHION_1000
+    if not path.is_file():
+        return []
+    study = json.loads(path.read_text())
+    records, dp = study["strong_and_adaptive"], study["dp"]
+    bare, defended = records["strong-original"], records["strong-robustify"]
+    undo = study["versions"].get("robustify/undo-attacked")
+    lines = [
+        "",
+        "### Fashion-MNIST at n = 1,000",
+        "",
+        f"The preempt model alone, the same threat model (L-inf {dp['eps']:g} from the defended "
+        f"point, eps_def {dp['defense_eps'] or dp['eps']:g}), the `standard` strong suite on the "
+        f"first {bare['n']:,} test images (undo-then-attack among `robustify`'s candidates, and "
+        f"alone beside it), the weak attack on the same {study['n_test']:,}.",
+        "",
+        "| model | clean | bare model, strong | `robustify`, strong | undo-then-attack alone |",
+        "|---|---|---|---|---|",
+        f"| `{study['checkpoint']}` | {_pct(study['versions']['original']['accuracy'])} | "
+        f"{_pct(bare['accuracy'])} {_interval(bare['interval95'])} | "
+        f"**{_pct(defended['accuracy'])} {_interval(defended['interval95'])}** | "
+        + (f"{_pct(undo['accuracy'])} {_interval(undo['interval95'])}" if undo else "–")
+        + " |",
+        "",
+    ]
+    paired = study.get("paired_against_bare", {}).get("robustify")
+    if paired:
+        low, high = paired["interval95"]
+        lines.append(
+            f"`robustify` against the same model bare, paired on the same {paired['n']:,} "
+            f"examples: {100 * paired['difference']:+.1f} points [{100 * low:+.1f}, "
+            f"{100 * high:+.1f}] ({paired['only_first']} robust only defended, "
+            f"{paired['only_second']} only bare): "
+            + (
+                "the gain holds beyond its paired uncertainty."
+                if low > 0
+                else "the gain is within its paired uncertainty."
+            )  # fmt: skip
+        )
     return lines
 
 

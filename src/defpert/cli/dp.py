@@ -14,6 +14,7 @@ from typing import Any
 
 from defpert.cli.common import say
 from defpert.errors import DefpertError
+from defpert.study.layout import OUTPUTS as DP_OUTPUTS
 
 
 def add_dp_parser(sub: Any) -> None:
@@ -56,7 +57,6 @@ def add_dp_parser(sub: Any) -> None:
 
 
 # What a dp run writes (removed by --overwrite before a run of other settings).
-DP_OUTPUTS = ("versions", "partial", "metrics.json", "metrics-train.json", "metrics-val.json")
 
 
 def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:

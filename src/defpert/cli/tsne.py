@@ -12,14 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from defpert.errors import DefpertError
+from defpert.study.layout import VERSIONS, RunLayout
 
-VERSION_FILES = {
-    "original": "original.npz",
-    "adversarial": "adversarial.npz",
-    "defensive": "{defense}/defensive.npz",
-    "defensive-attacked": "{defense}/defensive-attacked.npz",
-    "defended-adversarial": "{defense}/defended-adversarial.npz",
-}
+# The versions a t-SNE can show (the strong suite's and undo's points are on a subset).
+TSNE_VERSIONS = ("original", "adversarial", "defensive", "defensive-attacked",
+                 "defended-adversarial")  # fmt: skip
 
 
 def add_tsne_parser(sub: Any) -> None:
@@ -32,7 +29,7 @@ def add_tsne_parser(sub: Any) -> None:
         "--npz", help="any .npz file with arrays `images` (or `x`) and `labels` (or `y`)"
     )
     p.add_argument("--versions", default="original,adversarial,defensive",
-                   help=f"comma-separated: {', '.join(VERSION_FILES)}")  # fmt: skip
+                   help=f"comma-separated: {', '.join(TSNE_VERSIONS)}")  # fmt: skip
     p.add_argument("--defense", help="which defense's versions (default: the first saved)")
     p.add_argument("--split", default="test")
     p.add_argument("--space", default="pixels", help="pixels or features (penultimate layer)")
@@ -53,7 +50,8 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
         raise DefpertError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if defense is not None:
         registry.get(defense)  # an unknown name is refused in one line
-    base = run / "versions" / split
+    layout = RunLayout(run, split)
+    base = layout.versions
     if not base.is_dir():
         raise DefpertError(
             f"{run} holds no saved versions for split {split!r} (run `defpert dp --out {run}`)"
@@ -65,17 +63,15 @@ def _run_versions(run: Path, names: list[str], defense: str | None, split: str) 
 
     out = {}
     for name in names:
-        if name not in VERSION_FILES:
-            raise DefpertError(f"unknown version {name!r}; choose from: {', '.join(VERSION_FILES)}")
-        path = base / VERSION_FILES[name].format(defense=defense)
+        if name not in TSNE_VERSIONS:
+            raise DefpertError(f"unknown version {name!r}; choose from: {', '.join(TSNE_VERSIONS)}")
+        path = layout.version(name, defense)
         if not path.is_file():  # most often a dp run that was stopped before it saved this one
             raise DefpertError(
                 f"{run} has no {name!r} version yet ({path} is missing): finish its "
                 f"`defpert dp` run first (rerunning that command continues it)"
             )
-        out[name if "{defense}" not in VERSION_FILES[name] else f"{name} ({defense})"] = load_npz(
-            path
-        )
+        out[name if "{defense}" not in VERSIONS[name] else f"{name} ({defense})"] = load_npz(path)
     return out
 
 

@@ -42,6 +42,7 @@ from defpert.runtime.calibrate import chunk_size
 from defpert.runtime.devices import model_device, native_bf16
 from defpert.runtime.rundir import write_json
 from defpert.study.config import DPConfig
+from defpert.study.layout import RunLayout, piece
 from defpert.study.store import RowsJournal, Store, weights_digest
 from defpert.wording import PairedDifference, aligned, count
 
@@ -140,7 +141,7 @@ def run_dp(
     for r in results:
         r["seconds_total"] = elapsed
     if dp.run is not None:
-        write_json(dp.run / f"metrics-{split_name}.json" if split_name != "test" else dp.run / "metrics.json",
+        write_json(RunLayout(dp.run, split_name).metrics,
                    {"results": results, "config": asdict(config),
                     "environment": environment(model_device(model))})  # fmt: skip
     return results
@@ -301,10 +302,10 @@ class _DPRun:
         self.say(
             f"defensive perturbation: {method} ({'reactive' if defense.reactive else 'proactive'})"
         )
-        x_def = self.version(f"{method}/defensive", partial(
+        x_def = self.version(piece("defensive", method), partial(
             defend, self.model, self.x, self.y, defense, batch_size=self.bs, progress=self.progress,
             precision=self.config.precision,
-            saved=self.resumable(f"{method}/defensive", f"the {method} defense")))  # fmt: skip
+            saved=self.resumable(piece("defensive", method), f"the {method} defense")))  # fmt: skip
         acc = {"original": self.acc_original, "original_attacked": self.acc_original_attacked,
                "defensive": accuracy(self.model, x_def, self.y)}  # fmt: skip
         if self.original_strong is not None:
@@ -331,7 +332,7 @@ class _DPRun:
         model, y, threat, n_strong = self.model, self.y, self.threat, self.n_strong
         # The budget is measured from the defended point (and the natural image: natural).
         x_def_adv = self.version(
-            f"{method}/defensive-attacked", partial(self.weak, x_def, self.natural)
+            piece("defensive-attacked", method), partial(self.weak, x_def, self.natural)
         )
         acc = {"defensive_attacked": accuracy(model, x_def_adv, y)}
         distance = {"weak": float(threat.size(x_def_adv - self.x).max()) if len(self.x) else 0.0}
@@ -347,7 +348,7 @@ class _DPRun:
             known["transfer-strong"] = self.x_strong
         if defense.spec.inner_attack:  # Moon et al.'s check: undo it, then attack
             self.say(f"undo-then-attack on the {method} points ({n_strong} examples)")
-            known["undo-then-attack"] = self.version(f"{method}/undo-attacked", partial(
+            known["undo-then-attack"] = self.version(piece("undo-attacked", method), partial(
                 undo_then_attack, model, x_def[:n_strong], y[:n_strong], defense,
                 threat=threat, steps=self.config.strong_steps, batch_size=self.bs,
                 anchor=self.natural[:n_strong] if self.natural is not None else None,
@@ -376,10 +377,10 @@ class _DPRun:
         """Stage 4 (reactive): the defense applied to the attacked data, and the adaptive
         attack through it on the first ``adaptive_limit`` examples."""
         model, x, y, config = self.model, self.x, self.y, self.config
-        x_adv_def = self.version(f"{method}/defended-adversarial", partial(
+        x_adv_def = self.version(piece("defended-adversarial", method), partial(
             defend, model, self.x_adv, None, defense, batch_size=self.bs, progress=self.progress,
             precision=config.precision,
-            saved=self.resumable(f"{method}/defended-adversarial", f"the {method} defense of the attacked data")))  # fmt: skip
+            saved=self.resumable(piece("defended-adversarial", method), f"the {method} defense of the attacked data")))  # fmt: skip
         acc = {"defended_adversarial": accuracy(model, x_adv_def, y)}
         x_strong = self.x_strong
         n_adaptive = min(config.adaptive_limit, self.n_strong if x_strong is not None else len(x))

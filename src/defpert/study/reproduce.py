@@ -49,6 +49,7 @@ from defpert.runtime.rundir import (
 from defpert.study import store as result_store
 from defpert.study.config import DPConfig
 from defpert.study.dp import run_dp
+from defpert.study.layout import RunLayout
 from defpert.study.options import DPOptions
 from defpert.study.store import load_npz
 from defpert.study.sweep import run_budget_sweep, run_sweep
@@ -414,10 +415,11 @@ def _figures(
     fig_dir = ensure_dir(run / "figures")
     classes = card.get("classes")
     for key in (_suffixed(t["norm"], config.models[0]) for t in config.threats):  # first model
-        base = run / f"rq1-{key}" / "versions" / "test"
-        versions = {"original": load_npz(base / "original.npz"), "adversarial": load_npz(base / "adversarial.npz"),
-                    f"defensive ({ORIGINAL})": load_npz(base / ORIGINAL / "defensive.npz"),
-                    f"defensive-attacked ({ORIGINAL})": load_npz(base / ORIGINAL / "defensive-attacked.npz")}  # fmt: skip
+        layout = RunLayout(run / f"rq1-{key}")
+        versions = {"original": load_npz(layout.version("original")),
+                    "adversarial": load_npz(layout.version("adversarial")),
+                    f"defensive ({ORIGINAL})": load_npz(layout.version("defensive", ORIGINAL)),
+                    f"defensive-attacked ({ORIGINAL})": load_npz(layout.version("defensive-attacked", ORIGINAL))}  # fmt: skip
         say(f"figures: t-SNE and image grid for {key}")
         tsne = draw_tsne(versions, space="features", model=model, seed=config.seed,
                          per_class=config.tsne_per_class, class_names=classes)  # fmt: skip

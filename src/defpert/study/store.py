@@ -30,6 +30,7 @@ from defpert.core.passes import continue_count, counted_so_far
 from defpert.errors import DefpertError
 from defpert.runtime import distributed
 from defpert.runtime.rundir import copy_atomic, file_sha256, read_json, write_atomic, write_json
+from defpert.study.layout import RunLayout
 
 # The whole package (this file is defpert/study/store.py): a result is reused only by the
 # code that computed it, the attacks', the defenses' and the engine's included.
@@ -138,8 +139,9 @@ class Store:
         self.say = say or (lambda _m: None)
         self.run = run
         self.sealed: dict[str, Any] = {}  # the manifest: piece -> {"bytes", "sha256"}
-        self.versions = run / "versions" / split if run is not None else None
-        self.partial = run / "partial" / split if run is not None else None
+        layout = RunLayout(run, split) if run is not None else None
+        self.versions = layout.versions if layout is not None else None
+        self.partial = layout.partial if layout is not None else None
         if run is None or self.partial is None or self.versions is None:
             return
         stamp = self.partial / "fingerprint.json"
@@ -215,19 +217,18 @@ class Store:
         of the same shared fingerprint; returns how many were copied."""
         if self.versions is None or self.partial is None or not distributed.is_main():
             return 0
-        split = self.versions.name
-        other_versions = other_run / "versions" / split
-        other_partial = other_run / "partial" / split
+        lender = RunLayout(other_run, self.versions.name)
+        other_versions, other_partial = lender.versions, lender.partial
         stamp = other_partial / "fingerprint.json"
         if not stamp.is_file() or read_json(stamp) != self.fingerprint:
             return 0
-        lender = readable_state(other_partial / MANIFEST_FILE, self.say) or {}
+        sealed = readable_state(other_partial / MANIFEST_FILE, self.say) or {}
         copied = 0
         pairs = [(other_versions / f"{n}{ext}", self.versions / f"{n}{ext}")
                  for n in SHARED_VERSIONS for ext in (COST_SUFFIX, ".npz")]  # fmt: skip
         pairs += [(other_partial / f"{n}.json", self.partial / f"{n}.json") for n in SHARED_RECORDS]
         for source, target in pairs:
-            entry = lender.get(source.relative_to(other_run).as_posix())
+            entry = sealed.get(source.relative_to(other_run).as_posix())
             if not source.is_file() or target.is_file() or entry != file_digest(source):
                 continue  # only what the lender's manifest vouches for
             target.parent.mkdir(parents=True, exist_ok=True)
