@@ -1,12 +1,14 @@
-"""Helpers shared by the attacks: chunking, gradients of a per-example loss, the box."""
+"""Helpers shared by the attacks: chunking, runs with restarts, gradients of a per-example
+loss, the box."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from defpert.attacks.journal import Resume, offer_runs_done, runs_already_done
 from defpert.core.threat import ThreatModel, clip_to_both_balls, clip_to_box
 from defpert.runtime import threads
 from defpert.runtime.devices import model_device
@@ -48,3 +50,44 @@ def logits_in_chunks(model: nn.Module, x: torch.Tensor, size: int) -> torch.Tens
         return logits_of(model, x.to(device)).to(x.device)
     return torch.cat([logits_of(model, x[part].to(device)).to(x.device)
                       for part in chunks(len(x), size)])  # fmt: skip
+
+
+# One run's attack on a chunk: the chunk's rows, their target classes (None: untargeted)
+# and random starts (None: from the clean input); it updates the attack's points and
+# the rows still unbroken.
+ChunkAttack = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], None]
+
+
+def each_run(
+    runs: Sequence[tuple[int, bool]],
+    x: torch.Tensor,
+    clean_logits: torch.Tensor,
+    best: torch.Tensor,
+    unbroken: torch.Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator | None,
+    size: int,
+    resume: Resume | None,
+    attack: ChunkAttack,
+) -> None:
+    """An attack's runs (restarts, and for a targeted one each target class) on the
+    examples still unbroken: runs outside, chunks inside.
+
+    ``runs`` lists each run's target rank (0: untargeted; k: the k-th most likely class of
+    the clean input) and whether it starts at random. Each run's random starts are drawn
+    for all the examples it attacks at once, so they do not depend on the chunk size
+    (calibrated per machine), and a later run fills whole chunks with the examples still
+    unbroken. A bookmark follows each run; ``resume`` continues after the last one.
+    """
+    first = runs_already_done(resume, best, unbroken)
+    for done, (rank, random_start) in enumerate(runs[first:], start=first):
+        target_all = clean_logits.sort(dim=1)[1][:, -rank] if rank else None
+        idx = rows(unbroken)
+        if len(idx) == 0:
+            return
+        starts = threat.random_init(x[idx].shape, generator) if random_start else None
+        for part in chunks(len(idx), size):
+            sel = idx[part]
+            attack(sel, target_all[sel] if target_all is not None else None,
+                   starts[part] if starts is not None else None)  # fmt: skip
+        offer_runs_done(resume, done + 1, best, unbroken)

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.attacks._common import chunks, logits_in_chunks, project, rows
-from defpert.attacks.journal import Resume, offer_runs_done, runs_already_done
+from defpert.attacks._common import each_run, logits_in_chunks, project
+from defpert.attacks.journal import Resume
 from defpert.core.engine import frozen_parameters
 from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
@@ -119,30 +119,22 @@ def apgd(
     clean_logits = logits_in_chunks(model, x, size)
     unbroken = torch.ones_like(y, dtype=torch.bool) if deepest else clean_logits.argmax(1) == y
     ranks = range(2, targets + 2) if loss == "dlr-targeted" else [0]
-    # Runs outside, chunks inside: each run's random starts are drawn for all the examples
-    # it attacks at once, so they do not depend on the chunk size (which is calibrated per
-    # machine), and a later run fills whole chunks with the examples still unbroken.
-    runs = [rank for rank in ranks for _ in range(restarts)]
-    first = runs_already_done(resume, best, unbroken)
-    for done, rank in enumerate(runs[first:], start=first):
-        target_all = clean_logits.sort(dim=1)[1][:, -rank] if rank else None
-        idx = rows(unbroken)
-        if len(idx) == 0:
-            return best
-        starts = threat.random_init(x[idx].shape, generator)
-        for part in chunks(len(idx), size):
-            sel = idx[part]
-            target = target_all[sel].to(device) if target_all is not None else None
-            a = anchor[sel].to(device) if anchor is not None else None
-            adv, broken, high = _single_run(
-                model, x[sel].to(device), y[sel].to(device), target, threat, steps, loss,
-                starts[part].to(device), eot, a, last=keep == "last-broken",
-            )  # fmt: skip
-            kept = high if keep == "highest" else torch.where(broken.view(-1, 1, 1, 1), adv, high)
-            best[sel] = kept.cpu()
-            if not deepest:
-                unbroken[sel[broken.cpu()]] = False
-        offer_runs_done(resume, done + 1, best, unbroken)
+
+    def attack(sel: torch.Tensor, target: torch.Tensor | None, start: torch.Tensor | None) -> None:
+        assert start is not None  # every APGD run starts at random
+        a = anchor[sel].to(device) if anchor is not None else None
+        adv, broken, high = _single_run(
+            model, x[sel].to(device), y[sel].to(device),
+            target.to(device) if target is not None else None, threat, steps, loss,
+            start.to(device), eot, a, last=keep == "last-broken",
+        )  # fmt: skip
+        kept = high if keep == "highest" else torch.where(broken.view(-1, 1, 1, 1), adv, high)
+        best[sel] = kept.cpu()
+        if not deepest:
+            unbroken[sel[broken.cpu()]] = False
+
+    runs = [(rank, True) for rank in ranks for _ in range(restarts)]
+    each_run(runs, x, clean_logits, best, unbroken, threat, generator, size, resume, attack)
     return best
 
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defpert.attacks._common import chunks, logits_in_chunks, logits_of, project, rows
-from defpert.attacks.journal import Resume, offer_runs_done, runs_already_done
+from defpert.attacks._common import each_run, logits_in_chunks, logits_of, project, rows
+from defpert.attacks.journal import Resume
 from defpert.core.engine import frozen_parameters
 from defpert.core.threat import ThreatModel
 from defpert.errors import DefpertError
@@ -68,32 +68,24 @@ def fab(
         return best
     logits = logits_in_chunks(model, x, size)
     unbroken = logits.argmax(1) == y
-    # Runs outside, chunks inside (as in APGD): random starts drawn for all the examples a
-    # run attacks at once, independent of the chunk size.
     ranks = range(2, targets + 2) if targeted else [0]
-    runs = [(rank, restart) for rank in ranks for restart in range(restarts)]
-    first = runs_already_done(resume, best, unbroken)
-    for done, (rank, restart) in enumerate(runs[first:], start=first):
-        target_all = logits.sort(dim=1)[1][:, -rank] if rank else None
-        idx = rows(unbroken)
-        if len(idx) == 0:
-            return best
-        starts = threat.random_init(x[idx].shape, generator) if restart > 0 else None
-        for part in chunks(len(idx), size):
-            sel = idx[part]
-            xb, yb = x[sel].to(device), y[sel].to(device)
-            target = target_all[sel].to(device) if target_all is not None else None
-            start = starts[part].to(device) if starts is not None else None
-            ab = anchor[sel].to(device) if anchor is not None else None
-            adv = _single_run(model, xb, yb, target, threat, steps, start, alpha_max, eta,
-                              beta, ab)  # fmt: skip
-            within = threat.size(adv - xb) <= threat.eps * (1 + 1e-6)
-            if ab is not None:
-                within &= threat.size(adv - ab) <= threat.eps * (1 + 1e-6)
-            wrong = ((logits_of(model, adv).argmax(1) != yb) & within).cpu()
-            best[sel[wrong]] = adv[wrong.to(device)].cpu()
-            unbroken[sel[wrong]] = False
-        offer_runs_done(resume, done + 1, best, unbroken)
+
+    def attack(sel: torch.Tensor, target: torch.Tensor | None, start: torch.Tensor | None) -> None:
+        xb, yb = x[sel].to(device), y[sel].to(device)
+        ab = anchor[sel].to(device) if anchor is not None else None
+        adv = _single_run(model, xb, yb, target.to(device) if target is not None else None,
+                          threat, steps, start.to(device) if start is not None else None,
+                          alpha_max, eta, beta, ab)  # fmt: skip
+        within = threat.size(adv - xb) <= threat.eps * (1 + 1e-6)
+        if ab is not None:
+            within &= threat.size(adv - ab) <= threat.eps * (1 + 1e-6)
+        wrong = ((logits_of(model, adv).argmax(1) != yb) & within).cpu()
+        best[sel[wrong]] = adv[wrong.to(device)].cpu()
+        unbroken[sel[wrong]] = False
+
+    # a restart starts at random; the first run of each target from the clean input
+    runs = [(rank, restart > 0) for rank in ranks for restart in range(restarts)]
+    each_run(runs, x, logits, best, unbroken, threat, generator, size, resume, attack)
     return best
 
 
