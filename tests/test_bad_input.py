@@ -233,6 +233,18 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         TF,
         "do not fit the model",
     ),
+    (
+        ".npz images of five axes for --space features",
+        npz(images=np.random.rand(20, 1, 1, 8, 8), labels=LAB),
+        TF,
+        "are not images for --space features",
+    ),
+    (
+        ".npz flat images that are not square for --space features",
+        npz(images=np.random.rand(20, 63), labels=LAB),
+        TF,
+        "are not images for --space features",
+    ),
     # checkpoints
     ("checkpoint directory missing", None, [*D, "--checkpoint", "{tmp}/none"], "does not exist"),
     (

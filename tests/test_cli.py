@@ -539,3 +539,28 @@ def test_a_run_longer_than_an_hour_at_the_measured_rate_is_announced(monkeypatch
     assert dp_cli.long_run(None, images, config, torch.device("cpu")) == ""
     monkeypatch.setattr(calibrate, "measured_rate", lambda *a: 0.0)  # unknown rate: no guess
     assert dp_cli.long_run(None, images, config, torch.device("cpu")) == ""
+
+
+def test_every_command_is_dispatched_by_its_parser():
+    """Each command's parser names its handler (``set_defaults``); the name resolves to a
+    function of that command's module, imported only when the command runs."""
+    import argparse
+
+    from defpert.cli import build_parser, handler
+
+    parser = build_parser()
+    seen = {}
+
+    def walk(p: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            seen[" ".join(path)] = p.get_default("handler")
+            return
+        for name, child in subs[0].choices.items():
+            walk(child, (*path, name))
+
+    walk(parser, ())
+    assert set(seen) == {"data fetch", "models", "train", "dp", "tsne", "sweep", "reproduce"}
+    for command, where in seen.items():
+        assert where and callable(handler(where)), command
+        assert where.split(":")[0].startswith("defpert.cli")

@@ -10,9 +10,10 @@ Errors in the user's input print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from defpert.cli.common import Parser, add_common, dataset_path, progress_default, say
 from defpert.errors import DefpertError
@@ -37,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="source", metavar="DIR", help="a directory holding the IDX files"
     )
     add_common(fetch)
+    fetch.set_defaults(handler="defpert.cli:_cmd_fetch")
 
     models = sub.add_parser("models", help="list the robust checkpoints shipped with defpert")
     models.add_argument("--verify", action="store_true", help="also check each one's SHA-256")
+    models.set_defaults(handler="defpert.cli:_cmd_models")
 
     tr = sub.add_parser("train", help="train a classifier and report its test accuracy")
     tr.add_argument("--dataset", default="mnist")
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true",
                     help="replace a model of another config in --out (default: refuse)")  # fmt: skip
     add_common(tr)
+    tr.set_defaults(handler="defpert.cli:_cmd_train")
 
     from defpert.cli.dp import add_dp_parser
     from defpert.cli.study import add_study_parsers
@@ -188,6 +192,15 @@ def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace,
     parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint} ({where} lists the options)")
 
 
+def handler(where: str) -> Callable[[argparse.Namespace], int]:
+    """The function a command's parser names (``set_defaults(handler="module:function")``),
+    imported only when that command runs: ``defpert --help`` and ``defpert models`` start
+    without loading PyTorch."""
+    module, name = where.split(":")
+    found: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -225,7 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    handlers = {"data": _cmd_fetch, "train": _cmd_train, "models": _cmd_models}
     try:
         for name in ("checkpoint", "out", "data_dir", "lend_from", "run"):
             if getattr(args, name, None) == "":  # not "the default": the user wrote something
@@ -237,19 +249,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             from defpert.runtime import threads
 
             threads.configure(getattr(args, "threads", None))
-        if args.command in handlers:
-            return handlers[args.command](args)
-        if args.command in ("sweep", "reproduce"):
-            from defpert.cli import study
-
-            return getattr(study, f"run_{args.command}_command")(args)
-        if args.command == "tsne":
-            from defpert.cli.tsne import run_tsne_command
-
-            return run_tsne_command(args)
-        from defpert.cli.dp import run_dp_command
-
-        return run_dp_command(args)
+        return handler(args.handler)(args)
     except DefpertError as exc:
         print(f"defpert: error: {exc}", file=sys.stderr)
         return 2

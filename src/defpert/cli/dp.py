@@ -22,6 +22,7 @@ def add_dp_parser(sub: Any) -> None:
     from defpert.defenses import registry
 
     p = sub.add_parser("dp", help="attack, defensive perturbation, attack again (RQ1)")
+    p.set_defaults(handler="defpert.cli.dp:run_dp_command")
     add_config_options(p, ("norm", "steps", "eps", "step_size"))
     p.add_argument("--defense", default=registry.ORIGINAL,
                    help=f"comma-separated, or 'all': {', '.join(registry.names())} "

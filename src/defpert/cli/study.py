@@ -20,6 +20,7 @@ def add_study_parsers(sub: Any) -> None:
     sw = sub.add_parser(
         "sweep", help="accuracy versus eps, original and defensive, weak and strong"
     )
+    sw.set_defaults(handler="defpert.cli.study:run_sweep_command")
     sw.add_argument("-p", "--norm", default="linf")
     sw.add_argument("--eps", help="comma-separated radii (default: 0.05,0.1,0.2,0.3); with "
                     "--defense-eps, the attacker's one radius (default: 0.2)")  # fmt: skip
@@ -41,6 +42,7 @@ def add_study_parsers(sub: Any) -> None:
     add_common(sw)
 
     rp = sub.add_parser("reproduce", help="the whole study with a report, in one command")
+    rp.set_defaults(handler="defpert.cli.study:run_reproduce_command")
     rp.add_argument("--dataset", default="mnist")
     rp.add_argument("--quick", action="store_true", help="a small slice: minutes on 2 CPU cores")
     rp.add_argument("--seed", type=int, default=0)

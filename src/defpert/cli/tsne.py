@@ -23,6 +23,7 @@ def add_tsne_parser(sub: Any) -> None:
     from defpert.cli.common import add_common
 
     p = sub.add_parser("tsne", help="t-SNE plot of data versions (RQ2)")
+    p.set_defaults(handler="defpert.cli.tsne:run_tsne_command")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a run directory written by `defpert dp`")
     src.add_argument(

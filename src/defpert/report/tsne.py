@@ -188,11 +188,18 @@ def chance_agreement(labels: np.ndarray) -> float:
 
 
 def _image_shape(x: np.ndarray) -> tuple[int, ...]:
+    """The shape of one image of ``x``: (N, C, H, W), (N, H, W) one channel, or (N, H*W)
+    square; anything else is refused in one line (a model's features need images)."""
     if x.ndim == 4:
         return tuple(x.shape[1:])
     if x.ndim == 3:
         return (1, *x.shape[1:])
-    side = int(round(np.sqrt(x.shape[1])))
+    side = int(round(np.sqrt(x.shape[1]))) if x.ndim == 2 else 0
+    if x.ndim != 2 or side * side != x.shape[1]:
+        raise DefpertError(
+            f"images of shape {tuple(x.shape)} are not images for --space features: give "
+            "(N, C, H, W), (N, H, W) or flat square (N, H*W) arrays"
+        )
     return (1, side, side)
 
 
