@@ -106,7 +106,8 @@ def test_default_training_radius_matches_on_both_sides():
 def test_models_command_lists_what_is_shipped(shipped_root, capsys):
     assert main(["models", "--verify"]) == 0
     out = capsys.readouterr().out
-    assert "shipped:digits-cnn" in out and "every SHA-256 matches" in out
+    assert "\ndigits-cnn " in out and "--checkpoint shipped:NAME" in out  # how to load it
+    assert "every SHA-256 matches" in out
     header, row = out.splitlines()[:2]  # aligned: the training column starts where its name does
     assert row.index(" standard ") + 1 == header.index("trained")
     assert len(row) == len(header)  # the numbers end under their headers

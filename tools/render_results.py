@@ -23,6 +23,20 @@ sys.path.insert(0, str(ROOT / "src"))  # the checkout's defpert, installed or no
 from defpert.wording import wilson  # noqa: E402
 
 
+def _shown(checkpoint: str) -> str:
+    """A checkpoint path as the reader can load it: ``shipped:NAME`` where the shipped
+    index holds the same weights (by SHA-256), else the path."""
+    from defpert.models.shipped import PREFIX, index
+    from defpert.runtime.rundir import file_sha256
+
+    weights = ROOT / checkpoint / "model.safetensors"
+    if checkpoint.startswith(PREFIX) or not weights.is_file():
+        return checkpoint
+    digest = file_sha256(weights)
+    return next((PREFIX + name for name, r in index().items() if r.get("sha256") == digest),
+                checkpoint)  # fmt: skip
+
+
 def _load(name: str) -> dict[str, Any]:
     return json.loads((RESULTS / name).read_text())
 
@@ -182,7 +196,7 @@ def readme_headline() -> str:
         if f["finished"] and "strong-robustify" in records:
             bare, defended = records["strong-original"], records["strong-robustify"]
             lines.append(
-                f"| `{f['checkpoint']}` (`--adversarial preempt`, Fashion-MNIST) | "
+                f"| `{_shown(f['checkpoint'])}` (`--adversarial preempt`, Fashion-MNIST) | "
                 f"{dp['norm']} {dp['eps']:g}, eps_def {dp['defense_eps'] or dp['eps']:g} | "
                 f"`robustify` | {defended['n']:,} | {_pct(bare['accuracy'])} "
                 f"{_interval(bare['interval95'])} | **{_pct(defended['accuracy'])} "
@@ -331,7 +345,7 @@ def _fashion_preempt() -> list[str]:
         f"| `shipped:fashion-mnist-cnn-trades` (TRADES, the best bare robust model) | "
         f"{_with_interval(a['original_attacked_strong'], n)} | – | "
         f"{_with_interval(a['defensive_attacked_strong'], n)} |",
-        f"| `experiments/checkpoints/fashion-mnist-cnn-preempt-0.1` (preempt, eps = eps_def = "
+        f"| `{_shown(pre['checkpoint'])}` (preempt, eps = eps_def = "
         f"0.1) | {cell('original')} | {cell('ce')} | {cell('robustify')} |",
         "",
     ]
@@ -387,7 +401,7 @@ def _fashion_preempt_at_1000() -> list[str]:
         "",
         "| model | clean | bare model, strong | `robustify`, strong | undo-then-attack alone |",
         "|---|---|---|---|---|",
-        f"| `{study['checkpoint']}` | {_pct(study['versions']['original']['accuracy'])} | "
+        f"| `{_shown(study['checkpoint'])}` | {_pct(study['versions']['original']['accuracy'])} | "
         f"{_pct(bare['accuracy'])} {_interval(bare['interval95'])} | "
         f"**{_pct(defended['accuracy'])} {_interval(defended['interval95'])}** | "
         + (f"{_pct(undo['accuracy'])} {_interval(undo['interval95'])}" if undo else "–")

@@ -117,7 +117,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not records:
         print("no checkpoints are shipped with this installation")
         return 0
-    rows = [["checkpoint", "trained", "clean (n)", "PGD-40 (n)", "strong suite (n)"]]
+    rows = [["name", "trained", "clean (n)", "PGD-40 (n)", "strong suite (n)"]]
     for name, r in sorted(records.items()):
         if args.verify:
             verified(name)
@@ -130,12 +130,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         worst = f"{strong['accuracy']:.1%} ({strong['n']:,})" if strong else "–"
         test = acc.get("test")
         kind = str(r["training"]).removeprefix("adversarial-")
-        rows.append([PREFIX + name, f"{kind} {threat}",
+        rows.append([name, f"{kind} {threat}",
                      f"{test:.1%} ({acc.get('n_test', 0):,})" if test is not None else "–",
                      robust, worst])  # fmt: skip
     print(aligned(rows, left=2))
-    print("clean: on the test set. PGD-40 and the strong suite (standard tier): at the\n"
-          "training radius, from the natural image, on the first test images.")  # fmt: skip
+    print(f"Load one as --checkpoint {PREFIX}NAME. clean: on the test set. PGD-40 and the strong\n"
+          "suite (standard tier): at the training radius, from the natural image, on the first\n"
+          "test images.")  # fmt: skip
     if args.verify:
         print("every SHA-256 matches")
     return 0
