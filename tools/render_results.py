@@ -397,7 +397,7 @@ def _fashion_preempt_at_1000() -> list[str]:
         f"The preempt model alone, the same threat model (L-inf {dp['eps']:g} from the defended "
         f"point, eps_def {dp['defense_eps'] or dp['eps']:g}), the `standard` strong suite on the "
         f"first {bare['n']:,} test images (undo-then-attack among `robustify`'s candidates, and "
-        f"alone beside it), the weak attack on the same {study['n_test']:,}.",
+        f"alone beside it), the weak attack on the same {study['versions']['adversarial']['n']:,}.",
         "",
         "| model | clean | bare model, strong | `robustify`, strong | undo-then-attack alone |",
         "|---|---|---|---|---|",
