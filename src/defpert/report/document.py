@@ -309,19 +309,20 @@ def markdown(
     answers, per threat model: which model and defensive perturbation give the highest
     strong-attack accuracy, at what training cost.
     """
-    lines = [f"# {title}", "", *conclusion(results_by_threat)]
+    typed = {key: [as_result(r) for r in results] for key, results in results_by_threat.items()}
+    lines = [f"# {title}", "", *conclusion(typed)]
     if models and len(models) > 1:
-        lines += [*headline(results_by_threat, models), ""]
-    for threat, results in results_by_threat.items():
-        lines += _rq1_section(threat, [as_result(r) for r in results], figures)
-    lines += ["## How to read this report", "", *how_to_read(results_by_threat, strong_steps), ""]
+        lines += [*headline(typed, models), ""]
+    for threat, results in typed.items():
+        lines += _rq1_section(threat, results, figures)
+    lines += ["## How to read this report", "", *how_to_read(typed, strong_steps), ""]
     lines += [f"- {s}" for s in summary]
     if summary:
         lines.append("")
     lines += _sweep_section([r if isinstance(r, SweepRow) else SweepRow.from_json(r)
                              for r in sweep_rows])  # fmt: skip
     for caption, path in figures.items():
-        if caption.split(":")[0] not in results_by_threat:  # not a per-threat figure
+        if caption.split(":")[0] not in typed:  # not a per-threat figure
             lines += [f"![{caption}]({path})", f"*{caption}*", ""]
     return "\n".join(lines) + "\n"
 
