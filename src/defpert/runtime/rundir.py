@@ -124,10 +124,25 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return write_atomic(path, write)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the pretty JSON defpert writes (keys kept in insertion order)."""
+    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write ``obj`` as pretty JSON (keys kept in insertion order)."""
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-    return write_bytes_atomic(path, text.encode())
+    return write_bytes_atomic(path, json_bytes(obj))
+
+
+def write_json_here(path: str | os.PathLike[str], obj: Any) -> Path:
+    """:func:`write_json` in this process alone (inside another write, which under torchrun
+    only rank 0 makes)."""
+    data = json_bytes(obj)
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return _write_atomic(Path(path), write)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

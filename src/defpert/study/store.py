@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,14 @@ from defpert.attacks.journal import Bookmark, CascadeState
 from defpert.core.passes import continue_count, counted_so_far
 from defpert.errors import DefpertError
 from defpert.runtime import distributed
-from defpert.runtime.rundir import copy_atomic, file_sha256, read_json, write_atomic, write_json
+from defpert.runtime.rundir import (
+    file_sha256,
+    json_bytes,
+    read_json,
+    write_atomic,
+    write_json,
+    write_json_here,
+)
 from defpert.study.layout import RunLayout
 
 # The whole package (this file is defpert/study/store.py): a result is reused only by the
@@ -63,12 +71,15 @@ def weights_digest(model: nn.Module) -> str:
 
 def save_version(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     """Save one data version as ``.npz`` with ``images`` (N, C, H, W) float32 and ``labels``."""
+    write_atomic(path, _npz_writer(images, labels))
 
+
+def _npz_writer(images: torch.Tensor, labels: torch.Tensor) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=images.numpy().astype(np.float32), labels=labels.numpy())
 
-    write_atomic(path, write)
+    return write
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -163,13 +174,19 @@ class Store:
 
     # -- the manifest: each piece as this run wrote it -----------------------------------
 
-    def _seal(self, path: Path) -> None:
-        """Record the size and SHA-256 of ``path``, just written, in the run's manifest."""
-        if self.run is None or self.partial is None:
-            return
-        if distributed.is_main():
-            self.sealed[path.relative_to(self.run).as_posix()] = file_digest(path)
-        write_json(self.partial / MANIFEST_FILE, self.sealed)
+    def _write_sealed(self, path: Path, fill: Callable[[Path], object]) -> None:
+        """Write ``path`` atomically, its size and SHA-256 entered in the run's manifest
+        before the file takes its name: a run killed in between leaves a listed piece that
+        is absent or differs (recomputed), never a finished piece the manifest lacks."""
+        partial, run = self.partial, self.run
+        assert partial is not None and run is not None
+
+        def sealed(tmp: Path) -> None:
+            fill(tmp)
+            self.sealed[path.relative_to(run).as_posix()] = file_digest(tmp)
+            write_json_here(partial / MANIFEST_FILE, self.sealed)
+
+        write_atomic(path, sealed)
 
     def _tampered(self, path: Path) -> str | None:
         """Why ``path`` is not the piece this run wrote (None: it is, byte for byte)."""
@@ -232,8 +249,7 @@ class Store:
             if not source.is_file() or target.is_file() or entry != file_digest(source):
                 continue  # only what the lender's manifest vouches for
             target.parent.mkdir(parents=True, exist_ok=True)
-            copy_atomic(source, target)
-            self._seal(target)
+            self._write_sealed(target, partial(shutil.copyfile, source))
             copied += not source.name.endswith(COST_SUFFIX)  # a cost goes with its version
         return copied
 
@@ -294,8 +310,7 @@ class Store:
         journal its computation kept)."""
         if self.versions is not None:
             path = self.versions / f"{name}.npz"
-            save_version(path, images, self.labels[: len(images)])
-            self._seal(path)
+            self._write_sealed(path, _npz_writer(images, self.labels[: len(images)]))
         journal = self.rows_journal(name)
         if journal is not None and distributed.is_main():
             journal.path.unlink(missing_ok=True)
@@ -329,7 +344,10 @@ class Store:
     def save_cost(self, name: str, cost: dict[str, Any]) -> None:
         """Keep the cost of data version ``name`` (written before the version itself)."""
         if self.versions is not None:
-            self._seal(write_json(self.versions / f"{name}{COST_SUFFIX}", cost))
+            data = json_bytes(cost)
+            self._write_sealed(
+                self.versions / f"{name}{COST_SUFFIX}", lambda tmp: tmp.write_bytes(data)
+            )
 
     def rows_journal(self, name: str) -> RowsJournal | None:
         """Where the long computation of data version ``name`` (a defense over the whole
@@ -346,7 +364,8 @@ class Store:
         if distributed.main_decides(isinstance(saved, dict)) and self._trusted(path):
             return dict(saved if isinstance(saved, dict) else read_json(path))
         result = compute()
-        self._seal(write_json(path, result))
+        data = json_bytes(result)
+        self._write_sealed(path, lambda tmp: tmp.write_bytes(data))
         if distributed.is_main():
             (self.partial / f"{name}{JOURNAL_SUFFIX}").unlink(missing_ok=True)
         return result
